@@ -1,0 +1,108 @@
+# dist-llm-train. Start here: `make up`, then `docker compose logs -f controller`; `make help` lists all.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PROFILE ?= lan
+MODE ?= basic
+WORKERS ?= 4
+CONFIG ?= configs/$(MODE)_demo.yaml
+IMAGE ?= dist-llm-train:dev
+BASE_IMAGE ?= debian:trixie-slim
+NETEM_BACKEND ?= auto
+MATRIX ?= matrix
+COMPOSE_PROJECT_NAME ?= dlt
+HOST_UID := $(shell id -u)
+HOST_GID := $(shell id -g)
+
+export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND COMPOSE_PROJECT_NAME HOST_UID HOST_GID
+
+COMPOSE := docker compose $(if $(filter ml,$(MODE)),--profile ml)
+# Roles that drive compose themselves (tests, experiments) get the socket and the repository at
+# its host path, so that the relative bind mounts of compose.yaml resolve on the host's daemon.
+DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
+	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND $(IMAGE)
+# What the unit and integration tests need: real network namespaces for the delayer tests.
+TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
+	--security-opt no-new-privileges:true $(IMAGE)
+
+.PHONY: help base-image image .env dirs check up down logs ps verify test test-unit test-e2e \
+	experiments report bench bench-controller bench-netem bench-ps clean
+
+help: ## list targets and variables
+	@echo "make TARGET [PROFILE=lan] [MODE=basic|ml] [WORKERS=4] [CONFIG=configs/<mode>_demo.yaml]"
+	@echo
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
+	@echo
+	@echo "Variables: PROFILE=$(PROFILE) (netem/<PROFILE>.yaml)  MODE=$(MODE)  WORKERS=$(WORKERS)"
+	@echo "           CONFIG=$(CONFIG)  NETEM_BACKEND=$(NETEM_BACKEND) (auto|netem|userspace)"
+	@echo "           MATRIX=$(MATRIX) (experiments/<MATRIX>.yaml)  IMAGE=$(IMAGE)  BASE_IMAGE=$(BASE_IMAGE)"
+
+base-image: ## make sure a Debian 13 base image exists (pull, or build with debootstrap)
+	@docker/build-base-image.sh $(BASE_IMAGE) > .base-image
+	@echo "base image: $$(cat .base-image)"
+
+image: base-image ## build the one image every role runs
+	docker build -q --build-arg BASE_IMAGE=$$(cat .base-image) -f docker/Dockerfile -t $(IMAGE) .
+
+.env: ## a random run token (the controller refuses workers without it)
+	@echo "RUN_TOKEN=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > .env
+	@echo "wrote .env with a fresh RUN_TOKEN"
+
+dirs:
+	@mkdir -p runs checkpoints
+
+check: image ## validate CONFIG and netem/PROFILE.yaml before anything starts
+	@docker run --rm -v "$(CURDIR)/configs":/app/configs:ro -v "$(CURDIR)/netem":/app/netem:ro \
+		$(IMAGE) dist-llm-train check --config $(CONFIG) --profile $(PROFILE) --workers $(WORKERS)
+
+up: check .env dirs ## start (or update) the stack: PROFILE, MODE, WORKERS, CONFIG
+	$(COMPOSE) up -d --remove-orphans
+	@echo
+	@echo "Stack up: mode=$(MODE) profile=$(PROFILE) workers=$(WORKERS) config=$(CONFIG)"
+	@echo "  docker compose logs -f controller      one line per event"
+	@echo "  curl -s localhost:8000/status          run state; /metrics for Prometheus, /docs for the API"
+	@echo "  ls runs/                               the CSV row and JSON provenance when the run ends"
+	@echo "  make verify PROFILE=$(PROFILE)          measure the emulated links against the preset"
+	@echo "  make down                              stop, remove the emulation rules, clear run state"
+
+down: ## stop the stack, remove every emulation rule and the controller state (runs/ stays)
+	docker compose --profile ml down -v --remove-orphans --timeout 30
+
+logs: ## follow every service's log
+	$(COMPOSE) logs -f
+
+ps: ## list the stack's containers and their health
+	$(COMPOSE) ps
+
+verify: ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
+	$(COMPOSE) exec netem dist-llm-train verify --profile $(PROFILE)
+
+test: image ## the whole suite in containers: unit + integration, then e2e against the real stack
+	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	$(MAKE) --no-print-directory test-e2e
+
+test-e2e: image .env dirs ## only the e2e tests (real compose stacks)
+	$(DRIVER_RUN) python3 -m pytest -q -p no:cacheprovider tests/e2e
+
+experiments: image .env dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, REPEATS override it)
+	$(DRIVER_RUN) dist-llm-train run-experiments --matrix experiments/$(MATRIX).yaml \
+		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) \
+		$(if $(REPEATS),--repeats $(REPEATS))
+
+report: image dirs ## tables and plots from runs/ into runs/report/
+	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)/runs":/runs $(IMAGE) dist-llm-train report --runs /runs
+
+bench: bench-controller bench-netem bench-ps ## every benchmark
+
+bench-controller: image ## controller API latency and scheduling-cycle time
+	docker run --rm $(IMAGE) dist-llm-train bench controller
+
+bench-netem: image ## emulation fidelity and cost per preset
+	$(DRIVER_RUN) dist-llm-train bench netem
+
+bench-ps: image ## PS throughput, wire efficiency, time to target
+	docker run --rm $(IMAGE) dist-llm-train bench ps
+
+clean: down ## also remove the image and the generated .env
+	-docker image rm $(IMAGE)
+	rm -f .env .base-image

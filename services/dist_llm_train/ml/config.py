@@ -1,0 +1,108 @@
+"""The `ml` section of a run config: model, data, protocol, aggregation, compression, budget."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..schema import Section
+
+Protocol = Literal["sync", "async", "adaptive"]
+RuleName = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan"]
+CodecName = Literal["none", "fp16", "int8", "topk"]
+AttackName = Literal["none", "sign_flip", "scaled", "gaussian", "alie", "ipm"]
+
+
+class ModelConfig(Section):
+    arch: Literal["lstm", "transformer"] = Field("lstm", description="byte-level LSTM or tiny causal transformer")
+    embed_dim: int = Field(64, ge=1, description="byte embedding width")
+    hidden_dim: int = Field(256, ge=1, description="LSTM hidden size / transformer model width")
+    layers: int = Field(2, ge=1, description="LSTM or transformer layers")
+    heads: int = Field(4, ge=1, description="attention heads (transformer only)")
+
+
+class DataConfig(Section):
+    path: str | None = Field(None, description="UTF-8 text to train on; null = the bundled corpus")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="tail of the text held out for validation")
+    seq_len: int = Field(128, ge=8, description="tokens (bytes) per training sequence")
+    batch_size: int = Field(32, ge=1, description="sequences per worker step")
+
+
+class StalenessConfig(Section):
+    protocol: Protocol = Field("async", description="sync barrier, bounded-async, or adaptive per-worker bounds")
+    bound: int = Field(4, ge=0, description="async: largest accepted staleness (PS version now - version the update was computed from)")
+    sync_timeout_s: float = Field(30.0, gt=0, description="sync: a round closes after this long without the stragglers")
+    min_bound: int = Field(1, ge=0, description="adaptive: lower clamp of a worker's bound")
+    max_bound: int = Field(32, ge=1, description="adaptive: upper clamp of a worker's bound")
+    scale_lr: bool = Field(False, description="divide the step of an update by its staleness (staleness-aware async SGD)")
+
+
+class AggregationConfig(Section):
+    rule: RuleName = Field("mean", description="how a window of accepted updates becomes one step")
+    f: int = Field(0, ge=0, description="Byzantine updates the rule must tolerate per window")
+    window: int = Field(1, ge=1, description="accepted updates aggregated into one step (sync: set by the barrier)")
+    multi_krum_m: int | None = Field(None, ge=1, description="multi_krum: updates averaged after selection; null = n - f")
+
+
+class CompressionConfig(Section):
+    codec: CodecName = Field("none", description="uplink codec of a worker's update")
+    ratio: float = Field(0.01, gt=0, le=1, description="topk: fraction of coordinates sent")
+    error_feedback: bool = Field(True, description="keep what compression dropped and add it to the next update")
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam"] = Field("sgd", description="server-side optimizer applied to aggregated gradients")
+    lr: float = Field(0.5, gt=0, description="server learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum (beta1 for adam)")
+
+
+class LocalStepsConfig(Section):
+    steps: int = Field(1, ge=1, description="H: 1 = push a gradient each step; H > 1 = push the parameter delta after H local steps")
+    inner_lr: float = Field(1e-3, gt=0, description="H > 1: worker-side Adam learning rate")
+    outer_lr: float = Field(0.7, gt=0, description="H > 1: PS outer Nesterov step size on the averaged delta (DiLoCo)")
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="H > 1: PS outer Nesterov momentum")
+
+
+class PrivacyConfig(Section):
+    clip_norm: float | None = Field(None, gt=0, description="L2 clip of each update before aggregation; null = none")
+    noise_multiplier: float = Field(0.0, ge=0, description="Gaussian noise std = noise_multiplier * clip_norm on the aggregate")
+
+
+class AttackConfig(Section):
+    kind: AttackName = Field("none", description="what the Byzantine workers send instead of their honest update")
+    workers: list[int] = Field([], description="indices of the Byzantine workers")
+    scale: float = Field(10.0, gt=0, description="sign_flip / scaled / gaussian / ipm strength; alie z")
+
+
+class BudgetConfig(Section):
+    max_versions: int = Field(300, ge=1, description="stop after the PS applied this many steps")
+    max_time_s: float = Field(600.0, gt=0, description="stop after this long")
+    target_val_loss: float | None = Field(None, gt=0, description="stop when validation loss reaches this (nats/byte)")
+    eval_every: int = Field(20, ge=1, description="evaluate validation loss every this many versions")
+    eval_batches: int = Field(4, ge=1, description="validation batches per evaluation")
+    checkpoint_every: int = Field(50, ge=1, description="write a checkpoint every this many versions")
+
+
+class MLConfig(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    staleness: StalenessConfig = StalenessConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    compression: CompressionConfig = CompressionConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    local: LocalStepsConfig = LocalStepsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    attack: AttackConfig = AttackConfig()
+    budget: BudgetConfig = BudgetConfig()
+    max_message_mb: int = Field(64, ge=1, description="PS refuses frames larger than this")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MLConfig":
+        if self.staleness.min_bound > self.staleness.max_bound:
+            raise ValueError("staleness.min_bound is above staleness.max_bound")
+        if self.model.arch == "transformer" and self.model.hidden_dim % self.model.heads:
+            raise ValueError("model.hidden_dim must be a multiple of model.heads")
+        if self.attack.kind != "none" and not self.attack.workers:
+            raise ValueError("attack.workers must name at least one worker when attack.kind is set")
+        return self

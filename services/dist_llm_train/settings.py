@@ -1,0 +1,72 @@
+"""Process settings read from the environment, in one place, for every role.
+
+Compose passes these (compose.yaml, from .env and the Makefile); the local demos set them for
+their child processes. Unsafe values are refused here, before a role starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schema import ConfigError
+
+MIN_TOKEN_LENGTH = 16
+KNOWN_WEAK_TOKENS = {"changeme", "change-me", "token", "secret", "password", "test"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_token: str  # RUN_TOKEN: shared secret every worker, PS and sidecar presents to the controller
+    config_path: Path  # CONFIG: the run config (YAML)
+    profile: str  # NETEM_PROFILE: name of the WAN preset under netem/ (recorded in the CSV row)
+    controller_url: str  # CONTROLLER_URL
+    ps_address: str  # PS_ADDRESS: ZeroMQ endpoint of the parameter server
+    runs_dir: Path  # RUNS_DIR: where CSV rows and provenance JSON land
+    state_dir: Path  # STATE_DIR: the controller's SQLite database
+    checkpoint_dir: Path  # CHECKPOINT_DIR: PS checkpoints
+    netem_dir: Path  # NETEM_DIR: the WAN presets
+    num_workers: int | None  # WORKERS: overrides workers.count of the config
+    link_gate: bool  # LINK_GATE=1: hold tasks until the sidecar reports every link applied
+
+
+def check_token(token: str) -> str:
+    if len(token) < MIN_TOKEN_LENGTH or token.lower() in KNOWN_WEAK_TOKENS:
+        raise ConfigError(
+            f"RUN_TOKEN: must be at least {MIN_TOKEN_LENGTH} characters and not a well-known value "
+            "(`make up` writes a random one to .env)"
+        )
+    return token
+
+
+def _int_or_none(name: str, raw: str | None) -> int | None:
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name}: must be at least 1, got {value}")
+    return value
+
+
+def from_env(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    token = env.get("RUN_TOKEN")
+    if not token:
+        raise ConfigError("RUN_TOKEN: not set (`make up` writes a random one to .env)")
+    return Settings(
+        run_token=check_token(token),
+        config_path=Path(env.get("CONFIG", "configs/basic_demo.yaml")),
+        profile=env.get("NETEM_PROFILE", "lan"),
+        controller_url=env.get("CONTROLLER_URL", "http://controller:8000").rstrip("/"),
+        ps_address=env.get("PS_ADDRESS", "tcp://ps:5555"),
+        runs_dir=Path(env.get("RUNS_DIR", "runs")),
+        state_dir=Path(env.get("STATE_DIR", "state")),
+        checkpoint_dir=Path(env.get("CHECKPOINT_DIR", "checkpoints")),
+        netem_dir=Path(env.get("NETEM_DIR", "netem")),
+        num_workers=_int_or_none("WORKERS", env.get("WORKERS")),
+        link_gate=env.get("LINK_GATE", "0") == "1",
+    )
