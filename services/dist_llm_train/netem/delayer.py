@@ -1,0 +1,358 @@
+"""The userspace delayer: holds each packet of an NFQUEUE for a delay (+ jitter), drops a share.
+
+Runs inside the target's network namespace, fed by a rule on the receiver's ingress,
+`iptables -t mangle -A PREROUTING -i <dev> -j NFQUEUE --queue-num N` (never an OUTPUT chain: a
+packet held there still counts against its TCP socket, and one stream collapses to ~2 Mbit/s at
+50 ms; DESIGN.md, "The userspace delayer"). Rate is not ours: a tbf on egress does it.
+
+Process interface (what the sidecar uses):
+
+    python3 -m dist_llm_train.netem.delayer --queue-num N --spec-file F --stats-file S --seed K
+                                            [--queue-maxlen M]
+
+- Spec file (JSON, every key required): {"delay_ms": 50, "jitter_ms": 5, "loss_pct": 1,
+  "rate_mbit": 50 or null}. rate_mbit only sizes the kernel queue (null: sized for 1 Gbit/s).
+- SIGHUP: re-read the spec file. Queued packets keep their release times; new packets get the
+  new spec. A bad file is logged and the old spec stays in force (stats: spec_error).
+- SIGTERM / SIGINT: accept every queued packet, unbind, write the stats, exit 0. Remove the
+  iptables rule first: once the queue is unbound, packets the rule still sends to it are dropped.
+- Stats file: JSON replaced atomically about once a second (see `Delayer.stats`).
+- Exit codes: 0 after SIGTERM/SIGINT; 2 bad arguments or spec file at start; 3 the queue could
+  not be bound (no CAP_NET_ADMIN, or another process holds queue N); 1 any fatal error while
+  running. A dead delayer black-holes the link (the rule has no --queue-bypass): loud, never
+  silently undelayed. Log lines go to stdout (errors to stderr), prefixed with `delayer[N]`.
+
+Delay model. Packet i arriving at a_i is due at d_i = a_i + max(0, delay + J_i) with
+J_i ~ Normal(0, jitter) from a seeded RNG (truncated at zero total delay; the presets keep
+jitter <= delay, so the truncation rarely binds). Packets leave in arrival order:
+r_i = max(d_i, r_(i-1)). Order is what lets one "accept every id <= N" verdict release a whole
+batch; its price is that under load with jitter a packet also waits for a slower predecessor,
+skewing the delay up and the jitter down (measured: TCP RTT 56.6 ms for 50 +- 10 ms). With
+jitter 0, r_i = d_i exactly. The release loop sleeps in select() until the next r_i and sends the
+verdict; `late_ms` in the stats (actual release - d_i) shows the timer error plus that skew.
+
+Loss. When loss_pct > 0 the queue runs without NFQA_CFG_F_GSO, so the kernel splits 64 KB GSO
+aggregates into wire-size segments and each segment is dropped with probability loss_pct/100
+(an NF_DROP verdict at arrival, from its own seeded RNG). With GSO on, a drop would take ~40
+segments at once. Segments cost 10-15x the CPU per Mbit/s, so with loss 0 the GSO flag is on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from . import nfqueue
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_QUEUE = 0, 1, 2, 3
+STATS_INTERVAL_S = 1.0
+SIZING_MBIT = 1000.0  # queue sizing when the spec has no rate cap
+WIRE_PACKET_BYTES = 1500
+MIN_QUEUE = 1024  # the kernel's own default
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    delay_ms: float  # added one-way delay
+    jitter_ms: float  # stdev of the normal jitter added to the delay
+    loss_pct: float  # share of packets dropped, 0-100
+    rate_mbit: float | None  # the link's rate cap (applied by a tbf), used here only to size the queue
+
+
+def load_spec(path: str) -> Spec:
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{path}: cannot read spec: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    fields = Spec.__dataclass_fields__
+    for key in raw.keys() - fields.keys():
+        raise SpecError(f"{path}: {key}: unknown field (known: {', '.join(fields)})")
+    values = {}
+    for key in fields:
+        if key not in raw:
+            raise SpecError(f"{path}: {key}: missing")
+        value = raw[key]
+        if value is None and key == "rate_mbit":
+            values[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"{path}: {key}: expected a finite number, got {value!r}")
+        values[key] = float(value)
+    spec = Spec(**values)
+    if spec.delay_ms < 0 or spec.jitter_ms < 0:
+        raise SpecError(f"{path}: {'delay_ms' if spec.delay_ms < 0 else 'jitter_ms'}: must be >= 0")
+    if not 0 <= spec.loss_pct <= 100:
+        raise SpecError(f"{path}: loss_pct: must be within 0-100, got {spec.loss_pct}")
+    if spec.rate_mbit is not None and spec.rate_mbit <= 0:
+        raise SpecError(f"{path}: rate_mbit: must be > 0 or null, got {spec.rate_mbit}")
+    return spec
+
+
+def queue_maxlen(spec: Spec) -> int:
+    """Packets the kernel queue must hold: everything that arrives within one (delay + 4 jitter
+    + 10 ms of slack), at the rate cap in wire-size packets, twice over for bursts. The default
+    1024 caps 1500-byte traffic at ~245 Mbit/s at 50 ms; an overflow is a drop (never a bypass)."""
+    rate_bps = (spec.rate_mbit or SIZING_MBIT) * 1e6
+    hold_s = (spec.delay_ms + 4 * spec.jitter_ms + 10) / 1000
+    return max(MIN_QUEUE, math.ceil(2 * rate_bps / (8 * WIRE_PACKET_BYTES) * hold_s))
+
+
+class Timeline:
+    """The pure part: when each arriving packet leaves, or that it is dropped."""
+
+    def __init__(self, spec: Spec, seed: int):
+        self.spec = spec
+        self._jitter = random.Random(f"{seed}:jitter")
+        self._loss = random.Random(f"{seed}:loss")
+        self.last_release = 0.0
+
+    def admit(self, arrival: float) -> tuple[float, float] | None:
+        """(due, release) times in seconds for a packet arriving at `arrival`; None = drop it."""
+        spec = self.spec
+        if spec.loss_pct and self._loss.random() * 100 < spec.loss_pct:
+            return None
+        delay_ms = spec.delay_ms
+        if spec.jitter_ms:
+            delay_ms = max(0.0, delay_ms + self._jitter.gauss(0.0, spec.jitter_ms))
+        due = arrival + delay_ms / 1000
+        release = due if due > self.last_release else self.last_release
+        self.last_release = release
+        return due, release
+
+
+def _summary_ms(samples: list[float]) -> dict:
+    if not samples:
+        return {"mean": None, "p50": None, "p99": None}
+    samples.sort()
+    n = len(samples)
+    return {"mean": 1000 * sum(samples) / n, "p50": 1000 * samples[n // 2],
+            "p99": 1000 * samples[min(n - 1, int(0.99 * n))]}
+
+
+class Delayer:
+    def __init__(self, args: argparse.Namespace, spec: Spec, log):
+        self.args = args
+        self.log = log
+        self.spec = spec
+        self.timeline = Timeline(spec, args.seed)
+        self.maxlen = args.queue_maxlen or queue_maxlen(spec)
+        self.gso = spec.loss_pct == 0
+        self.queue = nfqueue.Queue(args.queue_num, self.maxlen, self.gso)
+        self.pending: deque[tuple[float, float, int]] = deque()  # (release, due, id), release order
+        self.seen = self.released = self.dropped_loss = 0
+        self.late: list[float] = []  # actual release - due, this stats interval
+        self.timer_late: list[float] = []  # actual release - scheduled release, this interval
+        self.spec_error: str | None = None
+        self.started = time.monotonic()
+        self._cpu_mark = (self.started, self._cpu_seconds())
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def arrive(self) -> None:
+        packets = self.queue.receive()
+        now = time.monotonic()
+        admit = self.timeline.admit
+        drops = []
+        for packet in packets:
+            plan = admit(now)
+            if plan is None:
+                drops.append(nfqueue.verdict(self.args.queue_num, packet.id, nfqueue.NF_DROP))
+            else:
+                self.pending.append((plan[1], plan[0], packet.id))
+        self.seen += len(packets)
+        if drops:  # now, before any batch verdict could accept them
+            self.dropped_loss += len(drops)
+            self.queue.send(b"".join(drops))
+
+    def release_due(self) -> None:
+        """Accept every packet whose release time has come, with one batch verdict."""
+        pending = self.pending
+        now = time.monotonic()
+        last = None
+        while pending and pending[0][0] <= now:
+            release, due, last = pending.popleft()
+            self.late.append(now - due)
+            self.timer_late.append(now - release)
+            self.released += 1
+        if last is not None:
+            self.queue.send(nfqueue.verdict(self.args.queue_num, last, nfqueue.NF_ACCEPT, batch=True))
+
+    def release_all(self) -> None:
+        """Accept everything queued and everything still waiting in the socket."""
+        for packet in self.queue.receive():
+            self.pending.append((0.0, 0.0, packet.id))
+            self.seen += 1
+        if self.pending:
+            last = self.pending[-1][2]
+            self.released += len(self.pending)
+            self.pending.clear()
+            self.queue.send(nfqueue.verdict(self.args.queue_num, last, nfqueue.NF_ACCEPT, batch=True))
+
+    def reload(self) -> None:
+        try:
+            spec = load_spec(self.args.spec_file)
+        except SpecError as e:
+            self.spec_error = str(e)
+            self.log(f"spec not changed, still {asdict(self.spec)}: {e}", error=True)
+            return
+        self.spec_error = None
+        maxlen = self.args.queue_maxlen or queue_maxlen(spec)
+        gso = spec.loss_pct == 0
+        if (maxlen, gso) != (self.maxlen, self.gso):
+            self.queue.configure(maxlen, gso)
+            self.maxlen, self.gso = maxlen, gso
+        self.spec = self.timeline.spec = spec
+        self.log(f"spec now {asdict(spec)} (queue_maxlen {maxlen}, gso {'on' if gso else 'off'})")
+
+    def stats(self) -> dict:
+        """What the stats file holds. Counters are totals since start; late_ms, timer_late_ms and
+        cpu_pct cover the last interval (about a second). cpu_pct is of one core."""
+        now = time.monotonic()
+        cpu = self._cpu_seconds()
+        cpu_pct = 100 * (cpu - self._cpu_mark[1]) / max(1e-9, now - self._cpu_mark[0])
+        self._cpu_mark = (now, cpu)
+        counters = nfqueue.read_counters(self.args.queue_num)
+        out = {
+            "time": time.time(),
+            "pid": os.getpid(),
+            "queue_num": self.args.queue_num,
+            "uptime_s": now - self.started,
+            "spec": asdict(self.spec),
+            "spec_error": self.spec_error,
+            "gso": self.gso,
+            "queue_maxlen": self.maxlen,
+            "packets_seen": self.seen,
+            "released": self.released,
+            "dropped_loss": self.dropped_loss,
+            "queued": len(self.pending),
+            "overflow_drops": counters.queue_dropped if counters else None,
+            "socket_drops": counters.user_dropped if counters else None,
+            "enobufs": self.queue.enobufs,
+            "refused_verdicts": self.queue.refused,
+            "late_ms": _summary_ms(self.late),
+            "timer_late_ms": _summary_ms(self.timer_late),
+            "cpu_pct": cpu_pct,
+        }
+        self.late, self.timer_late = [], []
+        return out
+
+    def write_stats(self) -> None:
+        tmp = f"{self.args.stats_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.stats(), f)
+        os.replace(tmp, self.args.stats_file)
+
+    def run(self, wake: socket.socket, signals: list[int]) -> None:
+        """The loop: release what is due, sleep until the next release, a packet, a signal or
+        the next stats write, whichever comes first. Returns after SIGTERM / SIGINT."""
+        queue_fd = self.queue.fileno()
+        next_stats = time.monotonic()
+        while True:
+            if self.pending and self.pending[0][0] <= time.monotonic():
+                self.release_due()
+            now = time.monotonic()
+            if now >= next_stats:
+                self.write_stats()
+                next_stats = now + STATS_INTERVAL_S
+            wake_at = min(next_stats, self.pending[0][0]) if self.pending else next_stats
+            readable, _, _ = select.select([queue_fd, wake], [], [], max(0.0, wake_at - now))
+            if wake in readable:
+                wake.recv(64)
+            while signals:
+                sig = signals.pop(0)
+                if sig == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.log(f"{signal.Signals(sig).name}: releasing {len(self.pending)} queued packets")
+                    self.release_all()
+                    return
+            if queue_fd in readable:
+                self.arrive()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m dist_llm_train.netem.delayer",
+                                description="Delay, jitter and drop the packets of one NFQUEUE.")
+    p.add_argument("--queue-num", type=int, required=True, help="the NFQUEUE number the iptables rule uses")
+    p.add_argument("--spec-file", required=True, help="JSON spec; re-read on SIGHUP")
+    p.add_argument("--stats-file", required=True, help="JSON stats, replaced about once a second")
+    p.add_argument("--seed", type=int, default=0, help="seeds the jitter and loss draws")
+    p.add_argument("--queue-maxlen", type=int, default=None,
+                   help="kernel queue length in packets (default: from the bandwidth-delay product)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def log(text: str, error: bool = False) -> None:
+        print(f"delayer[{args.queue_num}] {text}", file=sys.stderr if error else sys.stdout, flush=True)
+
+    if not 0 <= args.queue_num <= 65535:
+        log(f"--queue-num: must be within 0-65535, got {args.queue_num}", error=True)
+        return EXIT_USAGE
+    if args.queue_maxlen is not None and args.queue_maxlen < 1:
+        log(f"--queue-maxlen: must be >= 1, got {args.queue_maxlen}", error=True)
+        return EXIT_USAGE
+    try:
+        spec = load_spec(args.spec_file)
+        with open(f"{args.stats_file}.tmp", "w"):  # fail now, not at the first stats write
+            pass
+    except (SpecError, OSError) as e:
+        log(f"fatal: {e}", error=True)
+        return EXIT_USAGE
+
+    # Signals reach the loop through a socket select() watches, so SIGHUP and SIGTERM act at once.
+    signals: list[int] = []
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
+
+    try:
+        delayer = Delayer(args, spec, log)
+    except OSError as e:
+        log(f"fatal: cannot bind NFQUEUE {args.queue_num}: {e} (needs CAP_NET_ADMIN; one process per queue)",
+            error=True)
+        return EXIT_QUEUE
+    log(f"bound; spec {asdict(spec)}, queue_maxlen {delayer.maxlen}, gso {'on' if delayer.gso else 'off'}")
+    try:
+        delayer.run(wake_r, signals)
+        delayer.write_stats()
+        delayer.queue.close()
+    except Exception as e:  # noqa: BLE001 - any failure here must end the process loudly
+        log(f"fatal: {type(e).__name__}: {e}", error=True)
+        try:
+            delayer.release_all()
+        except OSError:
+            pass
+        return EXIT_RUNTIME
+    log(f"stopped after {delayer.seen} packets ({delayer.dropped_loss} dropped by loss)")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
