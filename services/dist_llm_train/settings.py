@@ -29,6 +29,8 @@ class Settings:
     netem_dir: Path  # NETEM_DIR: the WAN presets
     num_workers: int | None  # WORKERS: overrides workers.count of the config
     link_gate: bool  # LINK_GATE=1: hold tasks until the sidecar reports every link applied
+    repeat: int = 0  # REPEAT: repetition number of this run in an experiment (recorded in the CSV row)
+    image_id: str | None = None  # IMAGE_ID: the image the run used (recorded in the provenance file)
 
 
 def check_token(token: str) -> str:
@@ -40,15 +42,15 @@ def check_token(token: str) -> str:
     return token
 
 
-def _int_or_none(name: str, raw: str | None) -> int | None:
+def _int_or_none(name: str, raw: str | None, minimum: int = 1) -> int | None:
     if raw in (None, ""):
         return None
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name}: must be at least 1, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
     return value
 
 
@@ -69,4 +71,6 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         netem_dir=Path(env.get("NETEM_DIR", "netem")),
         num_workers=_int_or_none("WORKERS", env.get("WORKERS")),
         link_gate=env.get("LINK_GATE", "0") == "1",
+        repeat=_int_or_none("REPEAT", env.get("REPEAT"), minimum=0) or 0,
+        image_id=env.get("IMAGE_ID") or None,
     )
