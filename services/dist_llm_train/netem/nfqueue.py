@@ -123,8 +123,8 @@ def _parse_packet(buf: bytes | memoryview, offset: int, end: int) -> Packet:
     gso = False
     while offset + _NLATTR.size <= end:
         size, kind = _NLATTR.unpack_from(buf, offset)
-        if size < _NLATTR.size:
-            raise ValueError(f"netlink attribute of length {size}")
+        if size < _NLATTR.size or offset + size > end:
+            raise ValueError(f"netlink attribute of length {size} at offset {offset} overruns its message")
         kind &= 0x3FFF  # strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
         data = offset + _NLATTR.size
         if kind == NFQA_PACKET_HDR:
