@@ -1,0 +1,462 @@
+"""`dist-llm-train report`: the results-at-a-glance table and plots, from the rows under runs/.
+
+Reads runs/runs_basic.csv, runs/runs_ml.csv and each ML run's curve.csv and staleness.csv; writes
+runs/report/results.md, runs/report/index.html (self-contained but for the PNGs beside it) and one
+PNG per plot. Statistics cover the runs whose status is `ok`; the others are listed with their
+reason. A plot is drawn only when its data exist; what is missing is said in results.md.
+With `--readme README.md` the section between the results markers of the README is replaced by
+the table and the commands that produced it.
+
+Failure: a runs folder without any rows is refused (exit 2) naming the files it looked for; a
+README without both markers is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..results import atomic_write, read_rows  # noqa: E402
+from .runner import OK_STATUS, read_done  # noqa: E402
+
+MODES = ("basic", "ml")
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+# Row fields that tell two runs of one config apart; a label shows those that vary within a mode.
+VARIANT_FIELDS = ("scheduler", "protocol", "codec", "aggregation", "num_workers")
+DASH = "–"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", default="runs", help="the runs folder (rows, per-run files)")
+    parser.add_argument("--out", default=None, help="where to write the report (default: <runs>/report)")
+    parser.add_argument("--readme", default=None,
+                        help=f"also replace the section between {README_BEGIN} and {README_END} of this file")
+
+
+def main(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs)
+    out_dir = Path(args.out) if args.out else runs_dir / "report"
+    command = " ".join(["dist-llm-train report --runs", args.runs] + (["--out", args.out] if args.out else [])
+                       + (["--readme", args.readme] if args.readme else []))
+    try:
+        report = build_report(runs_dir, out_dir, command)
+        if args.readme:
+            update_readme(Path(args.readme), report.readme_section())
+    except ReportError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {out_dir / 'results.md'}, {out_dir / 'index.html'}, {len(report.plots)} plots"
+          + (f"; README section replaced in {args.readme}" if args.readme else ""))
+    for note in report.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+class ReportError(RuntimeError):
+    """Nothing to report on, or a README the report cannot edit."""
+
+
+# ---- rows and groups ----------------------------------------------------------------------------
+
+def number(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class Group:
+    """The runs of one mode, profile and config variant (its repeats)."""
+
+    mode: str
+    profile: str
+    label: str
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[dict[str, str]]:
+        return [r for r in self.rows if r.get("status") == OK_STATUS]
+
+    def values(self, column: str) -> list[float]:
+        return [v for v in (number(r.get(column)) for r in self.ok) if v is not None]
+
+    def mean(self, column: str) -> float | None:
+        values = self.values(column)
+        return statistics.fmean(values) if values else None
+
+    def spread(self, column: str) -> float:
+        """Sample standard deviation; 0 for a single run (drawn as no error bar)."""
+        values = self.values(column)
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def rate(self, part: str, other: str) -> float | None:
+        """sum(part) / sum(part + other) over the ok runs, e.g. accepted / (accepted + rejected)."""
+        a, b = sum(self.values(part)), sum(self.values(other))
+        return a / (a + b) if a + b > 0 else None
+
+
+def read_mode_rows(runs_dir: Path) -> dict[str, list[dict[str, str]]]:
+    rows = {}
+    for mode in MODES:
+        path = runs_dir / f"runs_{mode}.csv"
+        rows[mode] = read_rows(path) if path.is_file() else []
+    return rows
+
+
+def varying_fields(rows: list[dict[str, str]]) -> list[str]:
+    return [f for f in VARIANT_FIELDS if len({r.get(f, "") for r in rows}) > 1]
+
+
+def group_rows(rows_by_mode: dict[str, list[dict[str, str]]]) -> list[Group]:
+    """Groups in the order their first run appears (the matrix's order)."""
+    groups: dict[tuple[str, str, str], Group] = {}
+    for mode in MODES:
+        rows = rows_by_mode[mode]
+        fields = varying_fields(rows)
+        for row in rows:
+            label = row.get("config", "") + "".join(
+                f" {f.replace('num_', '')}={row.get(f, '')}" for f in fields)
+            key = (mode, row.get("profile", ""), label)
+            groups.setdefault(key, Group(*key)).rows.append(row)
+    return list(groups.values())
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+GLANCE_HEADERS = ("mode", "profile", "config", "runs ok", "duration s (mean ± sd)", "workers", "completed",
+                  "pending", "acceptance", "final val loss", "time to target s", "RTT ms", "loss %", "Mbit/s",
+                  "backend")
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return DASH if value is None else f"{value:.{digits}f}"
+
+
+def glance_row(group: Group) -> list[str]:
+    n_ok = len(group.ok)
+    duration = group.mean("duration_s")
+    reached = group.values("time_to_target_s")
+    target = fmt(group.mean("time_to_target_s"))
+    if reached and len(reached) < n_ok:
+        target += f" ({len(reached)}/{n_ok})"
+    acceptance = group.rate("updates_accepted", "updates_rejected")
+    return [
+        group.mode, group.profile, group.label, f"{n_ok}/{len(group.rows)}",
+        fmt(duration) + (f" ± {group.spread('duration_s'):.1f}" if len(group.values("duration_s")) > 1 else ""),
+        fmt(group.mean("num_workers"), 0), fmt(group.mean("num_completed_tasks")),
+        fmt(group.mean("num_pending_tasks")), DASH if acceptance is None else f"{100 * acceptance:.0f} %",
+        fmt(group.mean("final_val_loss"), 3), target, fmt(group.mean("measured_rtt_ms")),
+        fmt(group.mean("measured_loss_pct"), 2), fmt(group.mean("measured_mbit")),
+        ", ".join(sorted({r.get("backend", "") for r in group.ok} - {""})) or DASH,
+    ]
+
+
+FAILED_HEADERS = ("run", "mode", "profile", "config", "status", "reason")
+
+
+def failed_rows(groups: list[Group]) -> list[list[str]]:
+    return [[r.get("run_id", ""), g.mode, g.profile, g.label, r.get("status", "") or DASH, r.get("reason", "") or DASH]
+            for g in groups for r in g.rows if r.get("status") != OK_STATUS]
+
+
+def markdown_table(headers: tuple[str, ...], rows: list[list[str]]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(headers), line(["---"] * len(headers))] + [line(r) for r in rows])
+
+
+def html_table(headers: tuple[str, ...], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plot:
+    file: str
+    title: str
+
+
+def save(fig, out_dir: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def grouped_bars(ax, groups: list[Group], value: Callable[[Group], float | None],
+                 error: Callable[[Group], float] | None = None) -> bool:
+    """Bars by profile (x), one colour per config label; False when no group has a value."""
+    profiles = list(dict.fromkeys(g.profile for g in groups))
+    labels = list(dict.fromkeys(g.label for g in groups))
+    width = 0.8 / len(labels)
+    drawn = False
+    for i, label in enumerate(labels):
+        xs, heights, errors = [], [], []
+        for j, profile in enumerate(profiles):
+            g = next((g for g in groups if g.profile == profile and g.label == label), None)
+            v = value(g) if g else None
+            if v is not None:
+                xs.append(j - 0.4 + width * (i + 0.5))
+                heights.append(v)
+                errors.append(error(g) if error else 0.0)
+        if xs:
+            ax.bar(xs, heights, width, yerr=errors if error else None, capsize=3, label=label)
+            drawn = True
+    ax.set_xticks(range(len(profiles)), profiles, rotation=20)
+    ax.set_xlabel("WAN profile")
+    ax.legend(fontsize=7)
+    return drawn
+
+
+def plot_duration(groups: list[Group], out_dir: Path) -> Plot | None:
+    modes = [m for m in MODES if any(g.mode == m and g.values("duration_s") for g in groups)]
+    if not modes:
+        return None
+    fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 4.5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        grouped_bars(ax, [g for g in groups if g.mode == mode and g.ok], lambda g: g.mean("duration_s"),
+                     lambda g: g.spread("duration_s"))
+        ax.set_ylabel("run duration (s)")
+        ax.set_title(f"{mode} mode: run duration by profile (mean ± sd over repeats)")
+    return Plot(save(fig, out_dir, "duration.png"), "Run duration by WAN profile")
+
+
+def plot_completion_acceptance(groups: list[Group], out_dir: Path) -> Plot | None:
+    panels = []
+    completion = [g for g in groups if g.mode == "basic" and g.rate("num_completed_tasks", "num_pending_tasks") is not None]
+    if completion:
+        panels.append(("basic mode: tasks completed by profile", "tasks completed (% of the run's tasks)", completion,
+                       lambda g: 100 * g.rate("num_completed_tasks", "num_pending_tasks")))
+    acceptance = [g for g in groups if g.mode == "ml" and g.rate("updates_accepted", "updates_rejected") is not None]
+    if acceptance:
+        panels.append(("ml mode: updates accepted by profile", "updates accepted (% of pushed)", acceptance,
+                       lambda g: 100 * g.rate("updates_accepted", "updates_rejected")))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (title, ylabel, data, value) in zip(axes[0], panels):
+        grouped_bars(ax, data, value)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    return Plot(save(fig, out_dir, "completion_acceptance.png"), "Completion and acceptance by WAN profile")
+
+
+def read_curve(path: Path) -> list[tuple[float, float]]:
+    """(t_s, val_loss) at every evaluation of a run's curve.csv."""
+    with open(path, newline="") as fh:
+        points = [(number(r.get("t_s")), number(r.get("val_loss"))) for r in csv.DictReader(fh)]
+    return [(t, v) for t, v in points if t is not None and v is not None]
+
+
+def plot_val_loss(groups: list[Group], runs_dir: Path, out_dir: Path) -> Plot | None:
+    curves: dict[str, list[tuple[str, list[tuple[float, float]]]]] = defaultdict(list)
+    for g in groups:
+        for row in g.ok if g.mode == "ml" else []:
+            path = runs_dir / row.get("run_id", "") / "curve.csv"
+            points = read_curve(path) if path.is_file() else []
+            if points:
+                curves[g.profile].append((g.label, points))
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.2), squeeze=False, sharey=True)
+    labels = list(dict.fromkeys(label for runs in curves.values() for label, _ in runs))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    for ax, (profile, runs) in zip(axes[0], curves.items()):
+        shown = set()
+        for label, points in runs:  # repeats share a colour and one legend entry
+            ax.plot(*zip(*points), marker=".", color=colours[label], label=None if label in shown else label)
+            shown.add(label)
+        ax.set_title(f"validation loss, profile {profile}")
+        ax.set_xlabel("wall time since the run started (s)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation loss (nats/byte)")
+    return Plot(save(fig, out_dir, "val_loss.png"), "Validation loss against wall time, per profile and protocol")
+
+
+def plot_bytes_by_codec(groups: list[Group], out_dir: Path) -> Plot | None:
+    per_codec: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for g in groups:
+        for row in g.ok if g.mode == "ml" else []:
+            up, down = number(row.get("bytes_up")), number(row.get("bytes_down"))
+            pushed = (number(row.get("updates_accepted")) or 0) + (number(row.get("updates_rejected")) or 0)
+            if up is None or down is None:
+                continue
+            codec = row.get("codec") or "none"
+            per_codec[codec]["up"].append(up / 1e6)
+            per_codec[codec]["down"].append(down / 1e6)
+            if pushed:
+                per_codec[codec]["per_update"].append(up / pushed / 1e3)
+    if not per_codec:
+        return None
+    codecs = list(per_codec)
+    fig, (total, unit) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (direction, name) in enumerate((("up", "uplink (worker → PS)"), ("down", "downlink (PS → worker)"))):
+        means = [statistics.fmean(per_codec[c][direction]) for c in codecs]
+        total.bar([j - 0.2 + 0.4 * i for j in range(len(codecs))], means, 0.4, label=name)
+    total.set_xticks(range(len(codecs)), codecs)
+    total.set_xlabel("uplink codec")
+    total.set_ylabel("bytes on the wire per run (MB, mean over runs)")
+    total.set_title("ml mode: traffic per run by codec")
+    total.legend(fontsize=7)
+    sizes = [statistics.fmean(per_codec[c]["per_update"]) if per_codec[c]["per_update"] else 0.0 for c in codecs]
+    unit.bar(range(len(codecs)), sizes, 0.5, color="C2", label="uplink bytes / pushed update")
+    unit.set_xticks(range(len(codecs)), codecs)
+    unit.set_xlabel("uplink codec")
+    unit.set_ylabel("kB per pushed update")
+    unit.set_title("ml mode: size of one update on the wire")
+    unit.legend(fontsize=7)
+    return Plot(save(fig, out_dir, "bytes_by_codec.png"), "Bytes on the wire by codec")
+
+
+def plot_staleness(groups: list[Group], runs_dir: Path, out_dir: Path) -> Plot | None:
+    counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for g in groups:
+        for row in g.ok if g.mode == "ml" else []:
+            path = runs_dir / row.get("run_id", "") / "staleness.csv"
+            if not path.is_file():
+                continue
+            for r in read_rows(path):
+                s, c = number(r.get("staleness")), number(r.get("count"))
+                if s is not None and c:
+                    counts[row.get("protocol") or "?"][int(s)] += int(c)
+    if not counts:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(counts)
+    for i, (protocol, hist) in enumerate(counts.items()):
+        total = sum(hist.values())
+        xs = sorted(hist)
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], [100 * hist[x] / total for x in xs], width,
+               label=f"{protocol} ({total} updates)")
+    ax.set_xlabel("staleness (PS versions between pull and push)")
+    ax.set_ylabel("share of updates (%)")
+    ax.set_title("ml mode: staleness distribution by protocol (all profiles)")
+    ax.legend(fontsize=7)
+    return Plot(save(fig, out_dir, "staleness.png"), "Staleness distribution")
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    command: str
+    producers: list[str]
+    glance: list[list[str]]
+    failed: list[list[str]]
+    plots: list[Plot]
+    notes: list[str]
+    counts: dict[str, int]
+
+    def commands_block(self) -> str:
+        lines = [*self.producers, self.command]
+        return "```\n" + "\n".join(lines) + "\n```"
+
+    def readme_section(self) -> str:
+        return (f"Generated from {self.describe_counts()} by:\n\n{self.commands_block()}\n\n"
+                + markdown_table(GLANCE_HEADERS, self.glance))
+
+    def describe_counts(self) -> str:
+        return ", ".join(f"{n} rows of runs_{mode}.csv" for mode, n in self.counts.items())
+
+
+def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Group], runs_dir: Path,
+                  plots: list[Plot]) -> list[str]:
+    notes = [f"no rows in runs_{m}.csv: nothing on {m} mode" for m in MODES if not rows_by_mode[m]]
+    ml_ok = [r for g in groups if g.mode == "ml" for r in g.ok]
+    for name in ("curve.csv", "staleness.csv"):
+        without = [r.get("run_id", "") for r in ml_ok if not (runs_dir / r.get("run_id", "") / name).is_file()]
+        if without:
+            notes.append(f"{len(without)} of {len(ml_ok)} ok ML runs have no {name}: {', '.join(without[:5])}"
+                         + (" ..." if len(without) > 5 else ""))
+    drawn = {p.file for p in plots}
+    for file, what in (("duration.png", "run durations"), ("completion_acceptance.png", "completed tasks or updates"),
+                       ("val_loss.png", "validation-loss curves"), ("bytes_by_codec.png", "byte counters of ML runs"),
+                       ("staleness.png", "staleness histograms")):
+        if file not in drawn:
+            notes.append(f"no plot {file}: no {what} among the ok runs")
+    return notes
+
+
+def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
+    rows_by_mode = read_mode_rows(runs_dir)
+    if not any(rows_by_mode.values()):
+        raise ReportError(f"no rows in {runs_dir / 'runs_basic.csv'} or {runs_dir / 'runs_ml.csv'}: "
+                          "run `make experiments` (or a single `make up`) first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_rows(rows_by_mode)
+    plots = [p for p in (plot_duration(groups, out_dir), plot_completion_acceptance(groups, out_dir),
+                         plot_val_loss(groups, runs_dir, out_dir), plot_bytes_by_codec(groups, out_dir),
+                         plot_staleness(groups, runs_dir, out_dir)) if p is not None]
+    producers = list(dict.fromkeys(entry["command"] for entry in read_done(runs_dir).values() if entry.get("command")))
+    report = Report(command, producers, [glance_row(g) for g in groups], failed_rows(groups), plots,
+                    missing_notes(rows_by_mode, groups, runs_dir, plots), {m: len(rows_by_mode[m]) for m in MODES})
+    atomic_write(out_dir / "results.md", render_markdown(report).encode())
+    atomic_write(out_dir / "index.html", render_html(report).encode())
+    return report
+
+
+def render_markdown(report: Report) -> str:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"# Results\n\nBuilt {when} from {report.describe_counts()} by:\n\n{report.commands_block()}",
+             "## Results at a glance\n\nStatistics over the runs with status `ok` (runs ok = ok / all runs of "
+             "the row); measured link figures are the sidecar's probe before each run.\n\n"
+             + markdown_table(GLANCE_HEADERS, report.glance)]
+    if report.failed:
+        parts.append("## Runs that did not end ok\n\n" + markdown_table(FAILED_HEADERS, report.failed))
+    if report.plots:
+        parts.append("## Plots\n\n" + "\n\n".join(f"### {p.title}\n\n![{p.title}]({p.file})" for p in report.plots))
+    if report.notes:
+        parts.append("## Missing\n\n" + "\n".join(f"- {n}" for n in report.notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_html(report: Report) -> str:
+    sections = [f"<h1>Results</h1><p>Built from {html.escape(report.describe_counts())} by:</p>"
+                f"<pre>{html.escape(chr(10).join([*report.producers, report.command]))}</pre>",
+                "<h2>Results at a glance</h2><p>Statistics over the runs with status <code>ok</code>.</p>"
+                + html_table(GLANCE_HEADERS, report.glance)]
+    if report.failed:
+        sections.append("<h2>Runs that did not end ok</h2>" + html_table(FAILED_HEADERS, report.failed))
+    for p in report.plots:
+        sections.append(f"<h2>{html.escape(p.title)}</h2><img src=\"{html.escape(p.file)}\" alt=\"{html.escape(p.title)}\">")
+    if report.notes:
+        sections.append("<h2>Missing</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;font-size:90%}"
+             "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#eee}"
+             "td:nth-child(-n+3){text-align:left}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>dist-llm-train results</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+
+
+def replace_section(text: str, section: str, source: str) -> str:
+    """Text with everything between the results markers replaced by `section`."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ReportError(f"{source}: needs the markers {README_BEGIN} and {README_END} (in that order)")
+    return text[:begin + len(README_BEGIN)] + "\n" + section.strip() + "\n" + text[end:]
+
+
+def update_readme(path: Path, section: str) -> None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file") from None
+    atomic_write(path, replace_section(text, section, str(path)).encode())

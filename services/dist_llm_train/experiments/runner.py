@@ -1,0 +1,354 @@
+"""`dist-llm-train run-experiments`: run every cell of a matrix as its own compose stack.
+
+For each cell: write the resolved config to runs/.matrix/<key>.yaml, `docker compose up` with that
+config and preset, wait in the controller's container until the run ends (past the config's
+timeout_s + STOP_MARGIN_S, ask the controller to stop it), collect the row the controller wrote,
+then `docker compose down -v` (the sidecar removes its rules, the controller's state goes) and move
+on. The runner runs where the repository sits at its host path (`make experiments` mounts it so),
+so the runs folder it reads is the one the stack's containers write.
+
+Resume: runs/.matrix/done.json maps each cell key to its run and status; a restart skips the
+cells that ended with a row of their own (any status but `failed`), and runs again the failed ones
+and those whose run folder was deleted.
+
+Failure: a cell whose stack never gets healthy, whose run fails or never ends, or that leaves no
+row becomes a row with status `failed` and the reason (written through results.write_run, so the
+merged CSVs stay consistent), its compose logs are kept in runs/.matrix/<key>.log, and the matrix
+goes on. The stack is torn down in `finally`, also on SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from ..results import atomic_write, read_rows, write_run
+from ..schema import ConfigError
+from .matrix import Cell, expand, load_matrix, with_overrides
+
+OK_STATUS = "ok"  # the row status of a run that ended as planned
+FAILED_STATUS = "failed"
+END_STATES = ("finished", "timeout", "stopped", "failed")
+MATRIX_DIR = ".matrix"
+DEFAULT_PROJECT = "dlt-exp"
+# The controller ends a run itself at timeout_s; the margin covers start-up and the link probe
+# before it, and only a stuck controller ever reaches it.
+STOP_MARGIN_S = 60.0
+ROW_GRACE_S = 60.0  # after a stop request, how long the controller has to end the run and write its row
+UP_TIMEOUT_S = 600.0  # compose up waits for the healthchecks (controller, sidecar, PS)
+DOWN_TIMEOUT_S = 180.0
+LOG_TAIL = 300  # lines of each service's log kept for a failed cell
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--matrix", default="experiments/matrix.yaml", help="the matrix (YAML)")
+    parser.add_argument("--profiles", nargs="+", help="run these WAN presets instead of each study's")
+    parser.add_argument("--configs", nargs="+", help="run these configs in the studies of their mode")
+    parser.add_argument("--glob", dest="pattern", help="like --configs, the files this pattern matches")
+    parser.add_argument("--repeats", type=int, help="repeats of every combination instead of each study's")
+    parser.add_argument("--runs", default="runs", help="the runs folder, inside the repository")
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="COMPOSE_PROJECT_NAME of the stacks")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+
+
+def main(args: argparse.Namespace) -> int:
+    root = Path.cwd()
+    try:
+        matrix = with_overrides(load_matrix(args.matrix), root, args.profiles, args.configs, args.pattern, args.repeats)
+        cells = expand(matrix, args.matrix, root, root / "netem")
+    except ConfigError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    runs_dir = Path(args.runs).resolve()
+    bound = sum(c.config.timeout_s + STOP_MARGIN_S for c in cells)
+    print(f"{args.matrix}: {len(cells)} cells; at most {clock(bound)} if every run reached its timeout")
+    if args.dry_run:
+        for i, cell in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}")
+        return 0
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    run_as_owner_of(runs_dir)
+    command = "dist-llm-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    runner = Runner(root, runs_dir, args.project, command)
+    with signals_as_interrupts():
+        try:
+            failed = runner.run_all(cells)
+        except KeyboardInterrupt:
+            print("interrupted: the stack is down; run the same command again to resume", flush=True)
+            return 130
+    return 1 if failed else 0
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ---- resume state -------------------------------------------------------------------------------
+
+def done_path(runs_dir: Path) -> Path:
+    return runs_dir / MATRIX_DIR / "done.json"
+
+
+def read_done(runs_dir: Path) -> dict[str, dict[str, Any]]:
+    """Cell key -> what its run gave; {} before the first cell. A corrupt file is refused, not reset."""
+    path = done_path(runs_dir)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); fix or delete it (rows are not affected)") from None
+
+
+def is_done(entry: dict[str, Any] | None, runs_dir: Path) -> bool:
+    return (entry is not None and entry.get("status") != FAILED_STATUS
+            and (runs_dir / entry.get("run_id", "") / "row.csv").is_file())
+
+
+# ---- rows of failed cells -----------------------------------------------------------------------
+
+def failure_row(cell: Cell, run_id: str, reason: str, started_at: str) -> dict[str, Any]:
+    """The row of a cell that produced none: what the cell was, status `failed` and why."""
+    config, ml = cell.config, cell.config.ml
+    return {
+        "config": config.name, "mode": config.mode, "profile": cell.profile, "netem_profile": cell.profile,
+        "repeat": cell.repeat, "num_workers": cell.workers, "status": FAILED_STATUS, "reason": reason,
+        "run_id": run_id, "config_hash": config.digest(), "scheduler": config.controller.scheduler,
+        "protocol": ml.staleness.protocol if ml else None, "codec": ml.compression.codec if ml else None,
+        "aggregation": ml.aggregation.rule if ml else None, "started_at": started_at,
+    }
+
+
+def record_failure(runs_dir: Path, cell: Cell, reason: str, started_at: str, run_id: str | None = None) -> str:
+    """Write a failed cell's row and provenance; returns its run id."""
+    run_id = run_id or f"{started_at.replace(':', '').replace('-', '')}-{cell.key[:8]}-failed"
+    provenance = {"config": cell.config.model_dump(mode="json"), "profile": cell.profile, "cell": cell_summary(cell),
+                  "failure": reason, "log": f"{MATRIX_DIR}/{cell.key}.log"}
+    write_run(runs_dir, run_id, failure_row(cell, run_id, reason, started_at), provenance)
+    return run_id
+
+
+def cell_summary(cell: Cell) -> dict[str, Any]:
+    return {"key": cell.key, "study": cell.study, "config": cell.config_path, "profile": cell.profile,
+            "repeat": cell.repeat, "workers": cell.workers, "seed": cell.config.seed, "sweep": dict(cell.sweep)}
+
+
+# ---- the controller side ------------------------------------------------------------------------
+
+def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:8000") -> None:
+    """Run inside the controller's container: poll /status until the run ends; past `deadline_s`
+    ask the controller to stop the run; give up `grace_s` later. Prints one JSON line with the
+    last `run` status seen (null if the controller never answered) and whether it was stopped."""
+    import urllib.request
+
+    start, stopped, run, error = time.monotonic(), False, None, None
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/status", timeout=5) as answer:
+                run, error = json.load(answer)["run"], None
+        except (OSError, ValueError, KeyError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed = time.monotonic() - start
+        if run is not None and run.get("state") in END_STATES:
+            break
+        if elapsed > deadline_s and not stopped:
+            body = json.dumps({"reason": f"experiment runner: no end after {deadline_s:.0f} s"}).encode()
+            request = urllib.request.Request(f"{url}/run/stop", data=body, method="POST", headers={
+                "Authorization": f"Bearer {os.environ['RUN_TOKEN']}", "Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=10).close()
+            except OSError as exc:
+                error = f"stop request failed: {exc}"
+            stopped = True
+        if elapsed > deadline_s + grace_s:
+            break
+        time.sleep(1.0)
+    print(json.dumps({"run": run, "stopped": stopped, "error": error}), flush=True)
+
+
+# ---- the runner ---------------------------------------------------------------------------------
+
+class CellFailed(Exception):
+    """A cell that gave no row of its own; the message is the row's reason."""
+
+    def __init__(self, reason: str, run_id: str | None = None):
+        super().__init__(reason)
+        self.run_id = run_id
+
+
+class Runner:
+    def __init__(self, root: Path, runs_dir: Path, project: str, command: str):
+        self.root, self.runs_dir, self.project, self.command = root, runs_dir, project, command
+        self.matrix_dir = runs_dir / MATRIX_DIR
+        self.matrix_dir.mkdir(parents=True, exist_ok=True)
+
+    def run_all(self, cells: list[Cell]) -> int:
+        """Run every cell not done yet; returns how many failed."""
+        done = read_done(self.runs_dir)
+        todo = {c.key for c in cells if not is_done(done.get(c.key), self.runs_dir)}
+        print(f"{len(cells) - len(todo)} cells already done, {len(todo)} to run", flush=True)
+        start, ran, failed = time.monotonic(), 0, 0
+        for i, cell in enumerate(cells, 1):
+            prefix = f"[{i}/{len(cells)}] {cell.label()}"
+            if cell.key not in todo:
+                print(f"{prefix}  done before: {done[cell.key]['status']} ({done[cell.key]['run_id']})", flush=True)
+                continue
+            elapsed = time.monotonic() - start
+            eta = clock(elapsed / ran * len(todo)) if ran else "?"
+            print(f"{prefix}  elapsed {clock(elapsed)}  ETA {eta}", flush=True)
+            began = time.monotonic()
+            entry = self.run_cell(cell)
+            todo.discard(cell.key)
+            ran += 1
+            failed += entry["status"] == FAILED_STATUS
+            done[cell.key] = entry
+            atomic_write(done_path(self.runs_dir), json.dumps(done, indent=2, sort_keys=True).encode())
+            why = f" ({entry['reason']})" if entry.get("reason") else ""
+            print(f"[{i}/{len(cells)}] -> {entry['status']}{why} run {entry['run_id']} in "
+                  f"{clock(time.monotonic() - began)}", flush=True)
+        print(f"matrix done in {clock(time.monotonic() - start)}: {ran} ran, {failed} failed, "
+              f"rows in {self.runs_dir}/runs_<mode>.csv; `make report` builds tables and plots", flush=True)
+        return failed
+
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        env = self.cell_env(cell)
+        try:
+            run_id, status, reason = self.run_stack(cell, env)
+        except CellFailed as exc:
+            self.keep_logs(cell, env)
+            run_id, status, reason = record_failure(self.runs_dir, cell, str(exc), started_at, exc.run_id), \
+                FAILED_STATUS, str(exc)
+        finally:
+            self.tear_down(cell, env)
+        return {**cell_summary(cell), "run_id": run_id, "status": status, "reason": reason,
+                "command": self.command, "started_at": started_at}
+
+    def run_stack(self, cell: Cell, env: dict[str, str]) -> tuple[str, str, str]:
+        """Up, wait for the end, read the row. Returns (run id, status, reason) or raises CellFailed."""
+        atomic_write(self.matrix_dir / f"{cell.key}.yaml",
+                     yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False).encode())
+        up = self.compose(cell, env, "up", "-d", "--remove-orphans", timeout=UP_TIMEOUT_S)
+        if up.returncode != 0:
+            raise CellFailed(f"stack never healthy: {last_line(up.stderr)}")
+        deadline = cell.config.timeout_s + STOP_MARGIN_S
+        code = f"from dist_llm_train.experiments.runner import watch_run; watch_run({deadline}, {ROW_GRACE_S})"
+        watch = self.compose(cell, env, "exec", "-T", "controller", "python3", "-c", code,
+                             timeout=deadline + ROW_GRACE_S + 60)
+        try:
+            seen = json.loads(watch.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise CellFailed(f"could not watch the run: {last_line(watch.stderr)}") from None
+        run = seen["run"] or {}
+        run_id, state = run.get("run_id"), run.get("state")
+        if state not in END_STATES:
+            raise CellFailed(f"run did not end within timeout_s + {STOP_MARGIN_S + ROW_GRACE_S:.0f} s "
+                             f"(last state {state}; {seen['error'] or 'controller answering'})", run_id)
+        row_file = self.runs_dir / run_id / "row.csv"
+        for _ in range(20):  # the controller writes the row as the run ends; allow it a moment
+            if row_file.is_file():
+                row = read_rows(row_file)[0]
+                return run_id, row["status"], row.get("reason", "")
+            time.sleep(0.5)
+        raise CellFailed(f"run {run_id} ended as {state} but wrote no row", run_id)
+
+    def cell_env(self, cell: Cell) -> dict[str, str]:
+        env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "RUN_TOKEN": secrets.token_hex(16),
+               "CONFIG": f"/runs/{MATRIX_DIR}/{cell.key}.yaml", "PROFILE": cell.profile,
+               "WORKERS": str(cell.workers), "REPEAT": str(cell.repeat), "RUNS_HOST_DIR": str(self.runs_dir),
+               "CONTROLLER_PORT": "0"}
+        if cell.mode == "ml":  # a fresh folder: the PS resumes from any checkpoint it finds
+            checkpoints = self.checkpoints(cell)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            checkpoints.mkdir(parents=True)
+            env["CHECKPOINTS_HOST_DIR"] = str(checkpoints)
+        return env
+
+    def checkpoints(self, cell: Cell) -> Path:
+        return self.matrix_dir / "checkpoints" / cell.key
+
+    def compose(self, cell: Cell, env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess:
+        command = ["docker", "compose", "--project-directory", str(self.root), "-f", str(self.root / "compose.yaml")]
+        command += ["--profile", "ml"] if cell.mode == "ml" or args[0] == "down" else []
+        try:
+            return subprocess.run(command + list(args), env=env, cwd=self.root, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CellFailed(f"docker compose {args[0]} took longer than {timeout:.0f} s") from None
+
+    def keep_logs(self, cell: Cell, env: dict[str, str]) -> None:
+        try:
+            logs = self.compose(cell, env, "logs", "--no-color", "--tail", str(LOG_TAIL), timeout=60)
+            atomic_write(self.matrix_dir / f"{cell.key}.log", (logs.stdout + logs.stderr).encode())
+        except CellFailed as exc:
+            print(f"  could not keep the logs: {exc}", flush=True)
+
+    def tear_down(self, cell: Cell, env: dict[str, str]) -> None:
+        """`down -v`, not interruptible: a second Ctrl-C must not leave rules or containers behind."""
+        with signals_ignored():
+            try:
+                down = self.compose(cell, env, "down", "-v", "--remove-orphans", "--timeout", "30",
+                                    timeout=DOWN_TIMEOUT_S)
+                if down.returncode != 0:
+                    print(f"  compose down failed: {last_line(down.stderr)}", flush=True)
+            except CellFailed as exc:
+                print(f"  {exc}; remove the project {self.project} by hand", flush=True)
+            shutil.rmtree(self.checkpoints(cell), ignore_errors=True)
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+# ---- process plumbing ---------------------------------------------------------------------------
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM (docker stop, CI cancel) unwinds like Ctrl-C, through every `finally`."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_as_owner_of(runs_dir: Path, socket: Path = Path("/var/run/docker.sock")) -> None:
+    """As root (the driver container), become the owner of the runs folder, keeping the Docker
+    socket's group: what the runner writes there must stay writable by the user and by the stack's
+    containers, which run as that user (a root-owned merge lock would lock the controller out)."""
+    owner = runs_dir.stat()
+    if os.getuid() != 0 or owner.st_uid == 0:
+        return
+    os.setgroups([socket.stat().st_gid] if socket.exists() else [])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)

@@ -1,0 +1,143 @@
+"""The report from fixture rows, curves and staleness files: files, PNGs, table rows, README section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from dist_llm_train.cli import main as cli_main
+from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportError, build_report, replace_section)
+from dist_llm_train.results import write_run
+
+PLOTS = ("duration.png", "completion_acceptance.png", "val_loss.png", "bytes_by_codec.png", "staleness.png")
+LINK = {"backend": "userspace", "measured_rtt_ms": 101.0, "measured_loss_pct": 0.5, "measured_mbit": 9.5}
+
+
+def basic_row(run_id, profile, duration, status="ok", completed=40, pending=0, **extra):
+    return {"run_id": run_id, "mode": "basic", "config": "basic_demo", "profile": profile, "scheduler": "fifo",
+            "status": status, "duration_s": duration, "num_workers": 4, "num_completed_tasks": completed,
+            "num_pending_tasks": pending, "started_at": run_id, **LINK, **extra}
+
+
+def ml_row(run_id, profile, protocol, codec="none", ttt=None, **extra):
+    return {"run_id": run_id, "mode": "ml", "config": "ml_demo", "profile": profile, "protocol": protocol,
+            "codec": codec, "aggregation": "mean", "status": "ok", "duration_s": 60.0, "num_workers": 4,
+            "updates_accepted": 90, "updates_rejected": 10, "bytes_up": 4_000_000, "bytes_down": 8_000_000,
+            "final_val_loss": 2.5, "time_to_target_s": ttt, "started_at": run_id, **LINK, **extra}
+
+
+def write_curve(runs: Path, run_id: str, start_loss: float) -> None:
+    lines = ["t_s,version,train_loss,val_loss,updates_accepted,updates_rejected,mean_staleness,bytes_up,bytes_down"]
+    for i in range(5):
+        val = f"{start_loss - 0.2 * i:.2f}" if i % 2 == 0 else ""  # evaluations every other line only
+        lines.append(f"{10 * i},{20 * i},{start_loss - 0.1 * i:.2f},{val},{18 * i},{2 * i},1.5,{800 * i},{1600 * i}")
+    (runs / run_id / "curve.csv").write_text("\n".join(lines) + "\n")
+    (runs / run_id / "staleness.csv").write_text("staleness,count\n0,50\n1,30\n2,20\n")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("report") / "runs"
+    for row in (basic_row("b1", "lan", 10.0), basic_row("b2", "lan", 12.0),
+                basic_row("b3", "lan", None, status="failed", completed=None, pending=None, reason="stack never healthy"),
+                basic_row("b4", "satellite", 30.0, completed=30, pending=10)):
+        write_run(runs, row["run_id"], row, {})
+    for row in (ml_row("m1", "lan", "sync", ttt=40.0), ml_row("m2", "lan", "async", codec="topk"),
+                ml_row("m3", "high_rtt", "sync", ttt=50.0), ml_row("m4", "high_rtt", "sync")):
+        write_run(runs, row["run_id"], row, {})
+        if row["run_id"] != "m4":
+            write_curve(runs, row["run_id"], 3.0)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def report(runs):
+    """Built once: drawing the five plots takes about two seconds."""
+    return build_report(runs, runs / "report", "dist-llm-train report --runs runs")
+
+
+def table_row(report, profile, config):
+    return next(r for r in report.glance if r[1] == profile and r[2] == config)
+
+
+def test_report_writes_markdown_html_and_every_plot(runs, report):
+    out = runs / "report"
+    assert (out / "results.md").is_file() and (out / "index.html").is_file()
+    assert [p.file for p in report.plots] == list(PLOTS)
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = matplotlib.image.imread(out / name).shape
+        assert height > 200 and width > 400
+    page = (out / "index.html").read_text()
+    assert sum(page.count(f'<img src="{name}"') for name in PLOTS) == len(PLOTS)
+    assert str(runs) not in page  # images referenced relatively: the folder can be moved
+
+
+def test_table_rows_hold_the_statistics_of_ok_runs(report):
+    by_header = lambda row: dict(zip(("mode", "profile", "config", "runs", "duration", "workers", "completed",
+                                      "pending", "acceptance", "val", "ttt", "rtt", "loss", "mbit", "backend"), row))
+
+    lan = by_header(table_row(report, "lan", "basic_demo"))
+    satellite = by_header(table_row(report, "satellite", "basic_demo"))
+    sync_high = by_header(table_row(report, "high_rtt", "ml_demo protocol=sync codec=none"))
+    async_lan = by_header(table_row(report, "lan", "ml_demo protocol=async codec=topk"))
+
+    assert (lan["runs"], lan["duration"], lan["completed"], lan["pending"]) == ("2/3", "11.0 ± 1.4", "40.0", "0.0")
+    assert (lan["rtt"], lan["loss"], lan["mbit"], lan["backend"], lan["acceptance"]) == ("101.0", "0.50", "9.5", "userspace", "–")
+    assert (satellite["duration"], satellite["completed"], satellite["pending"]) == ("30.0", "30.0", "10.0")
+    assert (sync_high["runs"], sync_high["acceptance"], sync_high["val"], sync_high["ttt"]) == ("2/2", "90 %", "2.500", "50.0 (1/2)")
+    assert async_lan["ttt"] == "–"
+    assert len(report.glance) == 5
+
+
+def test_markdown_lists_failed_runs_and_what_is_missing(runs, report):
+    text = (runs / "report" / "results.md").read_text()
+    assert "| b3 | basic | lan | basic_demo | failed | stack never healthy |" in text
+    assert "1 of 4 ok ML runs have no curve.csv: m4" in text
+    assert "dist-llm-train report --runs runs" in text
+    for name in PLOTS:
+        assert f"]({name})" in text
+
+
+def test_only_basic_rows_give_only_basic_plots_and_say_so(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "b1", basic_row("b1", "lan", 10.0), {})
+
+    report = build_report(runs, runs / "report", "cmd")
+
+    assert [p.file for p in report.plots] == ["duration.png", "completion_acceptance.png"]
+    assert not (runs / "report" / "val_loss.png").exists()
+    text = (runs / "report" / "results.md").read_text()
+    assert "no rows in runs_ml.csv: nothing on ml mode" in text
+    assert "no plot val_loss.png: no validation-loss curves among the ok runs" in text
+
+
+def test_no_rows_at_all_is_refused(tmp_path):
+    with pytest.raises(ReportError, match="no rows in .*runs_basic.csv"):
+        build_report(tmp_path, tmp_path / "report", "cmd")
+
+
+def test_readme_section_is_replaced_through_the_command(tmp_path):
+    runs = tmp_path / "runs"
+    for row in (basic_row("b1", "lan", 10.0), basic_row("b2", "lan", 12.0)):
+        write_run(runs, row["run_id"], row, {})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+
+    code = cli_main(["report", "--runs", str(runs), "--readme", str(readme)])
+
+    text = readme.read_text()
+    assert code == 0
+    assert text.startswith(f"# Title\n\nbefore\n{README_BEGIN}\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text
+    assert f"dist-llm-train report --runs {runs} --readme {readme}" in text
+    assert "| basic | lan | basic_demo | 2/2 | 11.0 ± 1.4 |" in text
+    assert (runs / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("text", ["no markers at all\n", f"{README_END}\nreversed\n{README_BEGIN}\n"])
+def test_a_readme_without_markers_is_refused_and_left_alone(text):
+    with pytest.raises(ReportError, match="needs the markers"):
+        replace_section(text, "table", "README.md")
