@@ -31,6 +31,7 @@ class Settings:
     link_gate: bool  # LINK_GATE=1: hold tasks until the sidecar reports every link applied
     repeat: int = 0  # REPEAT: repetition number of this run in an experiment (recorded in the CSV row)
     image_id: str | None = None  # IMAGE_ID: the image the run used (recorded in the provenance file)
+    log_level: str = "INFO"  # LOG_LEVEL: debug, info, warning, error
 
 
 def check_token(token: str) -> str:
@@ -73,4 +74,12 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         link_gate=env.get("LINK_GATE", "0") == "1",
         repeat=_int_or_none("REPEAT", env.get("REPEAT"), minimum=0) or 0,
         image_id=env.get("IMAGE_ID") or None,
+        log_level=_log_level(env.get("LOG_LEVEL", "info")),
     )
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL: expected debug, info, warning or error, got {raw!r}")
+    return level
