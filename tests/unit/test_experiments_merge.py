@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dist_llm_train.experiments.matrix import Matrix, expand
-from dist_llm_train.experiments.runner import (FAILED_STATUS, done_path, failure_row, is_done, read_done,
+from dist_llm_train.experiments.runner import (FAILED_STATUS, OK_STATUS, done_path, failure_row, is_done, read_done,
                                                record_failure)
 from dist_llm_train.results import COLUMNS, merge_mode, read_rows, write_run
 from dist_llm_train.schema import ConfigError
@@ -30,7 +30,7 @@ def cells(tmp_path: Path):
 
 def controller_row(run_id: str, started_at: str, mode: str = "basic") -> dict:
     return {"config": "b", "mode": mode, "profile": "lan", "repeat": 1, "duration_s": 12.5, "num_workers": 4,
-            "num_completed_tasks": 40, "num_pending_tasks": 0, "status": "ok", "run_id": run_id,
+            "num_completed_tasks": 40, "num_pending_tasks": 0, "status": OK_STATUS, "run_id": run_id,
             "started_at": started_at}
 
 
@@ -76,10 +76,11 @@ def test_a_cell_is_done_only_with_a_row_of_its_own(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs, "r1", controller_row("r1", "t"), {})
 
-    assert is_done({"run_id": "r1", "status": "ok"}, runs)
+    assert is_done({"run_id": "r1", "status": OK_STATUS}, runs)
+    assert is_done({"run_id": "r1", "status": "degraded"}, runs)
     assert is_done({"run_id": "r1", "status": "timeout"}, runs)
     assert not is_done({"run_id": "r1", "status": FAILED_STATUS}, runs)  # retried on restart
-    assert not is_done({"run_id": "gone", "status": "ok"}, runs)  # its folder was deleted: run again
+    assert not is_done({"run_id": "gone", "status": OK_STATUS}, runs)  # its folder was deleted: run again
     assert not is_done(None, runs)
 
 

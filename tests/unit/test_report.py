@@ -9,13 +9,14 @@ import pytest
 
 from dist_llm_train.cli import main as cli_main
 from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportError, build_report, replace_section)
+from dist_llm_train.experiments.runner import OK_STATUS
 from dist_llm_train.results import write_run
 
 PLOTS = ("duration.png", "completion_acceptance.png", "val_loss.png", "bytes_by_codec.png", "staleness.png")
 LINK = {"backend": "userspace", "measured_rtt_ms": 101.0, "measured_loss_pct": 0.5, "measured_mbit": 9.5}
 
 
-def basic_row(run_id, profile, duration, status="ok", completed=40, pending=0, **extra):
+def basic_row(run_id, profile, duration, status=OK_STATUS, completed=40, pending=0, **extra):
     return {"run_id": run_id, "mode": "basic", "config": "basic_demo", "profile": profile, "scheduler": "fifo",
             "status": status, "duration_s": duration, "num_workers": 4, "num_completed_tasks": completed,
             "num_pending_tasks": pending, "started_at": run_id, **LINK, **extra}
@@ -23,7 +24,7 @@ def basic_row(run_id, profile, duration, status="ok", completed=40, pending=0, *
 
 def ml_row(run_id, profile, protocol, codec="none", ttt=None, **extra):
     return {"run_id": run_id, "mode": "ml", "config": "ml_demo", "profile": profile, "protocol": protocol,
-            "codec": codec, "aggregation": "mean", "status": "ok", "duration_s": 60.0, "num_workers": 4,
+            "codec": codec, "aggregation": "mean", "status": OK_STATUS, "duration_s": 60.0, "num_workers": 4,
             "updates_accepted": 90, "updates_rejected": 10, "bytes_up": 4_000_000, "bytes_down": 8_000_000,
             "final_val_loss": 2.5, "time_to_target_s": ttt, "started_at": run_id, **LINK, **extra}
 
@@ -95,7 +96,7 @@ def test_table_rows_hold_the_statistics_of_ok_runs(report):
 def test_markdown_lists_failed_runs_and_what_is_missing(runs, report):
     text = (runs / "report" / "results.md").read_text()
     assert "| b3 | basic | lan | basic_demo | failed | stack never healthy |" in text
-    assert "1 of 4 ok ML runs have no curve.csv: m4" in text
+    assert "1 of 4 finished ML runs have no curve.csv: m4" in text
     assert "dist-llm-train report --runs runs" in text
     for name in PLOTS:
         assert f"]({name})" in text
@@ -111,7 +112,7 @@ def test_only_basic_rows_give_only_basic_plots_and_say_so(tmp_path):
     assert not (runs / "report" / "val_loss.png").exists()
     text = (runs / "report" / "results.md").read_text()
     assert "no rows in runs_ml.csv: nothing on ml mode" in text
-    assert "no plot val_loss.png: no validation-loss curves among the ok runs" in text
+    assert "no plot val_loss.png: no validation-loss curves among the finished runs" in text
 
 
 def test_no_rows_at_all_is_refused(tmp_path):

@@ -2,7 +2,7 @@
 
 Reads runs/runs_basic.csv, runs/runs_ml.csv and each ML run's curve.csv and staleness.csv; writes
 runs/report/results.md, runs/report/index.html (self-contained but for the PNGs beside it) and one
-PNG per plot. Statistics cover the runs whose status is `ok`; the others are listed with their
+PNG per plot. Statistics cover the runs whose status is `finished`; the others are listed with their
 reason. A plot is drawn only when its data exist; what is missing is said in results.md.
 With `--readme README.md` the section between the results markers of the README is replaced by
 the table and the commands that produced it.
@@ -137,7 +137,7 @@ def group_rows(rows_by_mode: dict[str, list[dict[str, str]]]) -> list[Group]:
 
 # ---- the table ----------------------------------------------------------------------------------
 
-GLANCE_HEADERS = ("mode", "profile", "config", "runs ok", "duration s (mean ± sd)", "workers", "completed",
+GLANCE_HEADERS = ("mode", "profile", "config", "finished/runs", "duration s (mean ± sd)", "workers", "completed",
                   "pending", "acceptance", "final val loss", "time to target s", "RTT ms", "loss %", "Mbit/s",
                   "backend")
 
@@ -384,14 +384,14 @@ def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Gr
     for name in ("curve.csv", "staleness.csv"):
         without = [r.get("run_id", "") for r in ml_ok if not (runs_dir / r.get("run_id", "") / name).is_file()]
         if without:
-            notes.append(f"{len(without)} of {len(ml_ok)} ok ML runs have no {name}: {', '.join(without[:5])}"
+            notes.append(f"{len(without)} of {len(ml_ok)} finished ML runs have no {name}: {', '.join(without[:5])}"
                          + (" ..." if len(without) > 5 else ""))
     drawn = {p.file for p in plots}
     for file, what in (("duration.png", "run durations"), ("completion_acceptance.png", "completed tasks or updates"),
                        ("val_loss.png", "validation-loss curves"), ("bytes_by_codec.png", "byte counters of ML runs"),
                        ("staleness.png", "staleness histograms")):
         if file not in drawn:
-            notes.append(f"no plot {file}: no {what} among the ok runs")
+            notes.append(f"no plot {file}: no {what} among the finished runs")
     return notes
 
 
@@ -416,11 +416,11 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
 def render_markdown(report: Report) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"# Results\n\nBuilt {when} from {report.describe_counts()} by:\n\n{report.commands_block()}",
-             "## Results at a glance\n\nStatistics over the runs with status `ok` (runs ok = ok / all runs of "
-             "the row); measured link figures are the sidecar's probe before each run.\n\n"
+             f"## Results at a glance\n\nStatistics over the runs with status `{OK_STATUS}` (finished/runs: "
+             "those of all the row's runs); measured link figures are the sidecar's probe before each run.\n\n"
              + markdown_table(GLANCE_HEADERS, report.glance)]
     if report.failed:
-        parts.append("## Runs that did not end ok\n\n" + markdown_table(FAILED_HEADERS, report.failed))
+        parts.append(f"## Runs that did not end as `{OK_STATUS}`\n\n" + markdown_table(FAILED_HEADERS, report.failed))
     if report.plots:
         parts.append("## Plots\n\n" + "\n\n".join(f"### {p.title}\n\n![{p.title}]({p.file})" for p in report.plots))
     if report.notes:
@@ -431,10 +431,10 @@ def render_markdown(report: Report) -> str:
 def render_html(report: Report) -> str:
     sections = [f"<h1>Results</h1><p>Built from {html.escape(report.describe_counts())} by:</p>"
                 f"<pre>{html.escape(chr(10).join([*report.producers, report.command]))}</pre>",
-                "<h2>Results at a glance</h2><p>Statistics over the runs with status <code>ok</code>.</p>"
+                f"<h2>Results at a glance</h2><p>Statistics over the runs with status <code>{OK_STATUS}</code>.</p>"
                 + html_table(GLANCE_HEADERS, report.glance)]
     if report.failed:
-        sections.append("<h2>Runs that did not end ok</h2>" + html_table(FAILED_HEADERS, report.failed))
+        sections.append(f"<h2>Runs that did not end as {OK_STATUS}</h2>" + html_table(FAILED_HEADERS, report.failed))
     for p in report.plots:
         sections.append(f"<h2>{html.escape(p.title)}</h2><img src=\"{html.escape(p.file)}\" alt=\"{html.escape(p.title)}\">")
     if report.notes:

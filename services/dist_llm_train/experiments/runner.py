@@ -40,7 +40,7 @@ from ..results import atomic_write, read_rows, write_run
 from ..schema import ConfigError
 from .matrix import Cell, expand, load_matrix, with_overrides
 
-OK_STATUS = "ok"  # the row status of a run that ended as planned
+OK_STATUS = "finished"  # the row status of a run that ended as planned (controller/runstate.py)
 FAILED_STATUS = "failed"
 END_STATES = ("finished", "timeout", "stopped", "failed")
 MATRIX_DIR = ".matrix"
@@ -196,6 +196,7 @@ class Runner:
         self.root, self.runs_dir, self.project, self.command = root, runs_dir, project, command
         self.matrix_dir = runs_dir / MATRIX_DIR
         self.matrix_dir.mkdir(parents=True, exist_ok=True)
+        self.image_id = image_id(os.environ.get("IMAGE", "dist-llm-train:dev"))
 
     def run_all(self, cells: list[Cell]) -> int:
         """Run every cell not done yet; returns how many failed."""
@@ -255,7 +256,7 @@ class Runner:
         except (IndexError, json.JSONDecodeError):
             raise CellFailed(f"could not watch the run: {last_line(watch.stderr)}") from None
         run = seen["run"] or {}
-        run_id, state = run.get("run_id"), run.get("state")
+        run_id, state = run.get("id"), run.get("state")
         if state not in END_STATES:
             raise CellFailed(f"run did not end within timeout_s + {STOP_MARGIN_S + ROW_GRACE_S:.0f} s "
                              f"(last state {state}; {seen['error'] or 'controller answering'})", run_id)
@@ -271,7 +272,7 @@ class Runner:
         env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "RUN_TOKEN": secrets.token_hex(16),
                "CONFIG": f"/runs/{MATRIX_DIR}/{cell.key}.yaml", "PROFILE": cell.profile,
                "WORKERS": str(cell.workers), "REPEAT": str(cell.repeat), "RUNS_HOST_DIR": str(self.runs_dir),
-               "CONTROLLER_PORT": "0"}
+               "CONTROLLER_PORT": "0", "IMAGE_ID": self.image_id}
         if cell.mode == "ml":  # a fresh folder: the PS resumes from any checkpoint it finds
             checkpoints = self.checkpoints(cell)
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -309,6 +310,12 @@ class Runner:
             except CellFailed as exc:
                 print(f"  {exc}; remove the project {self.project} by hand", flush=True)
             shutil.rmtree(self.checkpoints(cell), ignore_errors=True)
+
+
+def image_id(image: str) -> str:
+    """The id of the image the stacks run (recorded in each run's provenance); '' if unknown."""
+    found = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else ""
 
 
 def last_line(text: str) -> str:
