@@ -66,13 +66,19 @@ class LocalStepsConfig(Section):
 
 class PrivacyConfig(Section):
     clip_norm: float | None = Field(None, gt=0, description="L2 clip of each update before aggregation; null = none")
-    noise_multiplier: float = Field(0.0, ge=0, description="Gaussian noise std = noise_multiplier * clip_norm on the aggregate")
+    noise_multiplier: float = Field(0.0, ge=0, description="Gaussian noise std = noise_multiplier * clip_norm / window size on the aggregate")
+
+    @model_validator(mode="after")
+    def _noise_needs_clip(self) -> "PrivacyConfig":
+        if self.noise_multiplier > 0 and self.clip_norm is None:
+            raise ValueError("privacy.noise_multiplier > 0 needs privacy.clip_norm (the noise std is relative to it)")
+        return self
 
 
 class AttackConfig(Section):
     kind: AttackName = Field("none", description="what the Byzantine workers send instead of their honest update")
     workers: list[int] = Field([], description="indices of the Byzantine workers")
-    scale: float = Field(10.0, gt=0, description="sign_flip / scaled / gaussian / ipm strength; alie z")
+    scale: float = Field(10.0, gt=0, description="sign_flip / scaled / gaussian / ipm strength; alie z (below 1: worker.attacks.alie_z_max)")
 
 
 class BudgetConfig(Section):
