@@ -32,6 +32,7 @@ class Settings:
     repeat: int = 0  # REPEAT: repetition number of this run in an experiment (recorded in the CSV row)
     image_id: str | None = None  # IMAGE_ID: the image the run used (recorded in the provenance file)
     log_level: str = "INFO"  # LOG_LEVEL: debug, info, warning, error
+    torch_threads: int | None = None  # TORCH_THREADS: torch intra-op threads per process; unset = every core
 
 
 def check_token(token: str) -> str:
@@ -75,6 +76,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         repeat=_int_or_none("REPEAT", env.get("REPEAT"), minimum=0) or 0,
         image_id=env.get("IMAGE_ID") or None,
         log_level=_log_level(env.get("LOG_LEVEL", "info")),
+        torch_threads=_int_or_none("TORCH_THREADS", env.get("TORCH_THREADS")),
     )
 
 

@@ -20,9 +20,9 @@ from .data import Batch
 
 
 def set_threads(count: int | None) -> int:
-    """Use `count` intra-op threads (None: every core) and return the number set. N workers
-    sharing C cores should each take about C / N: oversubscribed BLAS threads spin and slow
-    every process down."""
+    """Use `count` intra-op threads (`Settings.torch_threads`, from TORCH_THREADS; None: every
+    core) and return the number set. N workers sharing C cores should each take about C / N:
+    oversubscribed BLAS threads spin and slow every process down."""
     threads = count or os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads
