@@ -32,6 +32,7 @@ class Settings:
     repeat: int = 0  # REPEAT: repetition number of this run in an experiment (recorded in the CSV row)
     image_id: str | None = None  # IMAGE_ID: the image the run used (recorded in the provenance file)
     log_level: str = "INFO"  # LOG_LEVEL: debug, info, warning, error
+    worker_index: int | None = None  # WORKER_INDEX: a worker's index outside compose (else from Docker's DNS)
     torch_threads: int | None = None  # TORCH_THREADS: torch intra-op threads per process; unset = every core
 
 
