@@ -23,7 +23,7 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    path: str | None = Field(None, description="UTF-8 text to train on; null = the bundled corpus")
+    path: str | None = Field(None, description="UTF-8 text to train on (gzip if it ends in .gz); null = the bundled corpus")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="tail of the text held out for validation")
     seq_len: int = Field(128, ge=8, description="tokens (bytes) per training sequence")
     batch_size: int = Field(32, ge=1, description="sequences per worker step")
