@@ -1,0 +1,144 @@
+"""The emulation backend interface: a LinkSpec in, the argv that imposes it on one namespace out.
+
+A backend only builds commands; the sidecar runs them inside the target's network namespace
+(`in_namespace`, `run_commands`). Both backends shape the same two points of the container's
+interface, so a link is "the container's access link" either way:
+
+    egress:  root qdisc of eth0 (rate cap; the netem backend also delay, jitter and loss here)
+    ingress: eth0 -> ingress qdisc -> u32 match-all -> mirred redirect -> ifb DLT_IFB -> its root
+             qdisc (rate cap), then back into eth0's receive path (and netfilter PREROUTING)
+
+A link that is `down` gets a `blackhole` root on both, so nothing passes either way.
+
+Failure: each command either succeeds or exits non-zero with tc's / iptables' message;
+`run_commands` raises `LinkError` naming the namespace, the command and that message. `remove`
+commands are all attempted even when some fail (an earlier crash may have left half a setup).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from abc import ABC, abstractmethod
+from typing import ClassVar, Sequence
+
+from ..preset import LinkSpec
+
+Argv = tuple[str, ...]
+
+IFACE = "eth0"  # a compose container's only interface
+IFB = "dlt-ifb0"  # the ingress-shaping device we add to each namespace (<= 15 characters)
+WIRE_PACKET_BYTES = 1514  # an Ethernet frame of a 1500-byte MTU, as tc counts it
+SIZING_MBIT = 1000.0  # queue sizing for a link without a rate cap (the delayer sizes the same way)
+MIN_QUEUE_PACKETS = 1000  # the kernel's default txqueuelen / netem limit
+
+
+class LinkError(RuntimeError):
+    """A command that imposes or removes a link failed; the message says where and why."""
+
+
+def rate_arg(mbit: float) -> str:
+    return f"{round(mbit * 1e6)}bit"  # bits/s as an integer: exact for any rate tc accepts
+
+
+def ms_arg(ms: float) -> str:
+    return f"{ms:g}ms"
+
+
+def queue_seconds(link: LinkSpec) -> float:
+    """How much time a rate limiter's queue holds: 100 ms (a typical access-link buffer) plus
+    twice the container's own delay + 2 jitter. A single TCP flow keeps a link full when the
+    bottleneck queue holds about a bandwidth-delay product (path RTT = own delay + the peer's), so
+    this covers every pair whose peer is not much farther away than the container itself."""
+    return 0.1 + 2 * (link.delay_ms + 2 * link.jitter_ms) / 1000
+
+
+def tbf_args(link: LinkSpec) -> list[str]:
+    """tbf at the link's rate. burst = 5 ms at the rate (at least two frames): enough that timer
+    and scheduling latency never starve the link; limit = queue_seconds at the rate, in bytes."""
+    assert link.rate_mbit is not None
+    bytes_per_s = link.rate_mbit * 1e6 / 8
+    burst = max(2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * 0.005))
+    limit = max(burst + 2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
+    return ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(burst), "limit", str(limit)]
+
+
+def ingress_root(link: LinkSpec) -> list[str]:
+    """The root qdisc of the ifb: the rate cap of what the container receives."""
+    if link.down:
+        return ["blackhole"]
+    if link.rate_mbit is None:
+        return ["pfifo", "limit", str(MIN_QUEUE_PACKETS)]
+    return tbf_args(link)
+
+
+def replace_root(dev: str, qdisc: list[str]) -> Argv:
+    return ("tc", "qdisc", "replace", "dev", dev, "root", *qdisc)
+
+
+class Backend(ABC):
+    """How a LinkSpec becomes commands. `apply` on a namespace without our rules, then any number
+    of `change`, then `remove`; the sidecar runs each list in order with `run_commands`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def egress_root(self, link: LinkSpec) -> list[str]:
+        """The root qdisc of eth0 for this link (when it is not down)."""
+
+    def apply(self, link: LinkSpec) -> list[Argv]:
+        """Add the ifb and the ingress redirect, then shape both directions."""
+        return [
+            ("ip", "link", "add", IFB, "type", "ifb"),
+            ("ip", "link", "set", "dev", IFB, "up"),
+            ("tc", "qdisc", "add", "dev", IFACE, "handle", "ffff:", "ingress"),
+            ("tc", "filter", "add", "dev", IFACE, "parent", "ffff:", "protocol", "all", "prio", "1",
+             "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", IFB),
+            *self.change(link),
+        ]
+
+    def change(self, link: LinkSpec) -> list[Argv]:
+        """Replace both root qdiscs; packets already queued in the old ones are dropped."""
+        egress = ["blackhole"] if link.down else self.egress_root(link)
+        return [replace_root(IFACE, egress), replace_root(IFB, ingress_root(link))]
+
+    def remove(self) -> list[Argv]:
+        """Delete everything `apply` added: eth0 is left with the kernel's default qdisc."""
+        return [
+            ("tc", "qdisc", "del", "dev", IFACE, "root"),
+            ("tc", "qdisc", "del", "dev", IFACE, "ingress"),
+            ("ip", "link", "del", IFB),
+        ]
+
+    def delayer_spec(self, link: LinkSpec) -> dict | None:
+        """The spec file of the userspace delayer this link needs in the namespace; None: no delayer."""
+        return None
+
+    def inspect(self) -> list[Argv]:
+        """Commands whose output shows what is installed (for logs, verify and tests)."""
+        return [("tc", "qdisc", "show"), ("tc", "filter", "show", "dev", IFACE, "ingress")]
+
+
+def in_namespace(netns: str, argv: Sequence[str]) -> list[str]:
+    """argv run inside the network namespace at path `netns` (/proc/<pid>/ns/net or /run/netns/x)."""
+    return ["nsenter", f"--net={netns}", "--", *argv]
+
+
+def run_commands(netns: str, commands: Sequence[Argv], timeout_s: float = 10.0,
+                 keep_going: bool = False) -> list[str]:
+    """Run each command in the namespace, in order. Raises LinkError at the first failure, or,
+    with keep_going, runs them all and returns the failures' messages."""
+    failures = []
+    for argv in commands:
+        try:
+            done = subprocess.run(in_namespace(netns, argv), capture_output=True, text=True, timeout=timeout_s)
+            error = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}") if done.returncode else None
+        except subprocess.TimeoutExpired:
+            error = f"no answer within {timeout_s:g} s"
+        if error is None:
+            continue
+        message = f"{netns}: `{' '.join(argv)}` failed: {error}"
+        if not keep_going:
+            raise LinkError(message)
+        failures.append(message)
+    return failures

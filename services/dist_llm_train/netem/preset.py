@@ -1,0 +1,239 @@
+"""WAN presets (netem/<name>.yaml): the WHAT of the emulation, validated, immutable, no Docker.
+
+A preset gives every container of the stack one link (`LinkSpec`): the controller and the PS take
+their role's entry, worker i takes `workers[i mod len]`; every entry lists only what differs
+from `default`. Optional `phases` change links over time (an outage, a degradation); the link a
+container has at time t is a pure function, `Preset.link_at(role, index, t)`, and
+`Preset.next_change(t)` says when it next changes. netem/README.md says what each number means.
+
+Failure: `load_preset` raises `ConfigError` naming the file and the field, e.g.
+`netem/x.yaml: workers.1.delay_ms: input should be greater than or equal to 0 (got -5)` or
+`netem/x.yaml: workers.1: jitter_ms 20 is above delay_ms 10`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import read_yaml_mapping
+from ..schema import ConfigError, Section, validate
+
+Role = Literal["controller", "ps", "worker"]
+TARGET = re.compile(r"^(all|controller|ps|workers|worker:\d+)$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class LinkSpec(Section):
+    """One container's access link. See netem/README.md for the exact semantics."""
+
+    delay_ms: float = Field(0.0, ge=0, le=10_000, description="one-way delay added per packet, ms")
+    jitter_ms: float = Field(0.0, ge=0, le=10_000, description="stdev of a normal per-packet variation of the delay, ms")
+    loss_pct: float = Field(0.0, ge=0, le=100, description="share of packets dropped, %, once per container per round trip")
+    rate_mbit: float | None = Field(None, gt=0, le=100_000, description="access-link capacity in each direction, Mbit/s; null = unlimited")
+    down: bool = Field(False, description="the link is cut: nothing passes in either direction (used by outage phases)")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the link changes nothing: no rule is installed for it."""
+        return self == LinkSpec()
+
+    def changed(self, change: "LinkChange") -> "LinkSpec":
+        """This link with the fields `change` sets replaced."""
+        return self.model_copy(update=change.model_dump(exclude_unset=True))
+
+
+class LinkChange(LinkSpec):
+    """A partial link: only the fields written in the file replace those of the base link
+    (`rate_mbit: null` written out means unlimited; left out means inherited)."""
+
+
+class WorkerEntry(LinkChange):
+    compute_speed: float = Field(1.0, gt=0, le=100, description="factor on the worker's compute speed (0.25 = 4x slower), multiplies workers.speed of the run config")
+
+    def link_change(self) -> LinkChange:
+        return LinkChange(**self.model_dump(exclude_unset=True, exclude={"compute_speed"}))
+
+
+class Phase(Section):
+    """A change of some links for a while, once or every `period_s`; t = 0 is the moment every
+    link is applied and the first probe is done (the run starts then)."""
+
+    name: str = Field("phase", min_length=1, description="shown in the sidecar's log")
+    start_s: float = Field(0.0, ge=0, description="when the phase first begins, seconds after t = 0")
+    duration_s: float | None = Field(None, gt=0, description="how long it lasts; null = until the end")
+    period_s: float | None = Field(None, gt=0, description="it begins again every period_s seconds; null = once")
+    targets: list[str] = Field(["all"], min_length=1, description="all | controller | ps | workers | worker:<index>")
+    link: LinkChange = Field(description="fields that replace those of each target's link while the phase lasts")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[str]) -> list[str]:
+        bad = [t for t in targets if not TARGET.match(t)]
+        if bad:
+            raise ValueError(f"unknown target {bad[0]!r} (use all, controller, ps, workers or worker:<index>)")
+        return targets
+
+    @model_validator(mode="after")
+    def _period(self) -> "Phase":
+        if not self.link.model_fields_set:
+            raise ValueError("link: names no field to change")
+        if self.period_s is not None:
+            if self.duration_s is None:
+                raise ValueError("period_s needs duration_s (a phase without an end cannot repeat)")
+            if self.period_s <= self.duration_s:
+                raise ValueError(f"period_s ({self.period_s}) must exceed duration_s ({self.duration_s}), or the phase never ends")
+        return self
+
+    def targets_container(self, role: Role, index: int) -> bool:
+        for target in self.targets:
+            if target == "all" or target == role or (role == "worker" and target in ("workers", f"worker:{index}")):
+                return True
+        return False
+
+    def active(self, t: float) -> bool:
+        if t < self.start_s:
+            return False
+        since = t - self.start_s
+        if self.period_s is not None:
+            since = math.fmod(since, self.period_s)
+        return self.duration_s is None or since < self.duration_s
+
+    def next_boundary(self, t: float) -> float | None:
+        """The first time after t when this phase begins or ends; None if it never will."""
+        if t < self.start_s:
+            return self.start_s
+        if self.duration_s is None:
+            return None
+        if self.period_s is None:
+            end = self.start_s + self.duration_s
+            return end if t < end else None
+        cycle = self.start_s + math.floor((t - self.start_s) / self.period_s) * self.period_s
+        end = cycle + self.duration_s
+        return end if t < end else cycle + self.period_s
+
+
+class PresetFile(Section):
+    """The YAML file as written."""
+
+    description: str = Field("", description="one line shown by the sidecar and in provenance")
+    default: LinkChange = Field(LinkChange(), description="the link of every container not listed below")
+    controller: LinkChange | None = Field(None, description="the controller's link (fields over default)")
+    ps: LinkChange | None = Field(None, description="the parameter server's link (fields over default)")
+    workers: list[WorkerEntry] = Field([], description="worker i takes entry i mod len (fields over default)")
+    phases: list[Phase] = Field([], max_length=8, description="changes of links over time, later entries win where they overlap")
+
+
+class Preset:
+    """A validated preset: resolved links per role and worker entry, and the phases."""
+
+    def __init__(self, name: str, source: str, data: PresetFile):
+        self.name = name
+        self.source = source
+        self.file = data
+        self.description = data.description
+        base = LinkSpec().changed(data.default)
+        self.controller = base.changed(data.controller) if data.controller else base
+        self.ps = base.changed(data.ps) if data.ps else base
+        entries = data.workers or [WorkerEntry()]
+        self.workers = tuple(base.changed(e.link_change()) for e in entries)
+        self.compute_speeds = tuple(e.compute_speed for e in entries)
+        self.phases = tuple(data.phases)
+        self._check_jitter()
+
+    def _bases(self) -> list[tuple[str, Role, int, LinkSpec]]:
+        """(where in the file, role, a worker index taking it, resolved link) for every entry."""
+        bases: list[tuple[str, Role, int, LinkSpec]] = [
+            ("controller" if self.file.controller else "default", "controller", 0, self.controller),
+            ("ps" if self.file.ps else "default", "ps", 0, self.ps)]
+        for k, link in enumerate(self.workers):
+            bases.append((f"workers.{k}" if self.file.workers else "default", "worker", k, link))
+        return bases
+
+    def _check_jitter(self) -> None:
+        """jitter_ms <= delay_ms for every link a container can take: each entry, and each entry
+        under every combination of the phases that target it."""
+        for where, role, index, link in self._bases():
+            phases = [(k, p) for k, p in enumerate(self.phases) if p.targets_container(role, index)]
+            for n in range(len(phases) + 1):
+                for combo in itertools.combinations(phases, n):
+                    resolved = link
+                    for _, phase in combo:
+                        resolved = resolved.changed(phase.link)
+                    if resolved.jitter_ms > resolved.delay_ms:
+                        at = where + "".join(f" under phases.{k}" for k, _ in combo)
+                        raise ConfigError(f"{self.source}: {at}: jitter_ms {resolved.jitter_ms:g} is above "
+                                          f"delay_ms {resolved.delay_ms:g} (a normal jitter that large makes "
+                                          "the delay negative for many packets)")
+
+    def link_for(self, role: Role, index: int = 0) -> LinkSpec:
+        """The container's link without phases (worker `index` takes workers[index mod len])."""
+        if role == "controller":
+            return self.controller
+        if role == "ps":
+            return self.ps
+        return self.workers[index % len(self.workers)]
+
+    def link_at(self, role: Role, index: int, t: float) -> LinkSpec:
+        """The container's link at time t (seconds after the run started; phases applied)."""
+        link = self.link_for(role, index)
+        for phase in self.phases:
+            if phase.active(t) and phase.targets_container(role, index):
+                link = link.changed(phase.link)
+        return link
+
+    def links_over_time(self, role: Role, index: int) -> list[LinkSpec]:
+        """Every link the container can take (base, and under each combination of its phases)."""
+        phases = [p for p in self.phases if p.targets_container(role, index)]
+        links = []
+        for n in range(len(phases) + 1):
+            for combo in itertools.combinations(phases, n):
+                link = self.link_for(role, index)
+                for phase in combo:
+                    link = link.changed(phase.link)
+                if link not in links:
+                    links.append(link)
+        return links
+
+    def next_change(self, t: float) -> float | None:
+        """The first time after t at which any phase begins or ends; None if links never change again."""
+        times = [b for b in (p.next_boundary(t) for p in self.phases) if b is not None]
+        return min(times) if times else None
+
+    def phases_active(self, t: float) -> list[str]:
+        return [p.name for p in self.phases if p.active(t)]
+
+    def compute_speed(self, index: int) -> float:
+        """Factor on worker `index`'s compute speed (1.0 unless its entry sets compute_speed)."""
+        return self.compute_speeds[index % len(self.compute_speeds)]
+
+    def as_dict(self) -> dict:
+        """The preset as written (for provenance), with its name and file."""
+        return {"name": self.name, "source": self.source, **self.file.model_dump(mode="json", exclude_unset=True)}
+
+
+def preset_path(name_or_path: str, netem_dir: Path) -> Path:
+    if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        return Path(name_or_path)
+    if not NAME.match(name_or_path):
+        raise ConfigError(f"preset {name_or_path!r}: a name is lowercase letters, digits, '-' and '_'")
+    return Path(netem_dir) / f"{name_or_path}.yaml"
+
+
+def available(netem_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(netem_dir).glob("*.yaml"))
+
+
+def load_preset(name_or_path: str, netem_dir: Path) -> Preset:
+    """Read and validate a preset by name (netem_dir/<name>.yaml) or path; ConfigError if unusable."""
+    path = preset_path(name_or_path, netem_dir)
+    if not path.is_file():
+        known = ", ".join(available(netem_dir)) or "none"
+        raise ConfigError(f"{path}: no such preset (presets in {netem_dir}: {known})")
+    data = validate(PresetFile, read_yaml_mapping(path), str(path))
+    return Preset(path.stem, str(path), data)
