@@ -1,0 +1,202 @@
+"""Aggregation rules: a window of n updates, stacked as `updates: Tensor[n, d]` (float32), -> one update [d].
+
+Each rule is a pure function `rule(updates, f) -> Aggregate` registered in `RULES` under its config name
+(`ml.config.RuleName`). `f` is the number of Byzantine rows the rule must tolerate in the window. Each rule has
+a requirement on n; the PS calls `check_rule` once at start (and `aggregate` checks again per window, because a
+sync window shrinks when stragglers are dropped). An unmet requirement raises ValueError stating the condition
+and the numbers; it is never replaced by the mean.
+
+| rule         | requirement | tolerates                    | cost for n rows of d (d = 1 M, n = 8-11)        |
+|--------------|-------------|------------------------------|-------------------------------------------------|
+| mean         | n >= 1      | no Byzantine row (f ignored) | one pass                                        |
+| median       | n >= 2f+1   | f < n/2                      | coordinate-wise sort (odd-even network)         |
+| trimmed_mean | n >= 2f+1   | f < n/2                      | coordinate-wise sort                            |
+| krum         | n >= 2f+3   | f (Blanchard et al. 2017)    | n(n-1)/2 distances of d (torch.pdist)           |
+| multi_krum   | n >= 2f+3, 1 <= m <= n-f | f               | as krum                                         |
+| bulyan       | n >= 4f+3   | f (El Mhamdi et al. 2018)    | distances + sort of n-2f rows                   |
+
+Inputs must be finite (the PS refuses non-finite frames before they reach a window); with NaN or Inf the
+result is undefined but no rule raises. Ties are broken towards the lower row index, so results are
+deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, get_args
+
+import torch
+from torch import Tensor
+
+from ..ml.config import RuleName
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    value: Tensor  # [d] float32: the update the server optimizer applies
+    selected: tuple[int, ...]  # window rows that can enter `value`, in selection order (Krum: the chosen ones)
+
+
+@dataclass(frozen=True)
+class Rule:
+    apply: Callable[[Tensor, int], Aggregate]
+    min_n: Callable[[int], int]  # smallest window that tolerates f Byzantine rows
+    condition: str  # min_n as the papers write it
+    tolerates: str  # what the rule guarantees, for the PS's start-up log line
+
+
+def sort_rows(updates: Tensor) -> Tensor:
+    """Each column of `updates` [n, d] sorted ascending, by an odd-even transposition network.
+
+    n rounds of compare-exchange between neighbouring rows sort any column (Knuth 5.3.4). For the
+    small n of a window this is 3-5x faster than `torch.sort(dim=0)`, which sorts d separate
+    strided columns of n (measured 140-280 ms against 35-50 ms for 8-11 x 1 M on 2 cores).
+    """
+    rows = list(updates.unbind(0))
+    for round_ in range(len(rows)):
+        for i in range(round_ % 2, len(rows) - 1, 2):
+            rows[i], rows[i + 1] = torch.minimum(rows[i], rows[i + 1]), torch.maximum(rows[i], rows[i + 1])
+    return torch.stack(rows)
+
+
+def median_of_sorted(ordered: Tensor) -> Tensor:
+    """Coordinate-wise median of column-sorted rows; the mean of the two middle rows when n is even."""
+    n = ordered.shape[0]
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+
+
+def pairwise_sq_distances(updates: Tensor) -> Tensor:
+    """[n, n] float64 squared L2 distances between rows, diagonal 0.
+
+    torch.pdist forms each difference directly: the Gram-matrix shortcut |a|^2 + |b|^2 - 2ab loses all
+    digits of the honest-honest distances when one row is a huge outlier, which is exactly Krum's case.
+    """
+    n = updates.shape[0]
+    dist = torch.zeros(n, n, dtype=torch.float64)
+    i, j = torch.triu_indices(n, n, offset=1)
+    sq = torch.pdist(updates).double() ** 2
+    dist[i, j] = sq
+    dist[j, i] = sq
+    return dist
+
+
+def krum_scores(dist: Tensor, neighbours: int) -> Tensor:
+    """Krum score of each row of a distance matrix: the sum of its `neighbours` smallest distances to others."""
+    others = dist + torch.diag(torch.full((dist.shape[0],), float("inf"), dtype=dist.dtype))
+    return others.sort(dim=1).values[:, :neighbours].sum(dim=1)
+
+
+def rank(scores: Tensor) -> list[int]:
+    """Row indices by ascending score, ties towards the lower index."""
+    return scores.sort(stable=True).indices.tolist()
+
+
+def mean(updates: Tensor, f: int) -> Aggregate:
+    return Aggregate(updates.mean(dim=0), tuple(range(updates.shape[0])))
+
+
+def median(updates: Tensor, f: int) -> Aggregate:
+    return Aggregate(median_of_sorted(sort_rows(updates)), tuple(range(updates.shape[0])))
+
+
+def trimmed_mean(updates: Tensor, f: int) -> Aggregate:
+    """Per coordinate, drop the f largest and the f smallest values and average the n - 2f left."""
+    n = updates.shape[0]
+    return Aggregate(sort_rows(updates)[f : n - f].mean(dim=0), tuple(range(n)))
+
+
+def krum(updates: Tensor, f: int) -> Aggregate:
+    """The row whose n - f - 2 nearest other rows are closest (sum of squared distances)."""
+    n = updates.shape[0]
+    best = rank(krum_scores(pairwise_sq_distances(updates), n - f - 2))[0]
+    return Aggregate(updates[best].clone(), (best,))
+
+
+def multi_krum(updates: Tensor, f: int, m: int | None = None) -> Aggregate:
+    """The mean of the m rows with the lowest Krum scores (scored once, on the whole window); m = n - f by default."""
+    n = updates.shape[0]
+    chosen = rank(krum_scores(pairwise_sq_distances(updates), n - f - 2))[: n - f if m is None else m]
+    return Aggregate(updates[chosen].mean(dim=0), tuple(chosen))
+
+
+def iterated_krum(dist: Tensor, f: int, count: int) -> list[int]:
+    """Bulyan's selection: `count` times, take the Krum winner among the rows not yet taken.
+
+    With r rows left Krum scores by the r - f - 2 nearest; the last picks of Bulyan have r < 2f + 3, where
+    that count falls to 0 or below, so it is clamped to at least 1 (the nearest other row) while another
+    row is left. A lone outlier still scores high there, and the coordinate-wise phase that follows bounds
+    what any single selected row can do.
+    """
+    left = list(range(dist.shape[0]))
+    chosen = []
+    for _ in range(count):
+        r = len(left)
+        sub = dist[left][:, left]
+        best = left[rank(krum_scores(sub, min(max(r - f - 2, 1), r - 1)))[0]]
+        chosen.append(best)
+        left.remove(best)
+    return chosen
+
+
+def closest_to_median_mean(ordered: Tensor, beta: int) -> Tensor:
+    """Per coordinate, the mean of the `beta` values closest to the median of the column-sorted rows.
+
+    In a sorted column the beta values nearest to the median are a contiguous run; of the theta - beta + 1
+    runs it is the one whose farther end is nearest to the median (ties: the lower run).
+    """
+    theta = ordered.shape[0]
+    med = median_of_sorted(ordered)
+    reach = torch.stack(
+        [torch.maximum(med - ordered[s], ordered[s + beta - 1] - med) for s in range(theta - beta + 1)]
+    )
+    start = reach.argmin(dim=0)  # [d]; argmin returns the first minimum
+    rows = start.unsqueeze(0) + torch.arange(beta).unsqueeze(1)  # [beta, d]
+    return ordered.gather(0, rows).mean(dim=0)
+
+
+def bulyan(updates: Tensor, f: int) -> Aggregate:
+    """El Mhamdi et al. 2018: theta = n - 2f rows by iterated Krum, then per coordinate the mean of the
+    beta = theta - 2f selected values closest to their median."""
+    n = updates.shape[0]
+    theta = n - 2 * f
+    chosen = iterated_krum(pairwise_sq_distances(updates), f, theta)
+    value = closest_to_median_mean(sort_rows(updates[chosen]), theta - 2 * f)
+    return Aggregate(value, tuple(chosen))
+
+
+RULES: dict[str, Rule] = {
+    "mean": Rule(mean, lambda f: 1, "n >= 1", "no Byzantine update, whatever f"),
+    "median": Rule(median, lambda f: 2 * f + 1, "n >= 2f+1", "f Byzantine updates (f < n/2)"),
+    "trimmed_mean": Rule(trimmed_mean, lambda f: 2 * f + 1, "n >= 2f+1", "f Byzantine updates (f < n/2)"),
+    "krum": Rule(krum, lambda f: 2 * f + 3, "n >= 2f+3", "f Byzantine updates"),
+    "multi_krum": Rule(multi_krum, lambda f: 2 * f + 3, "n >= 2f+3", "f Byzantine updates when m <= n-f"),
+    "bulyan": Rule(bulyan, lambda f: 4 * f + 3, "n >= 4f+3", "f Byzantine updates"),
+}
+if set(RULES) != set(get_args(RuleName)):
+    raise ImportError(f"aggregation RULES {sorted(RULES)} do not match RuleName {sorted(get_args(RuleName))}")
+
+
+def check_rule(name: RuleName, n: int, f: int, m: int | None = None) -> str:
+    """One line for the PS log saying the rule's condition holds for window n and f; ValueError if not.
+
+    `m` is multi_krum's number of averaged rows (None = n - f) and is ignored by the other rules.
+    """
+    rule = RULES[name]
+    if f < 0 or n < rule.min_n(f):
+        raise ValueError(f"{name} needs {rule.condition}: window n={n}, f={f} (needs n >= {rule.min_n(f)})")
+    if name == "multi_krum" and m is not None and not 1 <= m <= n - f:
+        raise ValueError(f"multi_krum needs 1 <= m <= n-f: m={m}, n={n}, f={f}")
+    return f"{name}: {rule.condition} holds with n={n}, f={f}; tolerates {rule.tolerates}"
+
+
+def aggregate(name: RuleName, updates: Tensor, f: int, m: int | None = None) -> Aggregate:
+    """The PS's call per window: check the rule's condition for this window, then apply it.
+
+    Raises ValueError when `updates` is not a non-empty [n, d] float32 tensor or the condition fails.
+    """
+    if updates.dim() != 2 or updates.shape[0] == 0 or updates.dtype != torch.float32:
+        raise ValueError(f"a window must be a float32 [n, d] tensor with n >= 1, got {updates.dtype} {list(updates.shape)}")
+    check_rule(name, updates.shape[0], f, m)
+    if name == "multi_krum":
+        return multi_krum(updates, f, m)
+    return RULES[name].apply(updates, f)
