@@ -22,7 +22,7 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "configs" / "ml_a.yaml").write_text(yaml.safe_dump(ML))
     (tmp_path / "netem").mkdir()
     for profile in ("lan", "high_rtt", "satellite"):
-        (tmp_path / "netem" / f"{profile}.yaml").write_text("name: x\n")
+        (tmp_path / "netem" / f"{profile}.yaml").write_text("default: {delay_ms: 5}\n")
     return tmp_path
 
 
@@ -150,7 +150,8 @@ GOOD = {"name": "s", "configs": ["configs/basic_a.yaml"], "profiles": ["lan"]}
     ([{**GOOD, "sweep": {"controller.scheduler": []}}], r"'controller.scheduler' has no values"),
     ([{**GOOD, "name": "a b"}], r"studies\.0\.name: string should match pattern"),
     ([GOOD, GOOD], r"study names must be unique, repeated: \['s'\]"),
-    ([{**GOOD, "profiles": ["mars"]}], r"studies\.0 \(s\): profiles: no preset .*mars\.yaml"),
+    ([{**GOOD, "profiles": ["mars"]}], r"studies\.0 \(s\): profiles: .*mars\.yaml: no such preset \(presets in .*: high_rtt, lan, satellite\)"),
+    ([{**GOOD, "profiles": ["Mars"]}], r"studies\.0 \(s\): profiles: preset 'Mars': a name is lowercase"),
     ([{**GOOD, "configs": ["configs/missing.yaml"]}], r"configs/missing\.yaml: no such file"),
     ([{**GOOD, "configs": ["configs/basic_a.yaml", "configs/ml_a.yaml"]}], r"study s: configs of different modes"),
     ([{**GOOD, "sweep": {"controller.scheduler": ["fifo", "bogus"]}}],
@@ -169,3 +170,9 @@ def test_a_matrix_that_is_not_a_mapping_is_refused(root):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="m.yaml: expected a mapping"):
         load_matrix(path)
+
+
+def test_an_invalid_preset_is_refused_before_any_run(root):
+    (root / "netem" / "broken.yaml").write_text("default: {delay_ms: -5}\n")
+    with pytest.raises(ConfigError, match=r"studies\.0 \(s\): profiles: .*broken\.yaml: default\.delay_ms: input should be"):
+        cells_of(root, [{**GOOD, "profiles": ["lan", "broken"]}])

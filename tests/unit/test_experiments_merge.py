@@ -21,7 +21,7 @@ def cells(tmp_path: Path):
     (tmp_path / "configs" / "b.yaml").write_text(yaml.safe_dump({"name": "b", "mode": "basic"}))
     (tmp_path / "configs" / "m.yaml").write_text(yaml.safe_dump({"name": "m", "mode": "ml", "ml": {}}))
     (tmp_path / "netem").mkdir()
-    (tmp_path / "netem" / "lan.yaml").write_text("{}")
+    (tmp_path / "netem" / "lan.yaml").write_text("description: no impairment\n")
     matrix = Matrix.model_validate({"studies": [
         {"name": "basic", "configs": ["configs/b.yaml"], "profiles": ["lan"], "repeats": 2},
         {"name": "ml", "configs": ["configs/m.yaml"], "profiles": ["lan"], "sweep": {"ml.compression.codec": ["topk"]}}]})

@@ -11,8 +11,8 @@ every override, the profile, the repeat, the seed and the worker count). The run
 resolved config file after it and resumes by it; two studies that ask for the same run get one
 cell.
 
-Failure: a bad matrix, a missing config or preset, or a sweep value the config model refuses
-raises ConfigError naming the matrix file, the study and the field.
+Failure: a bad matrix, a missing or invalid config or preset, or a sweep value the config model
+refuses raises ConfigError naming the matrix file, the study and the field.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from ..config import RunConfig, apply_overrides, read_yaml_mapping
+from ..netem.preset import load_preset
 from ..schema import ConfigError, Section, validate
 
 # Keys a sweep may not set: the matrix has its own fields for them.
@@ -164,8 +165,10 @@ def expand(matrix: Matrix, source: str, root: Path, netem_dir: Path) -> list[Cel
         where = f"{source}: studies.{index} ({study.name})"
         study_mode(study, root, source)
         for profile in study.profiles:
-            if not (netem_dir / f"{profile}.yaml").is_file():
-                raise ConfigError(f"{where}: profiles: no preset {netem_dir / (profile + '.yaml')}")
+            try:
+                load_preset(profile, netem_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: profiles: {exc}") from None
         keys = list(study.sweep)
         combos = [tuple(zip(keys, values)) for values in itertools.product(*study.sweep.values())]
         for path in study.configs:
