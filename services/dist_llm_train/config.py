@@ -38,6 +38,9 @@ class RunConfig(Section):
             raise ValueError("mode 'ml' needs an 'ml' section")
         if self.mode == "basic" and self.ml is not None:
             raise ValueError("mode 'basic' takes no 'ml' section (set mode: ml to train)")
+        if self.mode == "basic" and self.tasks.output_kb[1] > self.controller.max_body_kb:
+            raise ValueError(f"tasks.output_kb high ({self.tasks.output_kb[1]}) is above controller.max_body_kb "
+                             f"({self.controller.max_body_kb}): the controller would refuse those results with 413")
         return self
 
     def digest(self) -> str:
