@@ -89,8 +89,9 @@ experiments: image .env dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, 
 		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) \
 		$(if $(REPEATS),--repeats $(REPEATS))
 
-report: image dirs ## tables and plots from runs/ into runs/report/
-	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)/runs":/runs $(IMAGE) dist-llm-train report --runs /runs
+report: image dirs ## tables and plots from runs/ into runs/report/ (README=README.md: its results section too)
+	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(IMAGE) \
+		dist-llm-train report --runs runs $(if $(README),--readme $(README))
 
 bench: bench-controller bench-netem bench-ps ## every benchmark
 
