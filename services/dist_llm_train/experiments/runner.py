@@ -48,7 +48,7 @@ DEFAULT_PROJECT = "dlt-exp"
 # The controller ends a run itself at timeout_s; the margin covers start-up and the link probe
 # before it, and only a stuck controller ever reaches it.
 STOP_MARGIN_S = 60.0
-ROW_GRACE_S = 60.0  # after a stop request, how long the controller has to end the run and write its row
+ROW_GRACE_S = 60.0  # after the end (or a stop request), how long the controller has to write the row
 UP_TIMEOUT_S = 600.0  # compose up waits for the healthchecks (controller, sidecar, PS)
 DOWN_TIMEOUT_S = 180.0
 LOG_TAIL = 300  # lines of each service's log kept for a failed cell
@@ -151,12 +151,13 @@ def cell_summary(cell: Cell) -> dict[str, Any]:
 # ---- the controller side ------------------------------------------------------------------------
 
 def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:8000") -> None:
-    """Run inside the controller's container: poll /status until the run ends; past `deadline_s`
-    ask the controller to stop the run; give up `grace_s` later. Prints one JSON line with the
-    last `run` status seen (null if the controller never answered) and whether it was stopped."""
+    """Run inside the controller's container: poll /status until the run has ended and its row is
+    written; past `deadline_s` ask the controller to stop the run; give up `grace_s` after the end
+    or after the stop. Prints one JSON line with the last `run` status seen (null if the controller
+    never answered), whether the runner stopped it, and the last error."""
     import urllib.request
 
-    start, stopped, run, error = time.monotonic(), False, None, None
+    start, stopped, ended_at, run, error = time.monotonic(), False, None, None, None
     while True:
         try:
             with urllib.request.urlopen(f"{url}/status", timeout=5) as answer:
@@ -165,8 +166,10 @@ def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:80
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - start
         if run is not None and run.get("state") in END_STATES:
-            break
-        if elapsed > deadline_s and not stopped:
+            ended_at = elapsed if ended_at is None else ended_at
+            if run.get("row_written") or elapsed - ended_at > grace_s:
+                break
+        elif elapsed > deadline_s and not stopped:
             body = json.dumps({"reason": f"experiment runner: no end after {deadline_s:.0f} s"}).encode()
             request = urllib.request.Request(f"{url}/run/stop", data=body, method="POST", headers={
                 "Authorization": f"Bearer {os.environ['RUN_TOKEN']}", "Content-Type": "application/json"})
@@ -261,12 +264,10 @@ class Runner:
             raise CellFailed(f"run did not end within timeout_s + {STOP_MARGIN_S + ROW_GRACE_S:.0f} s "
                              f"(last state {state}; {seen['error'] or 'controller answering'})", run_id)
         row_file = self.runs_dir / run_id / "row.csv"
-        for _ in range(20):  # the controller writes the row as the run ends; allow it a moment
-            if row_file.is_file():
-                row = read_rows(row_file)[0]
-                return run_id, row["status"], row.get("reason", "")
-            time.sleep(0.5)
-        raise CellFailed(f"run {run_id} ended as {state} but wrote no row", run_id)
+        if not row_file.is_file():
+            raise CellFailed(f"run {run_id} ended as {state} but wrote no row within {ROW_GRACE_S:.0f} s", run_id)
+        row = read_rows(row_file)[0]
+        return run_id, row["status"], row.get("reason", "")
 
     def cell_env(self, cell: Cell) -> dict[str, str]:
         env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "RUN_TOKEN": secrets.token_hex(16),
@@ -284,7 +285,8 @@ class Runner:
         return self.matrix_dir / "checkpoints" / cell.key
 
     def compose(self, cell: Cell, env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess:
-        command = ["docker", "compose", "--project-directory", str(self.root), "-f", str(self.root / "compose.yaml")]
+        command = ["docker", "compose", "--ansi", "never", "--project-directory", str(self.root),
+                   "-f", str(self.root / "compose.yaml")]
         command += ["--profile", "ml"] if cell.mode == "ml" or args[0] == "down" else []
         try:
             return subprocess.run(command + list(args), env=env, cwd=self.root, capture_output=True, text=True,
