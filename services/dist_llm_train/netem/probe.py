@@ -119,7 +119,7 @@ class Server:
         self.proc.stderr.close()
 
 
-def _client(endpoint: Endpoint, *args: str, timeout_s: float) -> dict:
+def run_client(endpoint: Endpoint, *args: str, timeout_s: float) -> dict:
     proc = _python(endpoint.netns, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=timeout_s)
@@ -138,14 +138,14 @@ def measure_pair(a: Endpoint, b: Endpoint) -> dict:
     started = time.monotonic()
     server_b, server_a = Server(b), Server(a)
     try:
-        udp = _client(a, "udp", "--host", b.address, "--port", str(server_b.udp_port),
+        udp = run_client(a, "udp", "--host", b.address, "--port", str(server_b.udp_port),
                       "--rtt-interval", str(plan["rtt_interval_s"]), "--loss-interval", str(plan["loss_interval_s"]),
                       "--timeout", str(plan["timeout_s"]),
                       timeout_s=60 + RTT_SAMPLES * plan["rtt_interval_s"] + LOSS_SAMPLES * plan["loss_interval_s"])
         tcp_args = ("--seconds", str(TCP_SECONDS), "--warmup", str(plan["tcp_warmup_s"]))
         tcp_timeout = 60 + TCP_SECONDS + plan["tcp_warmup_s"]
-        up = _client(a, "tcp", "--host", b.address, "--port", str(server_b.tcp_port), *tcp_args, timeout_s=tcp_timeout)
-        down = _client(b, "tcp", "--host", a.address, "--port", str(server_a.tcp_port), *tcp_args, timeout_s=tcp_timeout)
+        up = run_client(a, "tcp", "--host", b.address, "--port", str(server_b.tcp_port), *tcp_args, timeout_s=tcp_timeout)
+        down = run_client(b, "tcp", "--host", a.address, "--port", str(server_a.tcp_port), *tcp_args, timeout_s=tcp_timeout)
     finally:
         server_b.close()
         server_a.close()

@@ -4,11 +4,16 @@ A backend only builds commands; the sidecar runs them inside the target's networ
 (`in_namespace`, `run_commands`). Both backends shape the same two points of the container's
 interface, so a link is "the container's access link" either way:
 
-    egress:  root qdisc of eth0 (rate cap; the netem backend also delay, jitter and loss here)
-    ingress: eth0 -> ingress qdisc -> u32 match-all -> mirred redirect -> ifb DLT_IFB -> its root
-             qdisc (rate cap), then back into eth0's receive path (and netfilter PREROUTING)
+    egress:  eth0 root htb 1: -- class 1:1 (default) -> leaf qdisc of the link: rate cap (tbf);
+                                                        the netem backend: netem (delay, jitter, loss, rate)
+                             `- class 1:2 <- u32 filter `protocol arp`: ARP is never shaped or cut
+    ingress: eth0 ingress qdisc -> u32 `protocol ip` match-all -> mirred redirect -> ifb DLT_IFB ->
+             its root qdisc (rate cap), then back into eth0's receive path (and netfilter PREROUTING)
 
-A link that is `down` gets a `blackhole` root on both, so nothing passes either way.
+A link that is `down` gets a `blackhole` leaf on both, so no IP packet passes either way, while
+ARP still does: after an outage traffic resumes at once, instead of waiting up to a second for
+the neighbour entries an outage of the whole interface would have expired. IPv4 only, like the
+Docker bridge networks compose creates (and the NFQUEUE rule of the userspace backend).
 
 Failure: each command either succeeds or exits non-zero with tc's / iptables' message;
 `run_commands` raises `LinkError` naming the namespace, the command and that message. `remove`
@@ -31,6 +36,9 @@ IFB = "dlt-ifb0"  # the ingress-shaping device we add to each namespace (<= 15 c
 WIRE_PACKET_BYTES = 1514  # an Ethernet frame of a 1500-byte MTU, as tc counts it
 SIZING_MBIT = 1000.0  # queue sizing for a link without a rate cap (the delayer sizes the same way)
 MIN_QUEUE_PACKETS = 1000  # the kernel's default txqueuelen / netem limit
+LINK_CLASS, ARP_CLASS = "1:1", "1:2"
+LINE_RATE = "10gbit"  # the htb classes only sort traffic; the leaf qdiscs shape it
+HTB_QUANTUM = "60000"  # bytes per round; set, or htb warns that rate / r2q is too big
 
 
 class LinkError(RuntimeError):
@@ -72,10 +80,6 @@ def ingress_root(link: LinkSpec) -> list[str]:
     return tbf_args(link)
 
 
-def replace_root(dev: str, qdisc: list[str]) -> Argv:
-    return ("tc", "qdisc", "replace", "dev", dev, "root", *qdisc)
-
-
 class Backend(ABC):
     """How a LinkSpec becomes commands. `apply` on a namespace without our rules, then any number
     of `change`, then `remove`; the sidecar runs each list in order with `run_commands`."""
@@ -83,24 +87,30 @@ class Backend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def egress_root(self, link: LinkSpec) -> list[str]:
-        """The root qdisc of eth0 for this link (when it is not down)."""
+    def egress_leaf(self, link: LinkSpec) -> list[str]:
+        """The qdisc under eth0's link class for this link (when it is not down)."""
 
     def apply(self, link: LinkSpec) -> list[Argv]:
-        """Add the ifb and the ingress redirect, then shape both directions."""
+        """Build the egress classifier and the ingress redirect, then shape both directions."""
         return [
+            ("tc", "qdisc", "add", "dev", IFACE, "root", "handle", "1:", "htb", "default", "1"),
+            *(("tc", "class", "add", "dev", IFACE, "parent", "1:", "classid", c, "htb", "rate", LINE_RATE,
+               "quantum", HTB_QUANTUM) for c in (LINK_CLASS, ARP_CLASS)),
+            ("tc", "filter", "add", "dev", IFACE, "parent", "1:", "protocol", "arp", "prio", "1",
+             "u32", "match", "u32", "0", "0", "flowid", ARP_CLASS),
             ("ip", "link", "add", IFB, "type", "ifb"),
             ("ip", "link", "set", "dev", IFB, "up"),
             ("tc", "qdisc", "add", "dev", IFACE, "handle", "ffff:", "ingress"),
-            ("tc", "filter", "add", "dev", IFACE, "parent", "ffff:", "protocol", "all", "prio", "1",
+            ("tc", "filter", "add", "dev", IFACE, "parent", "ffff:", "protocol", "ip", "prio", "1",
              "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", IFB),
             *self.change(link),
         ]
 
     def change(self, link: LinkSpec) -> list[Argv]:
-        """Replace both root qdiscs; packets already queued in the old ones are dropped."""
-        egress = ["blackhole"] if link.down else self.egress_root(link)
-        return [replace_root(IFACE, egress), replace_root(IFB, ingress_root(link))]
+        """Replace both leaf qdiscs; packets already queued in the old ones are dropped."""
+        egress = ["blackhole"] if link.down else self.egress_leaf(link)
+        return [("tc", "qdisc", "replace", "dev", IFACE, "parent", LINK_CLASS, *egress),
+                ("tc", "qdisc", "replace", "dev", IFB, "root", *ingress_root(link))]
 
     def remove(self) -> list[Argv]:
         """Delete everything `apply` added: eth0 is left with the kernel's default qdisc."""

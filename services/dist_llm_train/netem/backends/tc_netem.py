@@ -1,6 +1,7 @@
-"""The netem backend: the kernel's sch_netem on eth0's egress does delay, jitter, loss and rate.
+"""The netem backend: the kernel's sch_netem on eth0's egress (the leaf of the link class) does
+delay, jitter, loss and rate:
 
-    tc qdisc replace dev eth0 root netem delay 50ms 5ms distribution normal loss 1% rate 10000000bit limit L
+    tc qdisc replace dev eth0 parent 1:1 netem delay 50ms 5ms distribution normal loss 1% rate 10000000bit limit L
 
 plus the rate cap on ingress through the ifb (base.py). netem's `limit` (packets held, 1000 by
 default) must cover everything in flight: at the rate (or SIZING_MBIT without a cap), every
@@ -25,7 +26,7 @@ def netem_limit(link: LinkSpec) -> int:
 class NetemBackend(Backend):
     name = "netem"
 
-    def egress_root(self, link: LinkSpec) -> list[str]:
+    def egress_leaf(self, link: LinkSpec) -> list[str]:
         args = ["netem", "delay", ms_arg(link.delay_ms)]
         if link.jitter_ms:
             args += [ms_arg(link.jitter_ms), "distribution", "normal"]

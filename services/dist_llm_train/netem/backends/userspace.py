@@ -45,7 +45,7 @@ def delayer_argv(python: str, spec_file: str, stats_file: str, seed: int) -> lis
 class UserspaceBackend(Backend):
     name = "userspace"
 
-    def egress_root(self, link: LinkSpec) -> list[str]:
+    def egress_leaf(self, link: LinkSpec) -> list[str]:
         if link.rate_mbit is None:
             return ["pfifo", "limit", str(MIN_QUEUE_PACKETS)]
         return tbf_args(link)
