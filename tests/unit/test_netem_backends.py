@@ -1,0 +1,88 @@
+"""Exact argv per backend: what each LinkSpec becomes, including change and removal."""
+
+from __future__ import annotations
+
+import pytest
+
+from dist_llm_train.netem.backends import BACKENDS, choose
+from dist_llm_train.netem.backends.base import queue_seconds, tbf_args
+from dist_llm_train.netem.backends.tc_netem import NetemBackend, netem_limit
+from dist_llm_train.netem.backends.userspace import UserspaceBackend
+from dist_llm_train.netem.preset import LinkSpec
+
+SETUP = [
+    "tc qdisc add dev eth0 root handle 1: htb default 1",
+    "tc class add dev eth0 parent 1: classid 1:1 htb rate 10gbit quantum 60000",
+    "tc class add dev eth0 parent 1: classid 1:2 htb rate 10gbit quantum 60000",
+    "tc filter add dev eth0 parent 1: protocol arp prio 1 u32 match u32 0 0 flowid 1:2",
+    "ip link add dlt-ifb0 type ifb",
+    "ip link set dev dlt-ifb0 up",
+    "tc qdisc add dev eth0 handle ffff: ingress",
+    "tc filter add dev eth0 parent ffff: protocol ip prio 1 u32 match u32 0 0 action mirred egress redirect dev dlt-ifb0",
+]
+REMOVE = ["tc qdisc del dev eth0 root", "tc qdisc del dev eth0 ingress", "ip link del dlt-ifb0"]
+RULE = "-t mangle {} PREROUTING -i eth0 -m comment --comment dist-llm-train -j NFQUEUE --queue-num 42"
+CELLULAR = LinkSpec(delay_ms=40, jitter_ms=8, loss_pct=1, rate_mbit=10)
+
+
+def lines(argvs) -> list[str]:
+    return [" ".join(a) for a in argvs]
+
+
+def test_tbf_sizing_by_hand():
+    # 10 Mbit/s = 1.25 MB/s: burst 5 ms = 6250 B; queue 0.1 + 2 * (40 + 16) ms = 0.212 s = 265000 B.
+    assert queue_seconds(CELLULAR) == pytest.approx(0.212)
+    assert tbf_args(CELLULAR) == ["tbf", "rate", "10000000bit", "burst", "6250", "limit", "265000"]
+    # 1 Mbit/s: 5 ms is 625 B, below two frames: burst 3028.
+    assert tbf_args(LinkSpec(rate_mbit=1))[4] == "3028"
+
+
+def test_netem_apply_change_remove():
+    backend = NetemBackend()
+    assert lines(backend.apply(CELLULAR)) == SETUP + [
+        "tc qdisc replace dev eth0 parent 1:1 netem delay 40ms 8ms distribution normal loss 1% rate 10000000bit limit 1000",
+        "tc qdisc replace dev dlt-ifb0 root tbf rate 10000000bit burst 6250 limit 265000",
+    ]
+    assert lines(backend.change(LinkSpec(delay_ms=300))) == [
+        "tc qdisc replace dev eth0 parent 1:1 netem delay 300ms limit 165126",
+        "tc qdisc replace dev dlt-ifb0 root pfifo limit 1000",
+    ]
+    assert lines(backend.remove()) == REMOVE
+    assert backend.delayer_spec(CELLULAR) is None
+
+
+def test_netem_limit_covers_the_bandwidth_delay_product():
+    # Unlimited, sized at 1000 Mbit/s = 82562.7 frames/s; held 0.3 s delay + 0.7 s rate queue; x2.
+    assert netem_limit(LinkSpec(delay_ms=300)) == 165126
+    assert netem_limit(LinkSpec(delay_ms=1, rate_mbit=1)) == 1000  # never below the kernel default
+
+
+def test_userspace_apply_change_remove():
+    backend = UserspaceBackend()
+    assert lines(backend.apply(CELLULAR)) == SETUP + [
+        "tc qdisc replace dev eth0 parent 1:1 tbf rate 10000000bit burst 6250 limit 265000",
+        "tc qdisc replace dev dlt-ifb0 root tbf rate 10000000bit burst 6250 limit 265000",
+        "iptables-nft " + RULE.format("-A"),
+    ]
+    assert lines(backend.change(LinkSpec(delay_ms=50))) == [
+        "tc qdisc replace dev eth0 parent 1:1 pfifo limit 1000",
+        "tc qdisc replace dev dlt-ifb0 root pfifo limit 1000",
+    ]
+    assert lines(backend.remove()) == ["iptables-nft " + RULE.format("-D")] + REMOVE
+    assert backend.delayer_spec(CELLULAR) == {"delay_ms": 40, "jitter_ms": 8, "loss_pct": 1, "rate_mbit": 10}
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_down_blackholes_both_directions(name):
+    backend = BACKENDS[name]()
+    assert lines(backend.change(CELLULAR.model_copy(update={"down": True}))) == [
+        "tc qdisc replace dev eth0 parent 1:1 blackhole",
+        "tc qdisc replace dev dlt-ifb0 root blackhole",
+    ]
+
+
+def test_forced_choice_and_unknown_name():
+    assert choose("userspace")[0].name == "userspace"
+    assert choose("netem")[0].name == "netem"
+    with pytest.raises(ValueError, match="NETEM_BACKEND: unknown backend 'tc'"):
+        choose("tc")
