@@ -75,9 +75,8 @@ def topk_count(numel: int, ratio: float) -> int:
 
 def int8_encode(x: Tensor, ratio: float) -> dict[str, Tensor]:
     scale = x.abs().max() / 127
-    inverse = 1 / scale if scale > 0 else torch.zeros(())  # all-zero x: q = 0 whatever the scale
-    q = (x * inverse).round().clamp(-127, 127).to(torch.int8)
-    return {"scale": scale.reshape(1), "values": q}
+    q = torch.zeros_like(x) if scale == 0 else (x / scale).round().clamp(-127, 127)
+    return {"scale": scale.reshape(1), "values": q.to(torch.int8)}
 
 
 def topk_encode(x: Tensor, ratio: float) -> dict[str, Tensor]:
