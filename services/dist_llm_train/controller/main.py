@@ -1,0 +1,41 @@
+"""`dist-llm-train controller`: validate the config, then serve the control plane.
+
+Exit 2 with the file and field named when the settings or the config are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import load_run_config
+from ..schema import ConfigError
+from ..settings import from_env
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = from_env()
+        overrides = {} if settings.num_workers is None else {"workers.count": settings.num_workers}
+        config = load_run_config(settings.config_path, overrides)
+    except ConfigError as exc:
+        print(f"controller: refused: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(stream=sys.stdout, level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(config, settings)
+    logging.getLogger("controller").info(
+        "serving on %s:%d (config %s, digest %s, %d workers, state %s)", args.host, args.port,
+        settings.config_path, config.digest(), config.workers.count, settings.state_dir / "controller.db")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0

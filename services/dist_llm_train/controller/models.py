@@ -1,0 +1,124 @@
+"""Request and response bodies of the control plane (docs/architecture.md has the route table).
+
+Requests refuse unknown fields and non-finite numbers (422), so a typo in a client is loud.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class RegisterIn(Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="stable worker name (compose container name); a new registration "
+                                  "under the same name retires the previous incarnation")
+    index: int = Field(ge=0, description="compose container number - 1")
+    capacity: float = Field(gt=0, description="declared capacity (1.0 = nominal)")
+    memory_mb: int = Field(gt=0, description="declared memory, MiB")
+
+
+class RegisterOut(BaseModel):
+    worker_id: str
+    run_id: str
+    mode: str
+    heartbeat_interval_s: float
+    config: dict[str, Any]
+
+
+class TelemetryIn(Request):
+    tokens_per_sec: float | None = Field(None, ge=0, description="tokens processed per second of compute")
+    step_time_s: float | None = Field(None, ge=0, description="wall time of one step")
+    epoch: int | None = Field(None, ge=0)
+    batch: int | None = Field(None, ge=0)
+    rtt_ms: float | None = Field(None, ge=0, description="round trip of the previous heartbeat")
+    down_mbit: float | None = Field(None, ge=0, description="measured download rate of the last task input")
+    compute_utilization: float | None = Field(None, ge=0, le=1, description="share of wall time spent computing")
+    bytes_up: int | None = Field(None, ge=0, description="bytes sent so far (results, updates)")
+    bytes_down: int | None = Field(None, ge=0, description="bytes received so far (inputs, parameters)")
+    staleness: float | None = Field(None, ge=0, description="ML: staleness of the last update")
+
+
+class HeartbeatIn(Request):
+    telemetry: TelemetryIn | None = None
+
+
+class HeartbeatOut(BaseModel):
+    run_state: str
+    alive: bool
+    stop: bool
+
+
+class NextTaskIn(Request):
+    pass
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    lease: str
+    kind: str
+    tokens: int
+    priority: int
+    memory_mb: int
+    input_kb: int
+    output_kb: int
+    shard: int | None = None
+    num_shards: int | None = None
+
+
+class NextTaskOut(BaseModel):
+    task: TaskOut | None
+    retry_after_s: float
+    run_state: str
+
+
+class CompleteOut(BaseModel):
+    status: Literal["completed", "already_completed"]
+
+
+class Probe(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    rtt_ms: float
+    rtt_stdev_ms: float
+    loss_pct: float
+    mbit: float
+
+
+class LinksIn(Request):
+    profile: str
+    backend: Literal["netem", "userspace"]
+    seed: int
+    ready: bool
+    healthy: bool
+    problems: list[str]
+    links: dict[str, dict[str, Any]]
+    probe: Probe | None
+
+
+class PsReportIn(Request):
+    version: int = Field(ge=0)
+    updates_accepted: int = Field(ge=0)
+    updates_rejected: int = Field(ge=0)
+    mean_staleness: float = Field(ge=0)
+    bytes_up: int = Field(ge=0)
+    bytes_down: int = Field(ge=0)
+    initial_val_loss: float | None
+    final_val_loss: float | None
+    final_train_loss: float | None
+    time_to_target_s: float | None
+    window: int = Field(ge=1)
+    done: bool
+    reason: str | None
+
+
+class StopIn(Request):
+    reason: str = Field("stopped by request", max_length=500)
+
+
+class Empty(BaseModel):
+    pass

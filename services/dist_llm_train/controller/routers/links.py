@@ -1,0 +1,29 @@
+"""/links: the netem sidecar's report of the emulated links (it opens the gate of the run)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..deps import Authorized, Ctl
+from ..models import Empty, LinksIn
+
+router = APIRouter(tags=["links"], dependencies=[Authorized])
+
+
+@router.post("/links", response_model=Empty)
+async def links(body: LinksIn, ctl: Ctl) -> Empty:
+    """Store the latest report. `ready` starts a waiting run; `healthy: false` while the run is
+    running marks its row degraded, with the sidecar's problems as the reason."""
+    now = ctl.clock()
+    previous = ctl.store.report("links")
+    with ctl.store.transaction():
+        ctl.store.save_report("links", body.model_dump(mode="json"), now)
+        if body.ready:
+            ctl.run.start(f"netem sidecar reports the links ready: profile {body.profile}, backend {body.backend}")
+        if not body.healthy and ctl.run.state == "running":
+            ctl.run.degrade("links unhealthy: " + ("; ".join(body.problems) or "no detail given"))
+    ctl.liveness.sidecar_heard = now
+    if previous is None or previous[0].get("healthy") != body.healthy:
+        ctl.log.info("links report: profile %s, backend %s, ready %s, healthy %s%s", body.profile, body.backend,
+                     body.ready, body.healthy, f", problems: {body.problems}" if body.problems else "")
+    return Empty()

@@ -1,0 +1,73 @@
+"""/workers: registration, heartbeats, telemetry, and asking for work."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from .. import dispatch, telemetry
+from ..context import Controller
+from ..deps import Authorized, Ctl, LiveWorker
+from ..health import note_requeue
+from ..runstate import END_STATES
+from ..models import (Empty, HeartbeatIn, HeartbeatOut, NextTaskIn, NextTaskOut, RegisterIn, RegisterOut,
+                      TaskOut, TelemetryIn)
+
+router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[Authorized])
+
+
+@router.post("/register", response_model=RegisterOut)
+async def register(body: RegisterIn, ctl: Ctl) -> RegisterOut:
+    """A new incarnation of the named worker; a live older one is retired and its task requeued."""
+    now = ctl.clock()
+    worker_id, retired = ctl.store.register_worker(body.name, body.index, body.capacity, body.memory_mb, now)
+    ctl.liveness.seen(worker_id, now)
+    ctl.metrics.events["registrations"] += 1
+    ctl.log.info("worker %s registered (index %d, capacity %g, memory %d MiB)",
+                 worker_id, body.index, body.capacity, body.memory_mb)
+    for old_id, task_id in retired:
+        ctl.liveness.forget(old_id)
+        ctl.log.info("worker %s replaced by %s", old_id, worker_id)
+        if task_id:
+            note_requeue(ctl, task_id, old_id, "replaced")
+    return RegisterOut(worker_id=worker_id, run_id=ctl.run.meta["run_id"], mode=ctl.config.mode,
+                       heartbeat_interval_s=ctl.config.controller.heartbeat_interval_s,
+                       config=ctl.config.model_dump(mode="json"))
+
+
+@router.post("/{worker_id}/heartbeat", response_model=HeartbeatOut)
+async def heartbeat(worker: LiveWorker, body: HeartbeatIn, ctl: Ctl) -> HeartbeatOut:
+    """Proof of life; `stop` tells the worker the run is over. 410: declared dead, register again."""
+    now = ctl.clock()
+    ctl.liveness.seen(worker["worker_id"], now)
+    if body.telemetry is not None:
+        record(ctl, worker["worker_id"], body.telemetry, now)
+    state = ctl.run.state
+    return HeartbeatOut(run_state=state, alive=True, stop=state in END_STATES)
+
+
+@router.post("/{worker_id}/telemetry", response_model=Empty)
+async def post_telemetry(worker: LiveWorker, body: TelemetryIn, ctl: Ctl) -> Empty:
+    record(ctl, worker["worker_id"], body, ctl.clock())
+    return Empty()
+
+
+@router.post("/{worker_id}/next-task", response_model=NextTaskOut)
+async def next_task(worker: LiveWorker, body: NextTaskIn, ctl: Ctl) -> NextTaskOut:
+    """The worker's task (a scheduling cycle runs if it holds none), or null and when to ask again."""
+    state = ctl.run.state
+    retry = ctl.config.controller.heartbeat_interval_s / 2
+    if state != "running":
+        return NextTaskOut(task=None, retry_after_s=retry, run_state=state)
+    row = dispatch.next_task(ctl, worker["worker_id"], ctl.clock())
+    task = None if row is None else TaskOut(
+        task_id=row["task_id"], lease=row["lease"], kind=row["kind"], tokens=row["tokens"],
+        priority=row["priority"], memory_mb=row["memory_mb"], input_kb=row["input_kb"],
+        output_kb=row["output_kb"], shard=row["shard"],
+        num_shards=ctl.config.workers.count if row["kind"] == "shard" else None)
+    return NextTaskOut(task=task, retry_after_s=retry, run_state=state)
+
+
+def record(ctl: Controller, worker_id: str, sample: TelemetryIn, now: float) -> None:
+    merged = telemetry.merge(ctl.store.telemetry(worker_id), sample.model_dump(exclude_none=True),
+                             ctl.config.controller.ewma_alpha)
+    ctl.store.put_telemetry(worker_id, merged, now)

@@ -1,0 +1,173 @@
+"""One worker: register, heartbeat in its own thread, ask for tasks and run them until told to stop.
+
+The heartbeat thread has its own HTTP client, so a long computation or a slow upload never
+delays a heartbeat. When the controller answers 410 (declared dead) or 404 (it forgot us: a
+fresh run), whichever thread hears it first registers again; the task in hand is abandoned,
+since its lease was revoked. The worker exits 0 when the run is over, 3 when the controller
+refuses RUN_TOKEN, 1 when the controller stays unreachable.
+
+What a task runner (synthetic.run_task, ml_loop.run_shard) may use:
+    agent.config              resolved run config (dict), as the controller sent it
+    agent.index, agent.speed  this worker's index and compute speed factor
+    agent.settings, agent.log
+    agent.client              ControlClient of the task loop's thread
+    agent.stopping            Event set when the run is over or the worker must stop
+    agent.holds(worker_id)    False once re-registered or stopping: drop the task
+    agent.send_telemetry(**fields), agent.complete(task, data)
+    agent.compute_s, bytes_up, bytes_down, tasks_done   counters the runner keeps up to date
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from ..settings import Settings
+from .client import Conflict, ControlClient, ControlError, Gone, NotFound, TokenRefused, Unreachable
+from .synthetic import run_task
+
+LIVE_STATES = ("waiting", "running")
+
+
+class Agent:
+    def __init__(self, settings: Settings, name: str, index: int, log: logging.Logger):
+        self.settings, self.name, self.index, self.log = settings, name, index, log
+        self.client = ControlClient(settings.controller_url, settings.run_token, log)
+        self.beat_client = ControlClient(settings.controller_url, settings.run_token, log)
+        self.stopping = threading.Event()
+        self.fatal: Exception | None = None  # what stopped the heartbeat thread, if not the run's end
+        self.worker_id = ""
+        self.config: dict[str, Any] = {}
+        self.heartbeat_interval_s = 1.0
+        self._register_lock = threading.Lock()
+        self._rtt_ms: float | None = None
+        self.started = time.monotonic()
+        self.compute_s = 0.0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.tasks_done = 0
+
+    @property
+    def speed(self) -> float:
+        speeds = self.config["workers"]["speed"]
+        return speeds[self.index % len(speeds)]
+
+    def run(self) -> int:
+        heartbeats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        try:
+            self.config = self.client.get_json("/config")
+            self.register(self.client)
+            heartbeats.start()
+            self._task_loop()
+        except (ControlError, Unreachable) as exc:
+            self.fatal = self.fatal or exc
+        finally:
+            self.stopping.set()
+        if heartbeats.is_alive():
+            heartbeats.join(timeout=5)
+        return self._exit_code()
+
+    def _exit_code(self) -> int:
+        if self.fatal is None:
+            self.log.info("run over: exiting")
+            return 0
+        if isinstance(self.fatal, TokenRefused):
+            self.log.error("RUN_TOKEN refused by the controller")
+            return 3
+        self.log.error("stopping: %s", self.fatal)
+        return 1
+
+    def register(self, client: ControlClient, stale_id: str | None = None) -> None:
+        """Register (again). With `stale_id`, only if no other thread did it since that id failed."""
+        with self._register_lock:
+            if stale_id is not None and self.worker_id != stale_id:
+                return
+            workers = self.config["workers"]
+            answer = client.post_json("/workers/register", {
+                "name": self.name, "index": self.index,
+                "capacity": workers["capacity"][self.index % len(workers["capacity"])],
+                "memory_mb": workers["memory_mb"][self.index % len(workers["memory_mb"])],
+            })
+            self.worker_id = answer["worker_id"]
+            self.config = answer["config"]
+            self.heartbeat_interval_s = answer["heartbeat_interval_s"]
+            self.log.info("registered as %s in run %s (mode %s, speed %g)", self.worker_id, answer["run_id"],
+                          answer["mode"], self.speed)
+
+    def holds(self, worker_id: str) -> bool:
+        return not self.stopping.is_set() and self.worker_id == worker_id
+
+    def utilization(self) -> float:
+        return min(1.0, self.compute_s / max(1e-9, time.monotonic() - self.started))
+
+    def send_telemetry(self, **fields: Any) -> None:
+        self.client.post_json(f"/workers/{self.worker_id}/telemetry", fields)
+
+    def complete(self, task: dict[str, Any], data: bytes) -> str:
+        answer = self.client.request("POST", f"/tasks/{task['task_id']}/complete", content=data,
+                                     params={"worker_id": self.worker_id, "lease": task["lease"]}).json()
+        self.bytes_up += len(data)
+        return answer["status"]
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.is_set():
+            worker_id = self.worker_id
+            sample = {"rtt_ms": self._rtt_ms, "compute_utilization": self.utilization(),
+                      "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+            sent = time.perf_counter()
+            try:
+                answer = self.beat_client.post_json(
+                    f"/workers/{worker_id}/heartbeat",
+                    {"telemetry": {k: v for k, v in sample.items() if v is not None}})
+            except (Gone, NotFound) as exc:
+                self.log.warning("controller no longer knows %s (%s): registering again", worker_id, exc.detail)
+                self._guard(lambda: self.register(self.beat_client, worker_id))
+                continue
+            except (ControlError, Unreachable) as exc:
+                self.fatal = exc
+                self.stopping.set()
+                return
+            self._rtt_ms = (time.perf_counter() - sent) * 1000
+            if answer["stop"]:
+                self.log.info("controller says stop (run %s)", answer["run_state"])
+                self.stopping.set()
+                return
+            self.stopping.wait(max(0.0, self.heartbeat_interval_s - self._rtt_ms / 1000))
+
+    def _guard(self, call) -> None:
+        try:
+            call()
+        except (ControlError, Unreachable) as exc:
+            self.fatal = exc
+            self.stopping.set()
+
+    def _task_loop(self) -> None:
+        while not self.stopping.is_set():
+            worker_id = self.worker_id
+            try:
+                answer = self.client.post_json(f"/workers/{worker_id}/next-task")
+                if answer["run_state"] not in LIVE_STATES:
+                    self.log.info("run %s", answer["run_state"])
+                    return
+                task = answer["task"]
+                if task is None:
+                    self.stopping.wait(answer["retry_after_s"])
+                    continue
+                self._execute(task, worker_id)
+            except (Gone, NotFound) as exc:
+                self.log.warning("controller no longer knows %s (%s): registering again", worker_id, exc.detail)
+                self.register(self.client, worker_id)
+            except Conflict as exc:
+                self.log.warning("task dropped: %s", exc.detail)
+
+    def _execute(self, task: dict[str, Any], worker_id: str) -> None:
+        self.log.info("task %s (%s, %d tokens, lease %s)", task["task_id"], task["kind"], task["tokens"],
+                      task["lease"])
+        if task["kind"] == "shard":
+            from .ml_loop import run_shard  # ML only: basic mode never imports torch
+
+            run_shard(self, task)
+        else:
+            run_task(self, task, worker_id)

@@ -1,0 +1,36 @@
+"""`dist-llm-train worker`: learn the worker index, then run the agent until the run is over.
+
+Exit codes: 0 run over; 1 controller unreachable or a protocol error; 2 bad settings or no
+index; 3 RUN_TOKEN refused by the controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from ..schema import ConfigError
+from ..settings import from_env
+from .agent import Agent
+from .identity import IdentityError, resolve
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", type=int, default=None,
+                        help="worker index for local runs (default: WORKER_INDEX, else the compose container number - 1)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = from_env()
+        name, index = resolve(args.index if args.index is not None else settings.worker_index)
+    except (ConfigError, IdentityError) as exc:
+        print(f"worker: refused: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(stream=sys.stdout, level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too many
+    # compose stop: leave at once; the controller requeues the task after heartbeat_timeout_s
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return Agent(settings, name, index, logging.getLogger(name)).run()

@@ -1,0 +1,55 @@
+"""A basic-mode task: download the input, compute for tokens / (base_tokens_per_sec * speed)
+seconds, upload the result, complete.
+
+Compute is a sleep in steps of BATCH_TOKENS tokens: 82 ms per step at the default 50 k tokens/s,
+328 ms for a 4x straggler. Telemetry (tokens/s, step time, epoch = tasks done before this one,
+batch = step in this task, download rate) goes out every TELEMETRY_EVERY_S and after the last
+step. The result is SHAKE-256 of the input (controller/tasks.py), which the controller checks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..controller.tasks import task_result
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+BATCH_TOKENS = 4096
+TELEMETRY_EVERY_S = 0.5
+
+
+def run_task(agent: "Agent", task: dict[str, Any], worker_id: str) -> None:
+    """Returns when the task is completed or dropped (the agent stopped or re-registered);
+    client errors (Conflict: lease revoked; Gone: declared dead) propagate to the agent."""
+    started = time.perf_counter()
+    data = agent.client.request("GET", f"/tasks/{task['task_id']}/input", params={"lease": task["lease"]}).content
+    took = time.perf_counter() - started
+    agent.bytes_down += len(data)
+    down_mbit = len(data) * 8 / took / 1e6 if data else None
+
+    rate = agent.config["workers"]["base_tokens_per_sec"] * agent.speed
+    tokens, done = task["tokens"], 0
+    compute_started = last_sent = time.perf_counter()
+    for step in range(1, math.ceil(tokens / BATCH_TOKENS) + 1):
+        if not agent.holds(worker_id):
+            agent.log.info("task %s dropped (stopping or registered again)", task["task_id"])
+            return
+        batch = min(BATCH_TOKENS, tokens - done)
+        step_started = time.perf_counter()
+        agent.stopping.wait(batch / rate)
+        now = time.perf_counter()
+        agent.compute_s += now - step_started
+        done += batch
+        if now - last_sent >= TELEMETRY_EVERY_S or done == tokens:
+            agent.send_telemetry(tokens_per_sec=done / (now - compute_started), step_time_s=now - step_started,
+                                 epoch=agent.tasks_done, batch=step, down_mbit=down_mbit)
+            last_sent, down_mbit = now, None  # one download-rate sample per task
+    if not agent.holds(worker_id):
+        return
+    status = agent.complete(task, task_result(data, task["output_kb"]))
+    agent.tasks_done += 1
+    agent.log.info("task %s %s in %.2f s", task["task_id"], status, time.perf_counter() - started)
