@@ -1,25 +1,20 @@
-"""The userspace delayer on a real link: two network namespaces joined by a veth pair.
-
-Namespace a (10.77.0.1) sends; namespace b (10.77.0.2) runs a UDP echo server, a TCP sink and the
-delayer, fed by `iptables -t mangle -A PREROUTING -i vb -j NFQUEUE` (the receiver's ingress, as in
-production). Requests a -> b are delayed; replies b -> a are not, so RTT rises by the delay once.
-Needs CAP_NET_ADMIN and CAP_SYS_ADMIN (root on the host, or the test container of `make test`).
+"""The userspace delayer on a real link: two network namespaces joined by a veth pair, the
+delayer on the receiver's ingress (see `testbed.DelayedLink`). Needs CAP_NET_ADMIN and
+CAP_SYS_ADMIN: root on the host, or the test container of `make test`.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
 
 import pytest
 
+from dist_llm_train.netem.testbed import DelayedLink, VethPair
 from dist_llm_train.netem.traffic import rtt_summary
-from dist_llm_train.netem.vethpair import ADDRESSES, VethPair
 
 QUEUE = 7
-ECHO_PORT, SINK_PORT = 7001, 7002
 
 
 def _namespaces_available() -> bool:
@@ -33,79 +28,10 @@ pytestmark = pytest.mark.skipif(not _namespaces_available(),
                                 reason="cannot create network namespaces (needs CAP_SYS_ADMIN and CAP_NET_ADMIN)")
 
 
-class Link:
-    def __init__(self, pair: VethPair, tmp_path):
-        self.pair = pair
-        self.spec_file = tmp_path / "spec.json"
-        self.stats_file = tmp_path / "stats.json"
-        self.delayer: subprocess.Popen | None = None
-        for argv in (("udp-echo", "--port", str(ECHO_PORT)), ("tcp-sink", "--port", str(SINK_PORT))):
-            server = pair.python("b", "dist_llm_train.netem.traffic", *argv, stdout=subprocess.PIPE, text=True)
-            assert server.stdout.readline().strip() == "ready"
-
-    def write_spec(self, delay_ms, jitter_ms=0.0, loss_pct=0.0, rate_mbit=None):
-        self.spec_file.write_text(json.dumps(
-            {"delay_ms": delay_ms, "jitter_ms": jitter_ms, "loss_pct": loss_pct, "rate_mbit": rate_mbit}))
-
-    def start_delayer(self, delay_ms, jitter_ms=0.0, loss_pct=0.0, seed=1) -> subprocess.Popen:
-        """Start the delayer, wait for its first stats file, then install the NFQUEUE rule."""
-        self.write_spec(delay_ms, jitter_ms, loss_pct)
-        self.delayer = self.run_delayer(seed)
-        deadline = time.monotonic() + 10
-        while not self.stats():
-            assert self.delayer.poll() is None, self.delayer.communicate()
-            assert time.monotonic() < deadline, "delayer wrote no stats within 10 s"
-            time.sleep(0.02)
-        self.pair.run("b", "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "vb", "-j", "NFQUEUE",
-                      "--queue-num", str(QUEUE))
-        return self.delayer
-
-    def run_delayer(self, seed=1) -> subprocess.Popen:
-        return self.pair.python("b", "dist_llm_train.netem.delayer", "--queue-num", str(QUEUE),
-                                "--spec-file", str(self.spec_file), "--stats-file", str(self.stats_file),
-                                "--seed", str(seed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def stats(self) -> dict | None:
-        try:
-            return json.loads(self.stats_file.read_text())
-        except (FileNotFoundError, ValueError):  # not yet written (the delayer replaces it atomically)
-            return None
-
-    def wait_stats(self, predicate, timeout=5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            stats = self.stats()
-            if stats and predicate(stats):
-                return stats
-            time.sleep(0.05)
-        raise AssertionError(f"stats never satisfied the condition: {self.stats()}")
-
-    def probe(self, count, interval_s, background=False):
-        """RTTs (ms, None = lost) of `count` UDP probes from a to b's echo server."""
-        proc = self.pair.python("a", "dist_llm_train.netem.traffic", "udp-probe", "--host", ADDRESSES["b"],
-                                "--port", str(ECHO_PORT), "--count", str(count), "--interval", str(interval_s),
-                                "--samples", stdout=subprocess.PIPE, text=True)
-        if background:
-            return proc
-        return self.collect(proc)
-
-    @staticmethod
-    def collect(proc) -> list[float | None]:
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        return json.loads(out)["rtts_ms"]
-
-    def tcp_mbit(self, seconds, warmup_s):
-        out = self.pair.run("a", "python3", "-m", "dist_llm_train.netem.traffic", "tcp-send", "--host",
-                            ADDRESSES["b"], "--port", str(SINK_PORT), "--seconds", str(seconds),
-                            "--warmup", str(warmup_s))
-        return json.loads(out)["mbit"]
-
-
 @pytest.fixture
 def link(tmp_path):
     with VethPair() as pair:  # closing kills the delayer, the servers and the namespaces
-        yield Link(pair, tmp_path)
+        yield DelayedLink(pair, tmp_path, QUEUE)
 
 
 def within(measured, expected):
@@ -149,7 +75,7 @@ def test_tcp_throughput_does_not_collapse(link):
     # Queued in the sender's OUTPUT chain a stream collapses to 0.5-2.5 Mbit/s at 50 ms; on the
     # receiver's ingress it carries hundreds of Mbit/s. 50 Mbit/s leaves room for a loaded machine.
     link.start_delayer(delay_ms=20)
-    mbit = link.tcp_mbit(seconds=2, warmup_s=0.5)
+    mbit = link.tcp_mbit(link.tcp_send(seconds=2, warmup_s=0.5))
     assert mbit >= 50, mbit
     stats = link.wait_stats(lambda s: s["queued"] == 0)
     assert stats["overflow_drops"] == 0 and stats["socket_drops"] == 0

@@ -22,7 +22,7 @@ Process interface (what the sidecar uses):
   running. A dead delayer black-holes the link (the rule has no --queue-bypass): loud, never
   silently undelayed. Log lines go to stdout (errors to stderr), prefixed with `delayer[N]`.
 
-Delay model. Packet i arriving at a_i is due at d_i = a_i + max(0, delay + J_i) with
+Delay model. Packet i arriving at a_i (the kernel's receive timestamp) is due at d_i = a_i + max(0, delay + J_i) with
 J_i ~ Normal(0, jitter) from a seeded RNG (truncated at zero total delay; the presets keep
 jitter <= delay, so the truncation rarely binds). Packets leave in arrival order:
 r_i = max(d_i, r_(i-1)). Order is what lets one "accept every id <= N" verdict release a whole
@@ -60,6 +60,7 @@ STATS_INTERVAL_S = 1.0
 SIZING_MBIT = 1000.0  # queue sizing when the spec has no rate cap
 WIRE_PACKET_BYTES = 1500
 MIN_QUEUE = 1024  # the kernel's own default
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # 35 on x86 and arm; the module lacks it before 3.14
 
 
 class SpecError(ValueError):
@@ -157,7 +158,13 @@ class Delayer:
         self.gso = spec.loss_pct == 0
         self.queue = nfqueue.Queue(args.queue_num, self.maxlen, self.gso)
         self.pending: deque[tuple[float, float, int]] = deque()  # (release, due, id), release order
-        self.seen = self.released = self.dropped_loss = 0
+        self.seen = self.released = self.dropped_loss = self.unstamped = 0
+        self.stamped = False  # the last packet carried the kernel's receive time
+        # Any socket asking for receive timestamps makes the kernel stamp every incoming packet
+        # (a host-wide switch, on for as long as one such socket is open), and nfnetlink_queue
+        # passes the stamp on as NFQA_TIMESTAMP.
+        self._stamps = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stamps.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.late: list[float] = []  # actual release - due, this stats interval
         self.timer_late: list[float] = []  # actual release - scheduled release, this interval
         self.spec_error: str | None = None
@@ -172,10 +179,19 @@ class Delayer:
     def arrive(self) -> None:
         packets = self.queue.receive()
         now = time.monotonic()
+        realtime_offset = time.time() - now
         admit = self.timeline.admit
         drops = []
         for packet in packets:
-            plan = admit(now)
+            # The kernel's receive time, so that our own wake-up and parsing delay is part of the
+            # delay, not added to it; our receive time when the packet carries no stamp.
+            if packet.timestamp is None:
+                arrival = now
+                self.unstamped += 1
+            else:
+                arrival = min(now, packet.timestamp - realtime_offset)
+            self.stamped = packet.timestamp is not None
+            plan = admit(arrival)
             if plan is None:
                 drops.append(nfqueue.verdict(self.args.queue_num, packet.id, nfqueue.NF_DROP))
             else:
@@ -198,16 +214,18 @@ class Delayer:
         if last is not None:
             self.queue.send(nfqueue.verdict(self.args.queue_num, last, nfqueue.NF_ACCEPT, batch=True))
 
-    def release_all(self) -> None:
-        """Accept everything queued and everything still waiting in the socket."""
+    def release_all(self) -> int:
+        """Accept everything queued, read or not; return how many packets that was."""
         for packet in self.queue.receive():
             self.pending.append((0.0, 0.0, packet.id))
             self.seen += 1
-        if self.pending:
+        count = len(self.pending)
+        if count:
             last = self.pending[-1][2]
-            self.released += len(self.pending)
+            self.released += count
             self.pending.clear()
             self.queue.send(nfqueue.verdict(self.args.queue_num, last, nfqueue.NF_ACCEPT, batch=True))
+        return count
 
     def reload(self) -> None:
         try:
@@ -245,7 +263,9 @@ class Delayer:
             "packets_seen": self.seen,
             "released": self.released,
             "dropped_loss": self.dropped_loss,
-            "queued": len(self.pending),
+            "unstamped": self.unstamped,
+            "queued": counters.queue_total if counters else None,  # held by the kernel, read or not
+            "scheduled": len(self.pending),  # read, and waiting for their release time
             "overflow_drops": counters.queue_dropped if counters else None,
             "socket_drops": counters.user_dropped if counters else None,
             "enobufs": self.queue.enobufs,
@@ -271,12 +291,18 @@ class Delayer:
         while True:
             if self.pending and self.pending[0][0] <= time.monotonic():
                 self.release_due()
+                if self.pending and self.stamped:
+                    self.arrive()
             now = time.monotonic()
             if now >= next_stats:
                 self.write_stats()
                 next_stats = now + STATS_INTERVAL_S
             wake_at = min(next_stats, self.pending[0][0]) if self.pending else next_stats
-            readable, _, _ = select.select([queue_fd, wake], [], [], max(0.0, wake_at - now))
+            # While packets wait, one that arrives now leaves after them (order), so reading it at
+            # the next release loses nothing when the kernel stamped its arrival: one wake-up per
+            # release instead of one per arrival plus one per release.
+            watch = [wake] if self.pending and self.stamped else [queue_fd, wake]
+            readable, _, _ = select.select(watch, [], [], max(0.0, wake_at - now))
             if wake in readable:
                 wake.recv(64)
             while signals:
@@ -284,8 +310,8 @@ class Delayer:
                 if sig == signal.SIGHUP:
                     self.reload()
                 else:
-                    self.log(f"{signal.Signals(sig).name}: releasing {len(self.pending)} queued packets")
-                    self.release_all()
+                    released = self.release_all()
+                    self.log(f"{signal.Signals(sig).name}: released the {released} packets queued")
                     return
             if queue_fd in readable:
                 self.arrive()

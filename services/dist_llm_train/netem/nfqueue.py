@@ -19,6 +19,7 @@ import errno
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 NETLINK_NETFILTER = 12
 SO_RCVBUFFORCE = 33  # not exported by the socket module; needs CAP_NET_ADMIN, ignores rmem_max
@@ -42,11 +43,12 @@ _NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (the queue number, 
 _NLATTR = struct.Struct("=HH")  # len, type
 _BE32 = struct.Struct("!I")
 _BE64x2 = struct.Struct("!QQ")
+_ERRNO = struct.Struct("=i")
 _HEADERS = _NLMSGHDR.size + _NFGENMSG.size
+_PACKET_MSG = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):  # a tuple: built once per packet in the hot loop, cheaper than a dataclass
     id: int  # the kernel's packet id; verdicts name it
     length: int | None  # bytes of the packet; the kernel sends it (NFQA_CAP_LEN) only when it
     # copied part of the payload, so never in our metadata-only mode
@@ -104,38 +106,38 @@ def parse(buf: bytes | memoryview, end: int) -> tuple[list[Packet], list[tuple[i
     NLMSG_ERROR (errno 0 is an acknowledgement). Raises ValueError on a malformed message."""
     packets: list[Packet] = []
     errors: list[tuple[int, int]] = []
+    header = _NLMSGHDR.unpack_from
     offset = 0
     while offset + _NLMSGHDR.size <= end:
-        size, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
+        size, kind, _flags, seq, _pid = header(buf, offset)
         if size < _NLMSGHDR.size or offset + size > end:
             raise ValueError(f"netlink message of length {size} at offset {offset} overruns {end} bytes")
-        if kind == NLMSG_ERROR:
-            errors.append((seq, -struct.unpack_from("=i", buf, offset + _NLMSGHDR.size)[0]))
-        elif kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
+        if kind == _PACKET_MSG:
             packets.append(_parse_packet(buf, offset + _HEADERS, offset + size))
+        elif kind == NLMSG_ERROR:
+            errors.append((seq, -_ERRNO.unpack_from(buf, offset + _NLMSGHDR.size)[0]))
         offset += (size + 3) & ~3
     return packets, errors
 
 
 def _parse_packet(buf: bytes | memoryview, offset: int, end: int) -> Packet:
-    packet_id = length = None
-    timestamp = None
+    packet_id = length = timestamp = None
     gso = False
-    while offset + _NLATTR.size <= end:
-        size, kind = _NLATTR.unpack_from(buf, offset)
-        if size < _NLATTR.size or offset + size > end:
+    attr, be32 = _NLATTR.unpack_from, _BE32.unpack_from
+    while offset + 4 <= end:
+        size, kind = attr(buf, offset)
+        if size < 4 or offset + size > end:
             raise ValueError(f"netlink attribute of length {size} at offset {offset} overruns its message")
         kind &= 0x3FFF  # strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
-        data = offset + _NLATTR.size
         if kind == NFQA_PACKET_HDR:
-            packet_id = _BE32.unpack_from(buf, data)[0]
-        elif kind == NFQA_CAP_LEN:
-            length = _BE32.unpack_from(buf, data)[0]
+            packet_id = be32(buf, offset + 4)[0]
         elif kind == NFQA_TIMESTAMP:
-            sec, usec = _BE64x2.unpack_from(buf, data)
+            sec, usec = _BE64x2.unpack_from(buf, offset + 4)
             timestamp = sec + usec * 1e-6
+        elif kind == NFQA_CAP_LEN:
+            length = be32(buf, offset + 4)[0]
         elif kind == NFQA_SKB_INFO:
-            gso = bool(_BE32.unpack_from(buf, data)[0] & SKB_GSO)
+            gso = bool(be32(buf, offset + 4)[0] & SKB_GSO)
         offset += (size + 3) & ~3
     if packet_id is None:
         raise ValueError("queued-packet message without NFQA_PACKET_HDR")
