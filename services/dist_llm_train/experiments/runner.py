@@ -247,6 +247,9 @@ class Runner:
         """Up, wait for the end, read the row. Returns (run id, status, reason) or raises CellFailed."""
         atomic_write(self.matrix_dir / f"{cell.key}.yaml",
                      yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False).encode())
+        self.tear_down(cell, env)  # a stack an interrupted runner left would resume its old run
+        if cell.mode == "ml":  # a fresh folder (tear_down emptied it): the PS resumes from any checkpoint it finds
+            self.checkpoints(cell).mkdir(parents=True)
         up = self.compose(cell, env, "up", "-d", "--remove-orphans", timeout=UP_TIMEOUT_S)
         if up.returncode != 0:
             raise CellFailed(f"stack never healthy: {last_line(up.stderr)}")
@@ -274,11 +277,8 @@ class Runner:
                "CONFIG": f"/runs/{MATRIX_DIR}/{cell.key}.yaml", "PROFILE": cell.profile,
                "WORKERS": str(cell.workers), "REPEAT": str(cell.repeat), "RUNS_HOST_DIR": str(self.runs_dir),
                "CONTROLLER_PORT": "0", "IMAGE_ID": self.image_id}
-        if cell.mode == "ml":  # a fresh folder: the PS resumes from any checkpoint it finds
-            checkpoints = self.checkpoints(cell)
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            checkpoints.mkdir(parents=True)
-            env["CHECKPOINTS_HOST_DIR"] = str(checkpoints)
+        if cell.mode == "ml":
+            env["CHECKPOINTS_HOST_DIR"] = str(self.checkpoints(cell))
         return env
 
     def checkpoints(self, cell: Cell) -> Path:
