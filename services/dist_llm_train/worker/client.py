@@ -1,8 +1,9 @@
 """HTTP client of the controller's control plane, with retries that survive a controller restart.
 
-A connection error or timeout is retried with exponential backoff (0.1 s doubling to 2 s) for
+A connection error or timeout is retried with exponential backoff (0.1 s doubling to 1 s) for
 up to `give_up_after_s`; a `docker compose restart controller` takes a few seconds, so the
-caller just sees a slow call. Retrying is safe because every call is idempotent on the
+caller just sees a slow call. The 1 s cap keeps a worker's first heartbeat after the restart
+well inside the fresh timeout the restarted controller grants (heartbeat_timeout_s >= 2 x interval). Retrying is safe because every call is idempotent on the
 controller's side: next-task returns the task already held, a completion repeated with the same
 lease answers `already_completed`, a repeated registration retires the first incarnation.
 
@@ -73,7 +74,7 @@ class ControlClient:
                     self.log.warning("controller unreachable (%r); retrying", exc)
                     warned = True
                 time.sleep(delay)
-                delay = min(2 * delay, 2.0)
+                delay = min(2 * delay, 1.0)
                 continue
             if warned:
                 self.log.info("controller reachable again")

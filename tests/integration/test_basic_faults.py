@@ -1,0 +1,97 @@
+"""Faults during a basic run, with real processes: a worker killed, a worker frozen past its
+timeout, the controller killed and restarted. Every task still completes exactly once."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from basic_support import assert_each_task_completed_once, ci_run, the_row, truth
+
+
+@pytest.fixture
+def log(tmp_path):
+    path = tmp_path / "processes.log"
+    with open(path, "w") as fh:
+        yield fh
+    print(path.read_text()[-20000:])  # shown by pytest when the test fails
+
+
+def holder(status: dict, index: int) -> dict | None:
+    """The live incarnation of worker `index` if it holds a task."""
+    for w in status["workers"]:
+        if w["index"] == index and w["status"] == "alive" and w["task"]:
+            return w
+    return None
+
+
+def wait_for_holder(run, index: int, min_completed: int = 2) -> dict:
+    found: dict = {}
+
+    def ready() -> bool:
+        nonlocal found
+        status = run.status() or {"workers": [], "tasks": {"completed": 0}}
+        found = holder(status, index) or {}
+        return bool(found) and status["tasks"]["completed"] >= min_completed
+
+    run.wait_until(ready, 60, f"worker {index} to hold a task mid-run")
+    return found
+
+
+def test_killed_worker_task_is_requeued_and_completed_once(tmp_path, log):
+    with ci_run(tmp_path, log) as run:
+        run.start()
+        victim = wait_for_holder(run, 1)
+        run.kill(run.workers[1], signal.SIGKILL)
+        final = run.wait_end(timeout_s=90)
+        db = truth(run.db_path)
+
+    assert final["run"]["state"] == "finished"
+    assert_each_task_completed_once(db)
+    dead = {w["worker_id"]: w["status"] for w in db["workers"]}
+    assert dead[victim["worker_id"]] == "dead"
+    requeued = {t["task_id"]: t["requeues"] for t in db["tasks"] if t["requeues"]}
+    assert requeued == {victim["task"]: 1}
+    assert int(the_row(run.runs_dir, final["run"]["id"])["num_completed_tasks"]) == 24
+
+
+def test_frozen_worker_is_declared_dead_then_comes_back_as_a_new_incarnation(tmp_path, log):
+    with ci_run(tmp_path, log) as run:
+        run.start()
+        victim = wait_for_holder(run, 0)
+        run.workers[0].send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # heartbeat_timeout_s is 2
+        run.workers[0].send_signal(signal.SIGCONT)
+        final = run.wait_end(timeout_s=90)
+        exits = run.wait_workers_exit(timeout_s=10)
+        db = truth(run.db_path)
+
+    assert final["run"]["state"] == "finished"
+    assert exits[0] == 0
+    assert_each_task_completed_once(db)
+    incarnations = {w["worker_id"]: w["status"] for w in db["workers"] if w["idx"] == 0}
+    assert incarnations == {victim["worker_id"]: "dead", victim["worker_id"][:-1] + "2": "alive"}
+    assert {t["task_id"]: t["requeues"] for t in db["tasks"] if t["requeues"]} == {victim["task"]: 1}
+
+
+def test_controller_killed_and_restarted_mid_run_loses_nothing(tmp_path, log):
+    with ci_run(tmp_path, log) as run:
+        run.start()
+        before = run.status()
+        run.wait_until(lambda: (run.status() or {}).get("tasks", {}).get("completed", 0) >= 6, 60,
+                       "six completed tasks")
+        run.kill(run.controller, signal.SIGKILL)
+        time.sleep(1.5)  # workers retry meanwhile
+        run.start_controller()
+        final = run.wait_end(timeout_s=90)
+        exits = run.wait_workers_exit(timeout_s=10)
+        db = truth(run.db_path)
+
+    assert final["run"]["id"] == before["run"]["id"]
+    assert final["run"]["state"] == "finished"
+    assert exits == {0: 0, 1: 0, 2: 0, 3: 0}
+    assert_each_task_completed_once(db)
+    assert {w["worker_id"] for w in db["workers"]} == {f"local-worker-{i}.1" for i in range(4)}
+    assert list(run.runs_dir.glob("*/row.csv")) == [run.runs_dir / final["run"]["id"] / "row.csv"]
+    assert int(the_row(run.runs_dir, final["run"]["id"])["num_completed_tasks"]) == 24
