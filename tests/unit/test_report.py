@@ -8,7 +8,8 @@ import matplotlib.image
 import pytest
 
 from dist_llm_train.cli import main as cli_main
-from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportError, build_report, replace_section)
+from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportError, build_report, group_rows,
+                                               missing_notes, replace_section)
 from dist_llm_train.experiments.runner import OK_STATUS
 from dist_llm_train.results import write_run
 
@@ -112,7 +113,7 @@ def test_only_basic_rows_give_only_basic_plots_and_say_so(tmp_path):
     assert not (runs / "report" / "val_loss.png").exists()
     text = (runs / "report" / "results.md").read_text()
     assert "no rows in runs_ml.csv: nothing on ml mode" in text
-    assert "no plot val_loss.png: no validation-loss curves among the finished runs" in text
+    assert "val_loss.png" not in text  # no ML rows: said once, not once per ML plot
 
 
 def test_no_rows_at_all_is_refused(tmp_path):
@@ -142,3 +143,18 @@ def test_readme_section_is_replaced_through_the_command(tmp_path):
 def test_a_readme_without_markers_is_refused_and_left_alone(text):
     with pytest.raises(ReportError, match="needs the markers"):
         replace_section(text, "table", "README.md")
+
+
+def test_missing_plots_of_a_mode_with_rows_are_named(tmp_path):
+    rows = {"basic": [], "ml": [ml_row("m1", "lan", "sync")]}
+    groups = group_rows(rows)
+
+    notes = missing_notes(rows, groups, tmp_path, plots=[])
+
+    assert notes == ["no rows in runs_basic.csv: nothing on basic mode",
+                     "1 of 1 finished ML runs have no curve.csv: m1", "1 of 1 finished ML runs have no staleness.csv: m1",
+                     "no plot duration.png: no run durations among the finished runs",
+                     "no plot completion_acceptance.png: no completed tasks or updates among the finished runs",
+                     "no plot val_loss.png: no validation-loss curves among the finished runs",
+                     "no plot bytes_by_codec.png: no byte counters among the finished runs",
+                     "no plot staleness.png: no staleness histograms among the finished runs"]

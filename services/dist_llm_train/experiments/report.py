@@ -387,10 +387,12 @@ def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Gr
             notes.append(f"{len(without)} of {len(ml_ok)} finished ML runs have no {name}: {', '.join(without[:5])}"
                          + (" ..." if len(without) > 5 else ""))
     drawn = {p.file for p in plots}
-    for file, what in (("duration.png", "run durations"), ("completion_acceptance.png", "completed tasks or updates"),
-                       ("val_loss.png", "validation-loss curves"), ("bytes_by_codec.png", "byte counters of ML runs"),
-                       ("staleness.png", "staleness histograms")):
-        if file not in drawn:
+    for file, what, modes in (("duration.png", "run durations", MODES),
+                              ("completion_acceptance.png", "completed tasks or updates", MODES),
+                              ("val_loss.png", "validation-loss curves", ("ml",)),
+                              ("bytes_by_codec.png", "byte counters", ("ml",)),
+                              ("staleness.png", "staleness histograms", ("ml",))):
+        if file not in drawn and any(rows_by_mode[m] for m in modes):  # a mode without rows is said once above
             notes.append(f"no plot {file}: no {what} among the finished runs")
     return notes
 
