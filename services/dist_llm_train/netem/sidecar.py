@@ -105,7 +105,10 @@ class NamespaceLink:
     def remove(self, timeout_s: float = 10.0) -> list[str]:
         """Delete the rules (the NFQUEUE rule first), then stop the delayer, which releases what it
         holds. Every step is attempted; the failures are returned."""
-        failures = run_commands(self.netns, self.backend.remove(), timeout_s=max(1.0, timeout_s / 4), keep_going=True)
+        failures = []
+        if Path(self.netns).exists():  # else the namespace, and every rule in it, is gone already
+            failures = run_commands(self.netns, self.backend.remove(), timeout_s=max(1.0, timeout_s / 4),
+                                    keep_going=True)
         if self.delayer is not None:
             self.delayer.terminate()
             try:
@@ -239,6 +242,7 @@ class Sidecar:
         self.expect_ps = False
         self.expect_workers = 0
         self._last_link_json: bytes | None = None
+        self._waiting_for: set[str] = set()
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -360,6 +364,8 @@ class Sidecar:
             try:
                 log.info("probe %s <-> %s: started (attempt %d)", a.name, b.name, attempt)
                 measured = measure_pair(a, b)
+                if measured["rtt_ms"] is None:
+                    raise ProbeError(f"none of {measured['rtt_samples']} echoes came back")
                 break
             except ProbeError as exc:
                 log.warning("probe %s <-> %s failed: %s", a.name, b.name, exc)
@@ -411,7 +417,7 @@ class Sidecar:
     def write_link_json(self, body: dict) -> None:
         if self.run_id is None:
             try:
-                self.run_id = self.http.get("/status").json()["run"]["run_id"]
+                self.run_id = self.http.get("/status").json()["run"]["id"]
             except Exception as exc:  # noqa: BLE001 - retried at the next report
                 log.debug("no run id yet: %s", exc)
                 return
@@ -464,7 +470,12 @@ class Sidecar:
                 next_scan = now + RESCAN_EVERY_S
             self.watch_delayers()
             self.follow_phases()
-            if self.probe_thread is None and self.expected_labels() <= {a.target.label for a in self.applied.values()}:
+            missing = self.expected_labels() - {a.target.label for a in self.applied.values()}
+            if missing != self._waiting_for and self.t0 is None:
+                if missing:
+                    log.info("waiting for the links of: %s", ", ".join(sorted(missing)))
+                self._waiting_for = missing
+            if self.probe_thread is None and not missing:
                 pair = self.probe_pair()
                 if pair is not None:
                     self.probe_thread = threading.Thread(target=self.run_probe, args=(pair,), daemon=True)
@@ -492,6 +503,8 @@ class Sidecar:
             failures = item.ns.remove(timeout_s=max(1.0, remaining / 2))
             if failures:
                 log.error("cleanup of %s: %s", item.target.name, "; ".join(failures))
+            elif not Path(item.ns.netns).exists():
+                log.info("cleanup: %s is gone, and its rules with its namespace", item.target.name)
             else:
                 log.info("cleanup: removed every rule from %s", item.target.name)
         self.applied.clear()
@@ -562,6 +575,7 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), stream=sys.stdout,
                         format="%(asctime)s netem %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the events
     if args.health:
         return health()
     from .. import settings as settings_module

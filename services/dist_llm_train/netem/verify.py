@@ -1,0 +1,181 @@
+"""`dist-llm-train verify --profile X`: measure the running stack's links against the preset.
+
+Run inside the netem sidecar (`make verify PROFILE=x` = `docker compose exec netem dist-llm-train
+verify --profile x`), beside the sidecar it checks. For every worker, against the PS (when there
+is one) and the controller, it measures RTT, jitter, round-trip loss and TCP throughput both
+ways (probe.py) and prints them beside what the preset promises, with the tolerance. Pairs whose
+two links equal a pair already measured are not measured again (the table says which pair stood
+for them); instead every impaired container's rules and delayer are checked directly. A
+measurement is timed to fall between two phase changes of the preset.
+
+Exit status: 0 all within tolerance; 1 a figure out of tolerance or a rule missing; 2 cannot run
+(sidecar not running, another profile applied, no containers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..schema import ConfigError
+from .backends.base import in_namespace
+from .preset import Preset, load_preset
+from .probe import (LOSS_SAMPLES, LOSS_TOLERANCE_PP, RATE_JUDGED_UP_TO_MBIT, RATE_RANGE, RTT_SAMPLES, RTT_TOLERANCE,
+                    STDEV_TOLERANCE, TCP_SECONDS, Endpoint, ProbeError, expected, judge, measure_pair, schedule)
+from .sidecar import STATE_FILE, Target, find_targets
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=None, help="the preset the stack should be running (default: NETEM_PROFILE)")
+    parser.add_argument("--netem-dir", default=None, help="folder of the presets (default: NETEM_DIR)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
+
+
+def measurement_seconds(plan: dict) -> float:
+    return (RTT_SAMPLES * plan["rtt_interval_s"] + LOSS_SAMPLES * plan["loss_interval_s"] + 2 * plan["timeout_s"]
+            + 2 * (plan["tcp_warmup_s"] + TCP_SECONDS) + 5)
+
+
+def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float) -> float:
+    """Sleep until no phase change falls within the next `seconds`; return the run's t then."""
+    while True:
+        t = 0.0 if t0_wall is None else time.time() - t0_wall
+        change = preset.next_change(t)
+        if change is None or change - t >= seconds:
+            return t
+        following = preset.next_change(change + 1e-6)
+        if following is not None and following - change < seconds:
+            raise SystemExit(f"verify: the phases of {preset.name} change every {following - change:g} s, "
+                             f"less than the {seconds:.0f} s a measurement takes")
+        time.sleep(change - t + 0.2)
+
+
+def rule_problems(backend_name: str, target: Target, delayer_pid: int | None) -> list[str]:
+    """What is missing of the rules (and process) the backend installs in this container."""
+    def show(*argv: str) -> str:
+        return subprocess.run(in_namespace(target.netns, argv), capture_output=True, text=True, timeout=10).stdout
+
+    problems = []
+    qdiscs = show("tc", "qdisc", "show")
+    for needle, what in (("htb 1: dev eth0 root", "egress htb"), ("ingress ffff: dev eth0", "ingress qdisc"),
+                         ("dev dlt-ifb0 root", "ifb shaping")):
+        if needle not in qdiscs.replace("qdisc ", ""):
+            problems.append(f"{target.name}: no {what}")
+    if backend_name == "userspace":
+        if "NFQUEUE --queue-num" not in show("iptables-nft", "-t", "mangle", "-S", "PREROUTING"):
+            problems.append(f"{target.name}: no NFQUEUE rule")
+        if not delayer_pid or not Path(f"/proc/{delayer_pid}").exists():
+            problems.append(f"{target.name}: its delayer is not running")
+    return problems
+
+
+def fmt(value, unit: str) -> str:
+    return "-" if value is None else f"{value:.2f} {unit}"
+
+
+def table_rows(pair: str, measured: dict, exp: dict, verdict: dict) -> list[list[str]]:
+    def ok(key):
+        return {True: "yes", False: "NO", None: "not judged"}[verdict[key]]
+
+    rel, floor = RTT_TOLERANCE
+    srel, sfloor = STDEV_TOLERANCE
+    cap = exp["mbit"]
+    low, high = RATE_RANGE
+    rate_tol = "-" if verdict["mbit"] is None else f"{low * cap:.1f}-{high * cap:.1f} Mbit/s"
+    return [
+        [pair, "RTT mean", fmt(exp["rtt_ms"], "ms"), fmt(measured["rtt_ms"], "ms"),
+         f"±{max(rel * exp['rtt_ms'], floor):.2f} ms", ok("rtt_ms")],
+        ["", "RTT stdev", fmt(exp["rtt_stdev_ms"], "ms"), fmt(measured["rtt_stdev_ms"], "ms"),
+         f"±{max(srel * exp['rtt_stdev_ms'], sfloor):.2f} ms", ok("rtt_stdev_ms")],
+        ["", "loss (round trip)", fmt(exp["loss_pct"], "%"), fmt(measured["loss_pct"], "%"),
+         f"±{LOSS_TOLERANCE_PP:g} pp", ok("loss_pct")],
+        ["", "TCP up / down", "unlimited" if cap is None else f"{cap:g} Mbit/s",
+         f"{measured['mbit_up']:.1f} / {measured['mbit_down']:.1f} Mbit/s", rate_tol, ok("mbit")],
+    ]
+
+
+def print_table(rows: list[list[str]]) -> None:
+    header = ["pair", "figure", "preset", "measured", "tolerance", "within"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def main(args: argparse.Namespace) -> int:
+    profile = args.profile or os.environ.get("NETEM_PROFILE", "lan")
+    try:
+        preset = load_preset(profile, Path(args.netem_dir or os.environ.get("NETEM_DIR", "netem")))
+        state = json.loads(STATE_FILE.read_text())
+    except ConfigError as exc:
+        print(f"verify: refused: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError):
+        print(f"verify: no sidecar state in {STATE_FILE}: run this inside a running netem sidecar "
+              "(make verify PROFILE=...)", file=sys.stderr)
+        return 2
+    if state["profile"] != preset.name:
+        print(f"verify: the sidecar applies '{state['profile']}', not '{preset.name}': "
+              f"`make up PROFILE={preset.name}` first, or verify PROFILE={state['profile']}", file=sys.stderr)
+        return 2
+    import docker
+
+    targets = sorted(find_targets(docker.from_env(), state["project"]).values(), key=lambda t: (t.role, t.index))
+    workers = [t for t in targets if t.role == "worker"]
+    peers = [t for t in targets if t.role == "ps"] + [t for t in targets if t.role == "controller"]
+    if not workers or not peers:
+        print("verify: no worker or no controller/PS is running in this stack", file=sys.stderr)
+        return 2
+
+    problems = []
+    for target in targets:
+        entry = state["links"].get(target.name)
+        if entry is None:
+            problems.append(f"{target.name}: the sidecar has not applied its link")
+        elif entry["installed"]:
+            problems += rule_problems(state["backend"], target, (entry.get("delayer") or {}).get("pid"))
+
+    results, rows, skipped, measured_by_links = [], [], [], {}
+    for worker in workers:
+        for peer in peers:
+            pair = f"{worker.name} <-> {peer.name}"
+            t = wait_for_quiet_window(preset, state.get("t0"), measurement_seconds(
+                schedule(preset.link_for(worker.role, worker.index), preset.link_for(peer.role, peer.index))))
+            a_link, b_link = preset.link_at(worker.role, worker.index, t), preset.link_at(peer.role, peer.index, t)
+            key = (a_link, b_link)
+            if key in measured_by_links:
+                skipped.append(f"{pair}: same links as {measured_by_links[key]}, not measured again")
+                continue
+            measured_by_links[key] = pair
+            if not args.json:
+                print(f"measuring {pair} (t = {t:.0f} s) ...", flush=True)
+            try:
+                measured = measure_pair(Endpoint(worker.name, worker.netns, worker.address, a_link),
+                                        Endpoint(peer.name, peer.netns, peer.address, b_link))
+            except ProbeError as exc:
+                problems.append(f"{pair}: {exc}")
+                continue
+            exp = expected(a_link, b_link)
+            verdict = judge(measured, exp)
+            results.append({"pair": [worker.name, peer.name], "links": [a_link.model_dump(), b_link.model_dump()],
+                            "expected": exp, "measured": measured, "verdict": verdict})
+            rows += table_rows(pair, measured, exp, verdict)
+    failed = problems or any(v is False for r in results for v in r["verdict"].values())
+    if args.json:
+        print(json.dumps({"profile": preset.name, "backend": state["backend"], "results": results,
+                          "problems": problems, "ok": not failed}))
+    else:
+        print(f"\nprofile {preset.name}, backend {state['backend']}; RTT from {RTT_SAMPLES} UDP echoes, loss from "
+              f"{RTT_SAMPLES + LOSS_SAMPLES}, TCP judged for loss-free caps up to {RATE_JUDGED_UP_TO_MBIT:g} Mbit/s")
+        print_table(rows)
+        for line in skipped:
+            print(line)
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        print("\nwithin tolerance" if not failed else "\nOUT OF TOLERANCE (see above)")
+    return 1 if failed else 0
+
