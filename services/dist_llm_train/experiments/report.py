@@ -7,8 +7,8 @@ reason. A plot is drawn only when its data exist; what is missing is said in res
 With `--readme README.md` the section between the results markers of the README is replaced by
 the table and the commands that produced it.
 
-Failure: a runs folder without any rows is refused (exit 2) naming the files it looked for; a
-README without both markers is refused and left untouched.
+Failure: a runs folder without any rows, or with a corrupt runs/.matrix/done.json, is refused
+(exit 2) naming the file; a README without both markers is refused and left untouched.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..results import atomic_write, read_rows  # noqa: E402
+from ..schema import ConfigError  # noqa: E402
 from .runner import OK_STATUS, read_done  # noqa: E402
 
 MODES = ("basic", "ml")
@@ -41,21 +42,19 @@ DASH = "–"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="runs", help="the runs folder (rows, per-run files)")
-    parser.add_argument("--out", default=None, help="where to write the report (default: <runs>/report)")
     parser.add_argument("--readme", default=None,
                         help=f"also replace the section between {README_BEGIN} and {README_END} of this file")
 
 
 def main(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs)
-    out_dir = Path(args.out) if args.out else runs_dir / "report"
-    command = " ".join(["dist-llm-train report --runs", args.runs] + (["--out", args.out] if args.out else [])
-                       + (["--readme", args.readme] if args.readme else []))
+    out_dir = runs_dir / "report"
+    command = f"dist-llm-train report --runs {args.runs}" + (f" --readme {args.readme}" if args.readme else "")
     try:
         report = build_report(runs_dir, out_dir, command)
         if args.readme:
             update_readme(Path(args.readme), report.readme_section())
-    except ReportError as exc:
+    except (ReportError, ConfigError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
     print(f"report: {out_dir / 'results.md'}, {out_dir / 'index.html'}, {len(report.plots)} plots"
