@@ -6,6 +6,7 @@ CAP_SYS_ADMIN: root on the host, or the test container of `make test`.
 from __future__ import annotations
 
 import signal
+import statistics
 import subprocess
 import time
 
@@ -39,25 +40,38 @@ def within(measured, expected):
     return abs(measured - expected) <= max(0.1 * expected, 2.0)
 
 
+# Robust statistics: on a loaded 2-core machine the probe and echo processes themselves are
+# sometimes descheduled for milliseconds, which moves a mean or a stdev by more than the
+# tolerance; the median and the interquartile range see the delayer's distribution through that.
+def median(rtts):
+    return statistics.median(r for r in rtts if r is not None)
+
+
+def sigma(rtts):
+    """The stdev of a normal distribution with the same interquartile range."""
+    q1, _, q3 = statistics.quantiles([r for r in rtts if r is not None], n=4)
+    return (q3 - q1) / 1.349
+
+
 def test_delay_raises_rtt_by_the_configured_amount(link):
-    base = rtt_summary(link.probe(200, 0.002))["mean_ms"]
+    base = median(link.probe(200, 0.002))
     link.start_delayer(delay_ms=20)
-    delayed = rtt_summary(link.probe(300, 0.005))
-    assert delayed["loss_pct"] == 0
-    assert within(delayed["mean_ms"] - base, 20), (base, delayed)
+    delayed = link.probe(300, 0.005)
+    assert None not in delayed
+    assert within(median(delayed) - base, 20), (base, rtt_summary(delayed))
     stats = link.wait_stats(lambda s: s["released"] >= 300)
     assert stats["packets_seen"] == 300 and stats["dropped_loss"] == 0 and stats["gso"] is True
     assert stats["late_ms"]["p50"] < 1.0, stats  # the release loop is on time, typically 0.1 ms
 
 
 def test_jitter_has_the_configured_stdev(link):
-    base = rtt_summary(link.probe(200, 0.002))["mean_ms"]
+    base = median(link.probe(200, 0.002))
     link.start_delayer(delay_ms=20, jitter_ms=5)
-    rtts = rtt_summary(link.probe(400, 0.01))
+    rtts = link.probe(400, 0.01)
     # Probes 10 ms apart rarely wait for a predecessor (P ~ 8 %, +0.25 ms on the mean), so the
     # order the delayer keeps skews little here.
-    assert abs(rtts["stdev_ms"] - 5) <= 0.3 * 5, rtts
-    assert within(rtts["mean_ms"] - base, 20), (base, rtts)
+    assert abs(sigma(rtts) - 5) <= 0.3 * 5, rtt_summary(rtts)
+    assert within(median(rtts) - base, 20), (base, rtt_summary(rtts))
 
 
 def test_loss_is_per_packet_and_matches_the_rate(link):
@@ -90,8 +104,20 @@ def test_sighup_changes_the_delay_without_losing_queued_packets(link):
     link.wait_stats(lambda s: s["spec"]["delay_ms"] == 30)
     rtts = link.collect(probes)
     assert None not in rtts  # packets queued at the switch were kept
-    assert within(rtt_summary(rtts[:200])["mean_ms"], 10)
-    assert within(rtt_summary(rtts[-200:])["mean_ms"], 30)
+    assert within(median(rtts[:200]), 10)
+    assert within(median(rtts[-200:]), 30)
+
+
+def test_sighup_to_loss_turns_gso_off_and_drops(link):
+    delayer = link.start_delayer(delay_ms=2)
+    assert None not in link.probe(100, 0.002)
+    link.write_spec(delay_ms=2, loss_pct=20)
+    delayer.send_signal(signal.SIGHUP)
+    stats = link.wait_stats(lambda s: s["spec"]["loss_pct"] == 20)
+    assert stats["gso"] is False  # the queue was reconfigured in place
+    rtts = link.probe(500, 0.002)
+    assert 10 <= 100 * rtts.count(None) / len(rtts) <= 30
+    assert link.wait_stats(lambda s: s["packets_seen"] >= 600)["dropped_loss"] == rtts.count(None)
 
 
 def test_bad_spec_on_sighup_keeps_the_old_spec(link):

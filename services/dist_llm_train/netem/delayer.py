@@ -3,7 +3,7 @@
 Runs inside the target's network namespace, fed by a rule on the receiver's ingress,
 `iptables -t mangle -A PREROUTING -i <dev> -j NFQUEUE --queue-num N` (never an OUTPUT chain: a
 packet held there still counts against its TCP socket, and one stream collapses to ~2 Mbit/s at
-50 ms; DESIGN.md, "The userspace delayer"). Rate is not ours: a tbf on egress does it.
+50 ms; DESIGN.md, "The userspace delayer"). Rate is not ours: a tbf does it.
 
 Process interface (what the sidecar uses):
 
@@ -11,30 +11,50 @@ Process interface (what the sidecar uses):
                                             [--queue-maxlen M]
 
 - Spec file (JSON, every key required): {"delay_ms": 50, "jitter_ms": 5, "loss_pct": 1,
-  "rate_mbit": 50 or null}. rate_mbit only sizes the kernel queue (null: sized for 1 Gbit/s).
-- SIGHUP: re-read the spec file. Queued packets keep their release times; new packets get the
-  new spec. A bad file is logged and the old spec stays in force (stats: spec_error).
-- SIGTERM / SIGINT: accept every queued packet, unbind, write the stats, exit 0. Remove the
-  iptables rule first: once the queue is unbound, packets the rule still sends to it are dropped.
-- Stats file: JSON replaced atomically about once a second (see `Delayer.stats`).
-- Exit codes: 0 after SIGTERM/SIGINT; 2 bad arguments or spec file at start; 3 the queue could
-  not be bound (no CAP_NET_ADMIN, or another process holds queue N); 1 any fatal error while
-  running. A dead delayer black-holes the link (the rule has no --queue-bypass): loud, never
-  silently undelayed. Log lines go to stdout (errors to stderr), prefixed with `delayer[N]`.
+  "rate_mbit": 50 or null}. rate_mbit only sizes the kernel queue (`queue_maxlen`; null: sized
+  for 1 Gbit/s); --queue-maxlen overrides that.
+- Start-up: the stats file appears once the queue is bound; add the iptables rule after that.
+- SIGHUP: re-read the spec file. Packets already read keep their release times; new packets get
+  the new spec (but never leave before older ones). A bad file is logged and the old spec stays
+  in force (stats: spec_error names file and field).
+- SIGTERM / SIGINT: accept every queued packet at once, unbind, write the stats, exit 0. Remove
+  the iptables rule first: once the queue is unbound, packets the rule still sends are dropped.
+- Exit codes: 0 after SIGTERM / SIGINT; 2 bad arguments or spec file at start (message names
+  them); 3 the queue cannot be bound (no CAP_NET_ADMIN, or another process holds queue N);
+  1 a fatal error while running (it first tries to accept what it holds). A dead delayer
+  black-holes the link (the rule has no --queue-bypass): loud, never silently undelayed.
+- Log: one line per event on stdout, errors on stderr, each prefixed `delayer[N]`.
+- Stats file: one JSON object, replaced atomically about once a second:
+    time (unix s), pid, queue_num, uptime_s, spec (in force), spec_error (null or the message),
+    gso (bool), queue_maxlen,
+    packets_seen, released, dropped_loss (NF_DROP by the loss draw), unstamped (packets without
+    a kernel receive stamp, dated by our own receive instead),
+    queued (held by the kernel now, read or not), scheduled (read, waiting for release),
+    overflow_drops (queue full; /proc/net/netfilter/nfnetlink_queue), socket_drops (our socket
+    buffer full; same file), enobufs (such overflows we were told of), refused_verdicts,
+    late_ms and timer_late_ms: {mean, p50, p99} of (actual release - due) and (actual release -
+    scheduled release) over the last interval (each null when no packet left),
+    cpu_pct, cpu_user_pct: % of one core over the last interval.
+  Every *_drops, enobufs and refused_verdicts above 0 means packets were lost that the spec did
+  not ask for: the run's figures are suspect.
 
-Delay model. Packet i arriving at a_i (the kernel's receive timestamp) is due at d_i = a_i + max(0, delay + J_i) with
+Delay model. Packet i arriving at a_i (the kernel's receive stamp, so our own wake-up and parsing
+time are part of the delay, not added to it) is due at d_i = a_i + max(0, delay + J_i) with
 J_i ~ Normal(0, jitter) from a seeded RNG (truncated at zero total delay; the presets keep
 jitter <= delay, so the truncation rarely binds). Packets leave in arrival order:
 r_i = max(d_i, r_(i-1)). Order is what lets one "accept every id <= N" verdict release a whole
-batch; its price is that under load with jitter a packet also waits for a slower predecessor,
-skewing the delay up and the jitter down (measured: TCP RTT 56.6 ms for 50 +- 10 ms). With
-jitter 0, r_i = d_i exactly. The release loop sleeps in select() until the next r_i and sends the
-verdict; `late_ms` in the stats (actual release - d_i) shows the timer error plus that skew.
+batch; its price is that with jitter a packet also waits for a slower predecessor, which skews
+the delay up and the jitter down as packets get closer than the jitter (DESIGN.md measured TCP
+RTT 56.6 ms for 50 +- 10 ms; probes 10 ms apart at 20 +- 5 ms: +0.25 ms). With jitter 0,
+r_i = d_i exactly. The loop sleeps in select() until the next r_i and sends one verdict for all
+that are due; `late_ms` in the stats shows the timer error plus that skew. Under CPU contention
+releases come late by milliseconds (the stats show it): watch cpu_pct and the machine's load.
 
 Loss. When loss_pct > 0 the queue runs without NFQA_CFG_F_GSO, so the kernel splits 64 KB GSO
 aggregates into wire-size segments and each segment is dropped with probability loss_pct/100
-(an NF_DROP verdict at arrival, from its own seeded RNG). With GSO on, a drop would take ~40
-segments at once. Segments cost 10-15x the CPU per Mbit/s, so with loss 0 the GSO flag is on.
+(an NF_DROP verdict as soon as it is read, from its own seeded RNG: changing the jitter does not
+change which packets are lost). With GSO on, one drop would take ~40 segments at once. Segments
+cost 10-15x the CPU per Mbit/s, so with loss 0 the GSO flag is on.
 """
 
 from __future__ import annotations
@@ -168,13 +188,14 @@ class Delayer:
         self.late: list[float] = []  # actual release - due, this stats interval
         self.timer_late: list[float] = []  # actual release - scheduled release, this interval
         self.spec_error: str | None = None
+        self._stats_error: str | None = None
         self.started = time.monotonic()
         self._cpu_mark = (self.started, self._cpu_seconds())
 
     @staticmethod
-    def _cpu_seconds() -> float:
+    def _cpu_seconds() -> tuple[float, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        return usage.ru_utime, usage.ru_stime
 
     def arrive(self) -> None:
         packets = self.queue.receive()
@@ -245,11 +266,13 @@ class Delayer:
 
     def stats(self) -> dict:
         """What the stats file holds. Counters are totals since start; late_ms, timer_late_ms and
-        cpu_pct cover the last interval (about a second). cpu_pct is of one core."""
+        cpu_* cover the last interval (about a second). cpu_pct is % of one core, user plus
+        system time; the system part includes the kernel's own work on each released packet
+        (a verdict re-injects it, and the stack carries it up to its socket in our context)."""
         now = time.monotonic()
-        cpu = self._cpu_seconds()
-        cpu_pct = 100 * (cpu - self._cpu_mark[1]) / max(1e-9, now - self._cpu_mark[0])
-        self._cpu_mark = (now, cpu)
+        (user, system), (then, (user0, system0)) = self._cpu_seconds(), self._cpu_mark
+        self._cpu_mark = (now, (user, system))
+        per_pct = 100 / max(1e-9, now - then)
         counters = nfqueue.read_counters(self.args.queue_num)
         out = {
             "time": time.time(),
@@ -272,16 +295,26 @@ class Delayer:
             "refused_verdicts": self.queue.refused,
             "late_ms": _summary_ms(self.late),
             "timer_late_ms": _summary_ms(self.timer_late),
-            "cpu_pct": cpu_pct,
+            "cpu_pct": (user - user0 + system - system0) * per_pct,
+            "cpu_user_pct": (user - user0) * per_pct,
         }
         self.late, self.timer_late = [], []
         return out
 
     def write_stats(self) -> None:
+        """Replace the stats file. A failed write is logged, not fatal: the link matters more,
+        and the file's stale `time` shows the failure to whoever reads it."""
         tmp = f"{self.args.stats_file}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.stats(), f)
-        os.replace(tmp, self.args.stats_file)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.stats(), f)
+            os.replace(tmp, self.args.stats_file)
+        except OSError as e:
+            if str(e) != self._stats_error:
+                self.log(f"cannot write stats: {e}", error=True)
+            self._stats_error = str(e)
+        else:
+            self._stats_error = None
 
     def run(self, wake: socket.socket, signals: list[int]) -> None:
         """The loop: release what is due, sleep until the next release, a packet, a signal or

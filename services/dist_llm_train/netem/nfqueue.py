@@ -16,6 +16,7 @@ overflowing packets skip the queue, i.e. skip the delay, silently.
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
 _NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (the queue number, network order)
 _NLATTR = struct.Struct("=HH")  # len, type
 _BE32 = struct.Struct("!I")
+_BE32x2 = struct.Struct("!II")
 _BE64x2 = struct.Struct("!QQ")
 _ERRNO = struct.Struct("=i")
 _HEADERS = _NLMSGHDR.size + _NFGENMSG.size
@@ -97,8 +99,15 @@ def config_queue(queue_num: int, seq: int, maxlen: int, gso: bool) -> bytes:
 
 def verdict(queue_num: int, packet_id: int, decision: int, batch: bool = False) -> bytes:
     """A verdict on one packet, or with `batch` on every queued packet whose id is <= packet_id."""
+    return _verdict_headers(queue_num, batch) + _BE32x2.pack(decision, packet_id)
+
+
+@functools.cache
+def _verdict_headers(queue_num: int, batch: bool) -> bytes:
+    # Everything but the last 8 bytes (verdict, id) is the same for every verdict of a queue:
+    # built once, since the release loop sends one verdict per wake-up.
     kind = NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT
-    return message(kind, queue_num, _attr(NFQA_VERDICT_HDR, struct.pack("!II", decision, packet_id)))
+    return message(kind, queue_num, _attr(NFQA_VERDICT_HDR, bytes(8)))[:-8]
 
 
 def parse(buf: bytes | memoryview, end: int) -> tuple[list[Packet], list[tuple[int, int]]]:

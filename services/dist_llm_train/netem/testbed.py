@@ -177,11 +177,12 @@ class DelayedLink:
             raise RuntimeError(f"udp-probe exited {proc.returncode}")
         return json.loads(out)["rtts_ms"]
 
-    def tcp_send(self, seconds: float, warmup_s: float) -> subprocess.Popen:
+    def tcp_send(self, seconds: float, warmup_s: float, pace_mbit: float | None = None) -> subprocess.Popen:
         """One TCP stream a -> b; `tcp_mbit(proc)` waits for its figure."""
+        pace = ["--pace-mbit", str(pace_mbit)] if pace_mbit else []
         return self.pair.python("a", "dist_llm_train.netem.traffic", "tcp-send", "--host", ADDRESSES["b"],
                                 "--port", str(self.SINK_PORT), "--seconds", str(seconds), "--warmup", str(warmup_s),
-                                stdout=subprocess.PIPE, text=True)
+                                *pace, stdout=subprocess.PIPE, text=True)
 
     @staticmethod
     def tcp_mbit(proc: subprocess.Popen) -> float:

@@ -25,6 +25,7 @@ import time
 
 _PROBE = struct.Struct("!QQ")  # sequence number, send time (ns, monotonic clock of the sender)
 CHUNK = 1 << 16
+SO_MAX_PACING_RATE = 47  # Linux; bytes/s; TCP paces itself to it (no fq qdisc needed since 4.13)
 
 
 def udp_echo_server(port: int, host: str = "0.0.0.0", ready=lambda: None) -> None:
@@ -114,11 +115,15 @@ def _delivered(sock: socket.socket, written: int) -> int:
     return written - outq
 
 
-def tcp_bulk_send(host: str, port: int, seconds: float, warmup_s: float = 1.0) -> float:
-    """Send as fast as TCP allows for `warmup_s + seconds`; return Mbit/s acknowledged by the peer
-    during the last `seconds` (the warm-up leaves slow start out of the figure)."""
+def tcp_bulk_send(host: str, port: int, seconds: float, warmup_s: float = 1.0,
+                  pace_mbit: float | None = None) -> float:
+    """Send as fast as TCP allows (or at most `pace_mbit`, paced by the kernel) for
+    `warmup_s + seconds`; return Mbit/s acknowledged by the peer during the last `seconds` (the
+    warm-up leaves slow start out of the figure)."""
     payload = b"\0" * CHUNK
     with socket.create_connection((host, port), timeout=10) as sock:
+        if pace_mbit is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, round(pace_mbit * 1e6 / 8))
         sock.settimeout(0.2)
         written = 0
         start = time.monotonic()
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--pace-mbit", type=float, default=None, help="pace the stream to this rate")
     args = parser.parse_args(argv)
     if args.command == "udp-echo":
         udp_echo_server(args.port, args.host, _ready)
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         out = rtt_summary(rtts) | ({"rtts_ms": rtts} if args.samples else {})
         print(json.dumps(out))
     else:
-        print(json.dumps({"mbit": tcp_bulk_send(args.host, args.port, args.seconds, args.warmup)}))
+        print(json.dumps({"mbit": tcp_bulk_send(args.host, args.port, args.seconds, args.warmup, args.pace_mbit)}))
     return 0
 
 
