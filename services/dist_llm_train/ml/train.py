@@ -23,7 +23,7 @@ def set_threads(count: int | None) -> int:
     """Use `count` intra-op threads (`Settings.torch_threads`, from TORCH_THREADS; None: every
     core) and return the number set. N workers sharing C cores should each take about C / N:
     oversubscribed BLAS threads spin and slow every process down."""
-    threads = count or os.cpu_count() or 1
+    threads = count or len(os.sched_getaffinity(0))  # the cores this process may run on (cpuset aware)
     torch.set_num_threads(threads)
     return threads
 
