@@ -96,6 +96,7 @@ class Spec:
 
 
 def load_spec(path: str) -> Spec:
+    """The spec in the file; SpecError naming the file and the field when it cannot be used."""
     try:
         with open(path) as f:
             raw = json.load(f)
@@ -104,8 +105,9 @@ def load_spec(path: str) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     fields = Spec.__dataclass_fields__
-    for key in raw.keys() - fields.keys():
-        raise SpecError(f"{path}: {key}: unknown field (known: {', '.join(fields)})")
+    unknown = sorted(raw.keys() - fields.keys())
+    if unknown:
+        raise SpecError(f"{path}: {unknown[0]}: unknown field (known: {', '.join(fields)})")
     values = {}
     for key in fields:
         if key not in raw:

@@ -191,7 +191,9 @@ class Queue:
         self._request(config_queue(self.queue_num, self._next_seq(), maxlen, gso), "config")
 
     def receive(self) -> list[Packet]:
-        """Every packet waiting in the socket now (non-blocking; [] when none)."""
+        """Every packet waiting in the socket now (non-blocking; [] when none). The kernel sends
+        each packet's message as its own datagram, so this calls recv_into at growing offsets of
+        one large buffer until the socket is empty, then parses them all in one pass."""
         packets, self._held = self._held, []
         end = 0
         limit = len(self._buf) - 65536  # room for one more message
@@ -249,5 +251,6 @@ class Queue:
                         raise OSError(err, f"nfqueue {self.queue_num} {what}: {errno.errorcode.get(err, err)}")
                     if got_seq == seq:
                         return
+                    self.refused += bool(err)  # a verdict's error met on the way
         finally:
             self.sock.settimeout(None)
