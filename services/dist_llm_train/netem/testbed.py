@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from .backends.base import in_namespace
+
 ADDRESSES = {"a": "10.77.0.1", "b": "10.77.0.2"}
 DEVICES = {"a": "va", "b": "vb"}
 SERVICES = str(Path(__file__).resolve().parents[2])  # the directory holding dist_llm_train
@@ -59,7 +61,7 @@ class VethPair:
         raise TimeoutError("unshare --net did not create a namespace within 5 s")
 
     def enter(self, side: str, *argv: str) -> list[str]:
-        return ["nsenter", f"--net=/proc/{self.holders[side].pid}/ns/net", "--", *argv]
+        return in_namespace(f"/proc/{self.holders[side].pid}/ns/net", argv)
 
     def run(self, side: str, *argv: str, timeout: float = 30) -> str:
         """Run a command in the namespace; its stdout, or CalledProcessError with its stderr."""
