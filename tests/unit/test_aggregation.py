@@ -49,9 +49,10 @@ def test_trimmed_mean_drops_f_largest_and_f_smallest_per_coordinate():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 11])
-def test_sort_rows_sorts_every_column(n):
+@pytest.mark.parametrize("block", [100, 32768])  # 257 columns in 3 blocks, or in one
+def test_sort_rows_sorts_every_column(n, block):
     updates = torch.randn(n, 257, generator=torch.Generator().manual_seed(n))
-    assert torch.equal(sort_rows(updates), updates.sort(dim=0).values)
+    assert torch.equal(sort_rows(updates, block), updates.sort(dim=0).values)
 
 
 def test_pairwise_distances_are_exact_beside_a_huge_outlier():
