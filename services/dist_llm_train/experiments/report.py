@@ -216,9 +216,9 @@ def grouped_bars(ax, groups: list[Group], value: Callable[[Group], float | None]
                 heights.append(v)
                 errors.append(error(g) if error else 0.0)
         if xs:
-            ax.bar(xs, heights, width, yerr=errors if error else None, capsize=3, label=label)
+            ax.bar(xs, heights, width, yerr=errors if any(errors) else None, capsize=3, label=label)
             drawn = True
-    ax.set_xticks(range(len(profiles)), profiles, rotation=20)
+    ax.set_xticks(range(len(profiles)), profiles, rotation=30, ha="right")
     ax.set_xlabel("WAN profile")
     ax.legend(fontsize=7)
     return drawn
