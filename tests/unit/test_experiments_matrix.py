@@ -176,3 +176,18 @@ def test_an_invalid_preset_is_refused_before_any_run(root):
     (root / "netem" / "broken.yaml").write_text("default: {delay_ms: -5}\n")
     with pytest.raises(ConfigError, match=r"studies\.0 \(s\): profiles: .*broken\.yaml: default\.delay_ms: input should be"):
         cells_of(root, [{**GOOD, "profiles": ["lan", "broken"]}])
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name, count", [("quick", 2)])
+def test_shipped_matrices_expand_to_the_cells_their_header_states(name, count):
+    path = REPO / "experiments" / f"{name}.yaml"
+    assert len(expand(load_matrix(path), str(path), REPO, REPO / "netem")) == count
+
+
+def test_the_seed_matrix_runs_basic_mode_under_every_preset():
+    basic = load_matrix(REPO / "experiments" / "matrix.yaml").studies[0]
+    assert basic.configs == ["configs/basic_demo.yaml"]
+    assert sorted(basic.profiles) == sorted(p.stem for p in (REPO / "netem").glob("*.yaml"))
