@@ -34,7 +34,7 @@ def write_matrix(root: Path, studies: list[dict]) -> Path:
 
 def cells_of(root: Path, studies: list[dict], **overrides):
     path = write_matrix(root, studies)
-    matrix = with_overrides(load_matrix(path), root, **overrides) if overrides else load_matrix(path)
+    matrix = with_overrides(load_matrix(path), str(path), root, **overrides) if overrides else load_matrix(path)
     return expand(matrix, str(path), root, root / "netem")
 
 
@@ -125,7 +125,7 @@ def test_configs_override_replaces_configs_of_studies_of_the_same_mode(root):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"configs": ["configs/ml_a.yaml"]}, "no study of the matrix runs mode 'ml'"),
+    ({"configs": ["configs/ml_a.yaml"]}, "mode 'ml', but no study of"),
     ({"configs": ["configs/nope.yaml"]}, "configs/nope.yaml: no such file"),
     ({"pattern": "configs/*.json"}, "--glob configs/*.json: no file matches"),
     ({"repeats": 0}, "--repeats: must be at least 1"),

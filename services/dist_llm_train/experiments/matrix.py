@@ -110,42 +110,42 @@ def load_matrix(path: str | Path) -> Matrix:
     return validate(Matrix, read_yaml_mapping(path), str(path))
 
 
-def with_overrides(matrix: Matrix, root: Path, profiles: list[str] | None = None, configs: list[str] | None = None,
-                   pattern: str | None = None, repeats: int | None = None) -> Matrix:
+def with_overrides(matrix: Matrix, source: str, root: Path, profiles: list[str] | None = None,
+                   configs: list[str] | None = None, pattern: str | None = None, repeats: int | None = None) -> Matrix:
     """The matrix with command-line overrides applied to every study.
 
     `profiles` and `repeats` replace each study's own. `configs` (and the files `pattern` matches,
     relative to `root`) replace the configs of every study of their mode, keeping its sweep; a
     study of a mode none of them has is dropped, and a config of a mode no study runs is refused.
     """
+    if repeats is not None and repeats < 1:
+        raise ConfigError(f"--repeats: must be at least 1, got {repeats}")
     chosen = list(configs or [])
     if pattern is not None:
         matched = sorted(str(Path(p).relative_to(root)) for p in globbing.glob(str(root / pattern)))
         if not matched:
             raise ConfigError(f"--glob {pattern}: no file matches (relative to {root})")
         chosen += [p for p in matched if p not in chosen]
-    studies = []
     by_mode: dict[str, list[str]] = {}
     for path in chosen:
         by_mode.setdefault(_read_config(root, path, f"--configs {path}").mode, []).append(path)
+    studies = []
     for study in matrix.studies:
         update: dict[str, Any] = {}
         if profiles:
             update["profiles"] = list(profiles)
         if repeats is not None:
-            if repeats < 1:
-                raise ConfigError(f"--repeats: must be at least 1, got {repeats}")
             update["repeats"] = repeats
         if chosen:
-            mode = study_mode(study, root, "matrix")
+            mode = study_mode(study, root, source)
             if mode not in by_mode:
                 continue
             update["configs"] = by_mode[mode]
         studies.append(study.model_copy(update=update))
-    modes = {study_mode(s, root, "matrix") for s in studies}
+    kept = {study_mode(s, root, source) for s in studies} if chosen else set()
     for mode, paths in by_mode.items():
-        if mode not in modes:
-            raise ConfigError(f"--configs {' '.join(paths)}: mode '{mode}', but no study of the matrix runs mode '{mode}'")
+        if mode not in kept:
+            raise ConfigError(f"--configs {' '.join(paths)}: mode '{mode}', but no study of {source} runs mode '{mode}'")
     return Matrix.model_validate({"studies": [s.model_dump() for s in studies]})
 
 

@@ -68,7 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     root = Path.cwd()
     try:
-        matrix = with_overrides(load_matrix(args.matrix), root, args.profiles, args.configs, args.pattern, args.repeats)
+        matrix = with_overrides(load_matrix(args.matrix), args.matrix, root, args.profiles, args.configs, args.pattern,
+                                args.repeats)
         cells = expand(matrix, args.matrix, root, root / "netem")
     except ConfigError as exc:
         print(f"refused: {exc}", file=sys.stderr)
