@@ -173,5 +173,10 @@ def test_aggregate_checks_every_window_and_its_shape():
         aggregate("mean", torch.zeros(2, 3, dtype=torch.float64), 0)
 
 
+def test_check_rule_names_an_unknown_rule():
+    with pytest.raises(ValueError, match="unknown aggregation rule 'geomed'; known: mean, median"):
+        check_rule("geomed", 5, 1)
+
+
 def test_multi_krum_m_reaches_the_rule_through_aggregate():
     assert aggregate("multi_krum", KRUM_POINTS, 1, m=2).selected == (2, 4)

@@ -111,6 +111,7 @@ def test_encode_does_not_alias_its_input():
         (torch.zeros(0), "none", "non-empty 1-D float32"),
         (torch.zeros(2, 2), "none", "non-empty 1-D float32"),
         (torch.zeros(3, dtype=torch.float64), "fp16", "non-empty 1-D float32"),
+        (torch.zeros(3), "zstd", "unknown codec 'zstd'; known: none, fp16, int8, topk"),
     ],
 )
 def test_encode_refuses_what_it_cannot_send(x, codec, message):

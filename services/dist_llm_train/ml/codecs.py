@@ -101,10 +101,12 @@ if set(CODECS) != set(get_args(CodecName)) or set(LAYOUT) != set(CODECS):
 
 
 def encode(x: Tensor, codec: CodecName, ratio: float) -> Encoded:
-    """Compress a worker's update. ValueError if x is not a finite, non-empty 1-D float32 tensor, or does not
-    fit the codec (fp16 / topk values above 65504)."""
+    """Compress a worker's update. ValueError if the codec is unknown, x is not a finite, non-empty 1-D float32
+    tensor, or x does not fit the codec (fp16 / topk values above 65504)."""
     if x.dim() != 1 or x.dtype != torch.float32 or x.numel() == 0:
         raise ValueError(f"an update must be a non-empty 1-D float32 tensor, got {x.dtype} {list(x.shape)}")
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
     if not torch.isfinite(x).all():
         raise ValueError("update has NaN or Inf values: nothing to send")
     return Encoded(codec, x.numel(), CODECS[codec].encode(x.contiguous(), ratio))

@@ -137,8 +137,9 @@ def iterated_krum(dist: Tensor, f: int, count: int) -> list[int]:
 
     With r rows left Krum scores by the r - f - 2 nearest; the last picks of Bulyan have r < 2f + 3, where
     that count falls to 0 or below, so it is clamped to at least 1 (the nearest other row) while another
-    row is left. A lone outlier still scores high there, and the coordinate-wise phase that follows bounds
-    what any single selected row can do.
+    row is left. A lone outlier still scores high there, but colluding identical rows are each other's
+    nearest and one of them can be taken: as in the paper, the selection may hold up to f Byzantine rows,
+    and the coordinate-wise phase that follows is what keeps them out of the value.
     """
     left = list(range(dist.shape[0]))
     chosen = []
@@ -195,7 +196,9 @@ def check_rule(name: RuleName, n: int, f: int, m: int | None = None) -> str:
 
     `m` is multi_krum's number of averaged rows (None = n - f) and is ignored by the other rules.
     """
-    rule = RULES[name]
+    rule = RULES.get(name)
+    if rule is None:
+        raise ValueError(f"unknown aggregation rule {name!r}; known: {', '.join(RULES)}")
     if f < 0 or n < rule.min_n(f):
         raise ValueError(f"{name} needs {rule.condition}: window n={n}, f={f} (needs n >= {rule.min_n(f)})")
     if name == "multi_krum" and m is not None and not 1 <= m <= n - f:
