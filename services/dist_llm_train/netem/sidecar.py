@@ -306,6 +306,14 @@ class Sidecar:
             gone.ns.delayer.wait()
         log.info("%s %s: its rules went with its namespace", gone.target.name, why)
 
+    def clear_leftovers(self) -> None:
+        """A sidecar killed outright leaves its rules behind, and with the userspace backend they
+        black-hole the links (the controller's too, so this runs before anything else)."""
+        removal = self.backend.remove()
+        for target in find_targets(self.client, self.project).values():
+            if len(run_commands(target.netns, removal, keep_going=True)) < len(removal):
+                log.warning("%s: removed the rules a previous sidecar left behind", target.name)
+
     def rescan(self) -> None:
         targets = find_targets(self.client, self.project)
         for cid in list(self.applied):
@@ -460,6 +468,7 @@ class Sidecar:
     def run(self) -> None:
         log.info("profile %s (%s): %s", self.preset.name, self.preset.source, self.preset.description)
         threading.Thread(target=self.watch_events, daemon=True).start()
+        self.clear_leftovers()
         self.load_run_config()
         next_scan = next_report = 0.0
         while not self.stop.is_set():
