@@ -123,6 +123,7 @@ def test_bad_pair_rolls_back_the_whole_cycle(store):
         store.assign({a: "t0", b: "t0"}, NOW)  # one task to two workers
 
     assert store.task_counts()["assigned"] == 0
+    assert [t.task_id for t in store.pending_views()] == ["t0", "t1"]
     assert store.held_task(a) is None
     assert store.db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
 

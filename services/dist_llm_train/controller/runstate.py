@@ -53,7 +53,7 @@ class Run:
 
     @property
     def state(self) -> str:
-        return self.meta["state"]
+        return self.store.run_state()
 
     @property
     def ended(self) -> bool:

@@ -127,6 +127,7 @@ class Store:
         self.db.executescript(SCHEMA)
         self._depth = 0
         self._views: dict[str, TaskView] = {}
+        self._pending: set[str] = set()
         self._load_views()
 
     def close(self) -> None:
@@ -148,6 +149,7 @@ class Store:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._load_views()  # the in-memory pending set may hold the rolled-back changes
             raise
         else:
             self.db.execute("COMMIT")
@@ -159,6 +161,10 @@ class Store:
     def load_run(self) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM run WHERE id = 1").fetchone()
         return dict(row) if row else None
+
+    def run_state(self) -> str:
+        """The run's state alone (read on every heartbeat; the run row also holds the config)."""
+        return self.db.execute("SELECT state FROM run WHERE id = 1").fetchone()[0]
 
     def create_run(self, run_id: str, digest: str, config: dict, state: str, tasks: list[TaskSpec],
                    now: float) -> None:
@@ -243,6 +249,7 @@ class Store:
         self.db.execute(
             "UPDATE tasks SET state = 'pending', worker_id = NULL, lease = NULL, requeues = requeues + 1"
             " WHERE task_id = ? AND state = 'assigned'", (task_id,))
+        self._pending.add(task_id)
         return task_id
 
     # ---- telemetry --------------------------------------------------------------------------
@@ -262,16 +269,16 @@ class Store:
     # ---- tasks ------------------------------------------------------------------------------
 
     def _load_views(self) -> None:
-        # A task's attributes never change during a run, so its view is built once.
-        self._views = {
-            r["task_id"]: TaskView(r["task_id"], r["seq"], r["tokens"], r["priority"], r["memory_mb"],
-                                   r["input_kb"], r["output_kb"])
-            for r in self.db.execute("SELECT * FROM tasks")
-        }
+        # A task's attributes never change during a run, so its view is built once; which tasks
+        # are pending is mirrored in memory too (assign and _retire keep it in step), so a
+        # scheduling cycle does not read thousands of rows.
+        rows = self.db.execute("SELECT * FROM tasks").fetchall()
+        self._views = {r["task_id"]: TaskView(r["task_id"], r["seq"], r["tokens"], r["priority"], r["memory_mb"],
+                                              r["input_kb"], r["output_kb"]) for r in rows}
+        self._pending = {r["task_id"] for r in rows if r["state"] == "pending"}
 
     def pending_views(self) -> list[TaskView]:
-        return [self._views[r[0]] for r in
-                self.db.execute("SELECT task_id FROM tasks WHERE state = 'pending' ORDER BY seq")]
+        return sorted((self._views[t] for t in self._pending), key=lambda view: view.seq)
 
     def idle_worker_views(self) -> list[WorkerView]:
         return [WorkerView(*r) for r in self.db.execute(
@@ -304,6 +311,7 @@ class Store:
                     (task_id, worker_id)).rowcount
                 if not (updated and held):
                     raise ValueError(f"cannot lease {task_id} to {worker_id}: not a pending task and an idle worker")
+                self._pending.discard(task_id)
                 self.db.execute("INSERT INTO leases (lease, task_id, worker_id, state, created_at)"
                                 " VALUES (?, ?, ?, 'active', ?)", (lease, task_id, worker_id, now))
                 leases[worker_id] = lease
