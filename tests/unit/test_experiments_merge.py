@@ -10,7 +10,7 @@ import yaml
 
 from dist_llm_train.experiments.matrix import Matrix, expand
 from dist_llm_train.experiments.runner import (FAILED_STATUS, OK_STATUS, done_path, failure_row, is_done, read_done,
-                                               record_failure)
+                                               record_failure, sole_runner)
 from dist_llm_train.results import COLUMNS, merge_mode, read_rows, write_run
 from dist_llm_train.schema import ConfigError
 
@@ -94,3 +94,12 @@ def test_resume_state_reads_back_and_a_corrupt_file_is_refused(tmp_path):
     done_path(runs).write_text("{not json")
     with pytest.raises(ConfigError, match=r"done\.json: not valid JSON .* fix or delete it"):
         read_done(runs)
+
+
+def test_a_second_runner_on_the_same_runs_folder_is_refused(tmp_path):
+    with sole_runner(tmp_path):
+        with pytest.raises(ConfigError, match="another experiment runner is using this runs folder"):
+            with sole_runner(tmp_path):
+                pass
+    with sole_runner(tmp_path):  # released with the first
+        pass

@@ -20,6 +20,7 @@ goes on. The stack is torn down in `finally`, also on SIGINT and SIGTERM.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import secrets
@@ -84,10 +85,13 @@ def main(args: argparse.Namespace) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_as_owner_of(runs_dir)
     command = "dist-llm-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    runner = Runner(root, runs_dir, args.project, command)
     with signals_as_interrupts():
         try:
-            failed = runner.run_all(cells)
+            with sole_runner(runs_dir):
+                failed = Runner(root, runs_dir, args.project, command).run_all(cells)
+        except ConfigError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("interrupted: the stack is down; run the same command again to resume", flush=True)
             return 130
@@ -340,6 +344,19 @@ def signals_as_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def sole_runner(runs_dir: Path) -> Iterator[None]:
+    """One runner per runs folder at a time: two would overwrite each other's done.json."""
+    path = runs_dir / MATRIX_DIR / "runner.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{runs_dir}: another experiment runner is using this runs folder") from None
+        yield
 
 
 @contextmanager
