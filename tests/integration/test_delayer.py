@@ -5,14 +5,16 @@ CAP_SYS_ADMIN: root on the host, or the test container of `make test`.
 
 from __future__ import annotations
 
+import json
 import signal
 import statistics
 import subprocess
+import sys
 import time
 
 import pytest
 
-from dist_llm_train.netem.testbed import DelayedLink, VethPair
+from dist_llm_train.netem.testbed import SERVICES, DelayedLink, VethPair
 from dist_llm_train.netem.traffic import rtt_summary
 
 QUEUE = 7
@@ -159,3 +161,28 @@ def test_start_errors_exit_with_their_codes(link):
     second = link.run_delayer()  # the same queue number: the kernel refuses a second binder
     _, err = second.communicate(timeout=10)
     assert second.returncode == 3 and f"cannot bind NFQUEUE {QUEUE}" in err
+
+
+OVERFLOW = """
+import json, sys, time
+from dist_llm_train.netem import nfqueue
+queue = nfqueue.Queue(int(sys.argv[1]), maxlen=10000, gso=True, rcvbuf=4096)
+print("bound", flush=True)
+time.sleep(1.5)  # the sender floods meanwhile; the socket buffer holds only a few messages
+got = queue.receive()
+queue.send(nfqueue.verdict(queue.queue_num, got[-1].id, nfqueue.NF_ACCEPT, batch=True))
+print(json.dumps({"read": len(got), "enobufs": queue.enobufs,
+                  "user_dropped": nfqueue.read_counters(queue.queue_num).user_dropped}))
+"""
+
+
+def test_socket_buffer_overflow_is_counted_not_fatal(link):
+    binder = link.pair.popen("b", sys.executable, "-c", OVERFLOW, str(QUEUE), stdout=subprocess.PIPE, text=True,
+                             env={"PYTHONPATH": SERVICES})
+    assert binder.stdout.readline().strip() == "bound"
+    link.pair.run("b", "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "vb", "-j", "NFQUEUE",
+                  "--queue-num", str(QUEUE))
+    link.probe(200, 0.001)  # none answered: nobody releases them within the probe's timeout
+    result = json.loads(binder.communicate(timeout=10)[0])
+    assert result["enobufs"] >= 1 and result["user_dropped"] > 0  # the kernel dropped, and said so
+    assert 0 < result["read"] < 200
