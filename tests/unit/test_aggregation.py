@@ -8,6 +8,8 @@ from dist_llm_train.ps.aggregation import (
     aggregate,
     bulyan,
     check_rule,
+    closest_to_median_mean,
+    iterated_krum,
     krum,
     krum_scores,
     mean,
@@ -86,17 +88,32 @@ def test_multi_krum_averages_the_m_best_scores():
 
 def test_bulyan_on_a_line():
     # n=7, f=1: theta=5 by iterated Krum, then the beta=3 values closest to their median.
-    # Rows: 0, 1, 3, 4, 9, 60, -70. Krum rounds (neighbours r-f-2, at least 1):
-    #   r=7, 4 nearest: 0->107, 1->78, 3->50, 4->51, 9->206: take 3
-    #   r=6, 3 nearest: 0->98, 1->74, 4->50, 9->170: take 4
-    #   r=5, 2 nearest: 0->82, 1->65, 9->145: take 1
-    #   r=4, 1 nearest: 0->81, 9->81 (tie: lower row): take 0
-    #   r=3, 1 nearest: 9->2601, 60->2601 (tie): take 9
-    # Selected 0, 1, 3, 4, 9: median 3; closest three 3, 4, 1 -> 8/3.
-    updates = torch.tensor([[0.0], [1.0], [3.0], [4.0], [9.0], [60.0], [-70.0]])
+    # Rows: 2, 2.5, 3, 6, 9, 60, -70. Krum rounds (neighbours r-f-2, at least 1; ties go to the lower row):
+    #   r=7, 4 nearest: 2->66.25, 2.5->55, 3->46.25, 6->46.25, 9->136.25: take 3 (row 2)
+    #   r=6, 3 nearest: 2->65.25, 2.5->54.75, 6->37.25, 9->100.25: take 6 (row 3)
+    #   r=5, 2 nearest: 2->49.25, 2.5->42.5, 9->91.25: take 2.5 (row 1)
+    #   r=4, 1 nearest: 2->49, 9->49, 60->2601, -70->5184: take 2 (row 0)
+    #   r=3, 1 nearest: 9->2601, 60->2601, -70->6241: take 9 (row 4)
+    # Selected 2, 2.5, 3, 6, 9: median 3; the closest three are 2, 2.5, 3 -> 2.5 (trimming by rank: 3.83).
+    updates = torch.tensor([[2.0], [2.5], [3.0], [6.0], [9.0], [60.0], [-70.0]])
     result = bulyan(updates, 1)
     assert result.selected == (2, 3, 1, 0, 4)
-    assert torch.allclose(result.value, torch.tensor([8 / 3]))
+    assert torch.allclose(result.value, torch.tensor([2.5]))
+
+
+def test_iterated_krum_scores_the_last_picks_by_their_nearest_neighbour():
+    # Three rows left with f = 1: Krum's r - f - 2 = 0 neighbours would score all three 0 and take row 0, the
+    # outlier; clamped to 1 neighbour, rows 1 and 2 (1 apart) beat row 0 (99 away).
+    dist = pairwise_sq_distances(torch.tensor([[100.0], [0.0], [1.0]]))
+    assert iterated_krum(dist, 1, 1) == [1]
+
+
+def test_closest_to_median_is_not_the_middle_by_rank():
+    # Column 0 sorted 2, 2.5, 3, 6, 9: median 3; the runs of three reach 1, 3 and 6 from it -> 2, 2.5, 3 (mean 2.5),
+    # where trimming one value off each end would give 2.5, 3, 6. Column 1: 0, 5, 6, 7, 8: median 6; runs
+    # reach 6, 1, 2 -> 5, 6, 7. Column 2: 1, 2, 3, 4, 5: runs reach 2, 1, 2 -> the middle run.
+    ordered = torch.tensor([[2.0, 0.0, 1.0], [2.5, 5.0, 2.0], [3.0, 6.0, 3.0], [6.0, 7.0, 4.0], [9.0, 8.0, 5.0]])
+    assert torch.allclose(closest_to_median_mean(ordered, 3), torch.tensor([2.5, 6.0, 3.0]))
 
 
 def test_bulyan_with_f_zero_is_the_mean():
