@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,10 @@ def cells(tmp_path: Path):
     return expand(matrix, "m.yaml", tmp_path, tmp_path / "netem")
 
 
+def at(iso: str) -> datetime:
+    return datetime.fromisoformat(iso).replace(tzinfo=timezone.utc)
+
+
 def controller_row(run_id: str, started_at: str, mode: str = "basic") -> dict:
     return {"config": "b", "mode": mode, "profile": "lan", "repeat": 1, "duration_s": 12.5, "num_workers": 4,
             "num_completed_tasks": 40, "num_pending_tasks": 0, "status": OK_STATUS, "run_id": run_id,
@@ -36,13 +41,13 @@ def controller_row(run_id: str, started_at: str, mode: str = "basic") -> dict:
 
 def test_merged_csv_has_the_fixed_columns_and_one_row_per_run(tmp_path, cells):
     runs = tmp_path / "runs"
-    write_run(runs, "r1", controller_row("r1", "2026-01-01T00:00:01"), {})
-    write_run(runs, "r2", controller_row("r2", "2026-01-01T00:00:02"), {})
-    failed = record_failure(runs, cells[1], "stack never healthy: controller is unhealthy", "2026-01-01T00:00:03")
+    write_run(runs, "r1", controller_row("r1", "2026-01-01T00:00:01+00:00"), {})
+    write_run(runs, "r2", controller_row("r2", "2026-01-01T00:00:02+00:00"), {})
+    failed = record_failure(runs, cells[1], "stack never healthy: controller is unhealthy", at("2026-01-01T00:00:03"))
 
     first = (runs / "runs_basic.csv").read_text()
     merge_mode(runs, "basic")
-    write_run(runs, "r2", controller_row("r2", "2026-01-01T00:00:02"), {})  # the same run written again
+    write_run(runs, "r2", controller_row("r2", "2026-01-01T00:00:02+00:00"), {})  # the same run written again
 
     assert (runs / "runs_basic.csv").read_text() == first
     assert first.splitlines()[0] == ",".join(COLUMNS)
@@ -55,10 +60,11 @@ def test_a_failed_cell_row_says_what_the_cell_was_and_why(tmp_path, cells):
     runs = tmp_path / "runs"
     ml_cell = cells[2]
 
-    run_id = record_failure(runs, ml_cell, "run did not end within timeout_s + 120 s", "2026-01-01T10:00:00")
+    run_id = record_failure(runs, ml_cell, "run did not end within timeout_s + 120 s", at("2026-01-01T10:00:00"))
 
     (row,) = read_rows(runs / "runs_ml.csv")
-    assert run_id == f"20260101T100000-{ml_cell.key[:8]}-failed" == row["run_id"]
+    assert run_id == f"20260101T100000Z-m-failed-{ml_cell.key[:8]}" == row["run_id"]
+    assert row["started_at"] == "2026-01-01T10:00:00+00:00"
     assert (row["status"], row["reason"]) == (FAILED_STATUS, "run did not end within timeout_s + 120 s")
     assert (row["mode"], row["profile"], row["repeat"], row["num_workers"]) == ("ml", "lan", "1", "4")
     assert (row["config_hash"], row["codec"], row["protocol"]) == (ml_cell.config.digest(), "topk", "async")

@@ -139,9 +139,10 @@ def failure_row(cell: Cell, run_id: str, reason: str, started_at: str) -> dict[s
     }
 
 
-def record_failure(runs_dir: Path, cell: Cell, reason: str, started_at: str, run_id: str | None = None) -> str:
-    """Write a failed cell's row and provenance; returns its run id."""
-    run_id = run_id or f"{started_at.replace(':', '').replace('-', '')}-{cell.key[:8]}-failed"
+def record_failure(runs_dir: Path, cell: Cell, reason: str, started: datetime, run_id: str | None = None) -> str:
+    """Write a failed cell's row and provenance; returns its run id (named like the controller's)."""
+    run_id = run_id or f"{started:%Y%m%dT%H%M%SZ}-{cell.config.name}-failed-{cell.key[:8]}"
+    started_at = started.isoformat(timespec="seconds")
     provenance = {"config": cell.config.model_dump(mode="json"), "profile": cell.profile, "cell": cell_summary(cell),
                   "failure": reason, "log": f"{MATRIX_DIR}/{cell.key}.log"}
     write_run(runs_dir, run_id, failure_row(cell, run_id, reason, started_at), provenance)
@@ -235,18 +236,18 @@ class Runner:
         return failed
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
-        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = datetime.now(timezone.utc)
         env = self.cell_env(cell)
         try:
             run_id, status, reason = self.run_stack(cell, env)
         except CellFailed as exc:
             self.keep_logs(cell, env)
-            run_id, status, reason = record_failure(self.runs_dir, cell, str(exc), started_at, exc.run_id), \
+            run_id, status, reason = record_failure(self.runs_dir, cell, str(exc), started, exc.run_id), \
                 FAILED_STATUS, str(exc)
         finally:
             self.tear_down(cell, env)
         return {**cell_summary(cell), "run_id": run_id, "status": status, "reason": reason,
-                "command": self.command, "started_at": started_at}
+                "command": self.command, "started_at": started.isoformat(timespec="seconds")}
 
     def run_stack(self, cell: Cell, env: dict[str, str]) -> tuple[str, str, str]:
         """Up, wait for the end, read the row. Returns (run id, status, reason) or raises CellFailed."""
