@@ -67,3 +67,23 @@ phases: [{start_s: 10, targets: [ps], link: {rate_mbit: null}}]
 """)
     assert preset.link_at("ps", 0, 9).rate_mbit == 5
     assert preset.link_at("ps", 0, 10).rate_mbit is None
+
+
+@pytest.mark.parametrize("t, seconds, start", [
+    (0, 10, 0),      # 0-15 is quiet
+    (0, 18, 20),     # 0-15 too short; 15-20 down; 20-45 is 25 s
+    (10, 10, 20),    # 10-15 too short
+    (16, 10, 20),    # inside an outage: wait for its end
+    (21, 24, 21),    # 21-45 is 24 s
+    (21, 25, 50),    # 21-45 too short, the next gap 50-75
+])
+def test_quiet_window_skips_outages_and_short_gaps(t, seconds, start):
+    preset = load_preset("brownout", NETEM_DIR)
+    assert preset.quiet_window(t, seconds, [("worker", 0), ("controller", 0)]) == start
+
+
+def test_quiet_window_ignores_phases_of_other_containers():
+    preset = load_preset("brownout", NETEM_DIR)
+    # The controller is never down, but any link change counts: the worker's outages still bound it.
+    assert preset.quiet_window(16, 10, [("controller", 0)]) == 20
+    assert preset.quiet_window(0, 30, [("worker", 0)]) is None  # gaps are 25 s at most

@@ -8,8 +8,9 @@ with the verdicts, then takes the stack down. Backend: userspace, and netem too 
 has sch_netem (else it says so). The backend's own cost comes from `bench delayer` (another
 module), run in a container with NET_ADMIN, NET_RAW and SYS_ADMIN.
 
-The stack's run goes on while verify measures (a few hundred kB per task through the same
-links), and the machine's other load shows in every figure: the record is taken on a quiet host.
+The workers are paused while verify measures (the run's task traffic would queue in the very
+links being measured; their namespaces stay). The machine's other load shows in every figure:
+the record is taken on a quiet host.
 Exit status: 0 when every judged figure is within tolerance, 1 otherwise.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from ..netem.preset import available, load_preset
 from ..netem.verify import print_table, table_rows
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path.cwd()  # the repository at its host path (make bench-netem runs here), so bind mounts resolve
 IMAGE = os.environ.get("IMAGE", "dist-llm-train:dev")
 CAPS = ["--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_ADMIN"]
 READY_TIMEOUT_S = 240
@@ -82,6 +83,7 @@ class BenchStack:
         raise RuntimeError(f"the sidecar was not ready within {READY_TIMEOUT_S} s:\n{logs}")
 
     def __exit__(self, *exc) -> None:
+        self.compose("unpause", "worker")
         self.compose("--profile", "ml", "down", "-v", "--remove-orphans", "--timeout", "30")
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -92,6 +94,9 @@ def fidelity(profile: str, backend: str) -> dict:
     workers = len({preset.link_for("worker", i) for i in range(len(preset.workers))})
     with BenchStack(profile, backend, workers) as stack:
         probe = stack.sidecar_state()["probe"]
+        # Frozen workers send nothing, so the run's task traffic does not queue in the links
+        # being measured; their namespaces (and rules) stay, and verify's probes run from the sidecar.
+        stack.compose("pause", "worker")
         done = stack.compose("exec", "-T", "netem", "dist-llm-train", "verify", "--profile", profile, "--json",
                              timeout=900)
         try:
@@ -104,6 +109,9 @@ def fidelity(profile: str, backend: str) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not (REPO / "compose.yaml").is_file():
+        print(f"bench netem: no compose.yaml in {REPO}: run it from the repository (make bench-netem)")
+        return 2
     profiles = args.profiles.split(",") if args.profiles else available(REPO / "netem")
     backends = ["userspace"]
     if kernel_has_netem():
@@ -127,6 +135,11 @@ def main(args: argparse.Namespace) -> int:
                 rows += table_rows(" <-> ".join(result["pair"]), result["measured"], result["expected"],
                                    result["verdict"])
             print(f"\n-- {profile} ({time.monotonic() - started:.0f} s)")
+            probe = report["sidecar_probe"]
+            if probe:
+                print(f"sidecar's probe before the run ({' <-> '.join(probe['pair'])}): RTT {probe['rtt_ms']:.2f} ms "
+                      f"(p50 {probe['rtt_p50_ms']:.2f}), stdev {probe['rtt_stdev_ms']:.2f} ms, loss {probe['loss_pct']:.2f} %, "
+                      f"TCP {probe['mbit_up']:.1f} / {probe['mbit_down']:.1f} Mbit/s")
             if rows:
                 print_table(rows)
             for problem in report["problems"]:

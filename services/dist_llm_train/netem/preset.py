@@ -205,6 +205,22 @@ class Preset:
         times = [b for b in (p.next_boundary(t) for p in self.phases) if b is not None]
         return min(times) if times else None
 
+    def quiet_window(self, t: float, seconds: float, containers: list[tuple[Role, int]],
+                     horizon_s: float = 3600.0) -> float | None:
+        """The first time >= t from which no link changes for `seconds` and none of `containers`
+        (role, index) is down: when a measurement of them can be compared with the preset.
+        None if there is no such window within horizon_s."""
+        start = t
+        while start - t <= horizon_s:
+            change = self.next_change(start)
+            down = any(self.link_at(role, index, start).down for role, index in containers)
+            if not down and (change is None or change - start >= seconds):
+                return start
+            if change is None:
+                return None
+            start = change
+        return None
+
     def phases_active(self, t: float) -> list[str]:
         return [p.name for p in self.phases if p.active(t)]
 

@@ -41,18 +41,18 @@ def measurement_seconds(plan: dict) -> float:
             + 2 * (plan["tcp_warmup_s"] + TCP_SECONDS) + 5)
 
 
-def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float) -> float:
-    """Sleep until no phase change falls within the next `seconds`; return the run's t then."""
-    while True:
-        t = 0.0 if t0_wall is None else time.time() - t0_wall
-        change = preset.next_change(t)
-        if change is None or change - t >= seconds:
-            return t
-        following = preset.next_change(change + 1e-6)
-        if following is not None and following - change < seconds:
-            raise SystemExit(f"verify: the phases of {preset.name} change every {following - change:g} s, "
-                             f"less than the {seconds:.0f} s a measurement takes")
-        time.sleep(change - t + 0.2)
+def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float,
+                          containers: list[tuple[str, int]]) -> float:
+    """Sleep until the links of `containers` stay unchanged (and up) for `seconds`; return t then."""
+    t = 0.0 if t0_wall is None else time.time() - t0_wall
+    start = preset.quiet_window(t, seconds, containers)
+    if start is None:
+        raise SystemExit(f"verify: the phases of {preset.name} never leave these links unchanged and up "
+                         f"for the {seconds:.0f} s a measurement takes")
+    if start > t:
+        print(f"waiting {start - t:.1f} s for the links to stay unchanged for {seconds:.0f} s", file=sys.stderr)
+        time.sleep(start - t + 0.3)
+    return start if t0_wall is None else time.time() - t0_wall
 
 
 def rule_problems(backend_name: str, target: Target, delayer_pid: int | None) -> list[str]:
@@ -144,7 +144,8 @@ def main(args: argparse.Namespace) -> int:
         for peer in peers:
             pair = f"{worker.name} <-> {peer.name}"
             t = wait_for_quiet_window(preset, state.get("t0"), measurement_seconds(
-                schedule(preset.link_for(worker.role, worker.index), preset.link_for(peer.role, peer.index))))
+                schedule(preset.link_for(worker.role, worker.index), preset.link_for(peer.role, peer.index))),
+                [(worker.role, worker.index), (peer.role, peer.index)])
             a_link, b_link = preset.link_at(worker.role, worker.index, t), preset.link_at(peer.role, peer.index, t)
             key = (a_link, b_link)
             if key in measured_by_links:
