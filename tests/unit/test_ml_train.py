@@ -21,6 +21,7 @@ from dist_llm_train.ml.train import (
 from ml_reference import reference_run
 
 TINY = ModelConfig(embed_dim=8, hidden_dim=16, layers=1)
+TINY_TRANSFORMER = ModelConfig(arch="transformer", embed_dim=8, hidden_dim=16, layers=1, heads=2)
 TEXT = b"the quick brown fox jumps over the lazy dog. " * 40
 
 
@@ -96,8 +97,9 @@ def test_untrained_model_scores_about_ln256_nats_per_byte():
     assert loss == pytest.approx(math.log(256), abs=0.1)
 
 
-def test_local_steps_return_the_parameter_change_and_keep_adam_state_across_rounds():
-    model = build_model(TINY, seed=0)
+@pytest.mark.parametrize("cfg", [TINY, TINY_TRANSFORMER], ids=["lstm", "transformer"])
+def test_local_steps_return_the_parameter_change_and_keep_adam_state_across_rounds(cfg):
+    model = build_model(cfg, seed=0)
     local = LocalSteps(model, inner_lr=1e-2)
     batches = BatchSampler(TEXT, 4, 12, seed=0)
     start = flat_parameters(model)
