@@ -26,23 +26,27 @@ def holder(status: dict, index: int) -> dict | None:
     return None
 
 
-def wait_for_holder(run, index: int, min_completed: int = 2) -> dict:
-    found: dict = {}
-
-    def ready() -> bool:
-        nonlocal found
+def freeze_holder(run, index: int, min_completed: int = 2) -> dict:
+    """SIGSTOP worker `index` at a moment it holds a task, mid-run; its status row then.
+    (Stopped first, then read: a worker read first could finish its task before the signal.)"""
+    process = run.workers[index]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         status = run.status() or {"workers": [], "tasks": {"completed": 0}}
-        found = holder(status, index) or {}
-        return bool(found) and status["tasks"]["completed"] >= min_completed
-
-    run.wait_until(ready, 60, f"worker {index} to hold a task mid-run")
-    return found
+        if holder(status, index) and status["tasks"]["completed"] >= min_completed:
+            process.send_signal(signal.SIGSTOP)
+            frozen = holder(run.status() or {"workers": []}, index)
+            if frozen:
+                return frozen
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
+    raise AssertionError(f"worker {index} never held a task mid-run")
 
 
 def test_killed_worker_task_is_requeued_and_completed_once(tmp_path, log):
     with ci_run(tmp_path, log) as run:
         run.start()
-        victim = wait_for_holder(run, 1)
+        victim = freeze_holder(run, 1)
         run.kill(run.workers[1], signal.SIGKILL)
         final = run.wait_end(timeout_s=90)
         db = truth(run.db_path)
@@ -59,8 +63,7 @@ def test_killed_worker_task_is_requeued_and_completed_once(tmp_path, log):
 def test_frozen_worker_is_declared_dead_then_comes_back_as_a_new_incarnation(tmp_path, log):
     with ci_run(tmp_path, log) as run:
         run.start()
-        victim = wait_for_holder(run, 0)
-        run.workers[0].send_signal(signal.SIGSTOP)
+        victim = freeze_holder(run, 0)
         time.sleep(3.0)  # heartbeat_timeout_s is 2
         run.workers[0].send_signal(signal.SIGCONT)
         final = run.wait_end(timeout_s=90)
