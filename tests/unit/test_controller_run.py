@@ -89,6 +89,18 @@ def test_links_row_columns_and_unhealthy_links_make_the_run_degraded(tmp_path):
     assert (row["measured_rtt_ms"], row["measured_loss_pct"], row["measured_mbit"]) == ("81.5", "0.5", "9.5")
 
 
+def test_probe_figures_it_could_not_measure_are_empty_in_the_row(tmp_path):
+    h = Harness(tmp_path, link_gate=True)
+    probe = {**LINKS["probe"], "rtt_ms": None, "rtt_stdev_ms": None, "verdict": {"rtt_ms": False}}
+
+    answer = h.client.post("/links", json={**LINKS, "probe": probe}, headers=AUTH)
+    h.client.post("/run/stop", json={}, headers=AUTH)
+    row = the_row(tmp_path)
+
+    assert answer.status_code == 200
+    assert (row["measured_rtt_ms"], row["measured_loss_pct"]) == ("", "0.5")
+
+
 def test_silent_sidecar_makes_the_run_degraded(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     h.client.post("/links", json=LINKS, headers=AUTH)

@@ -82,11 +82,12 @@ class CompleteOut(BaseModel):
 
 
 class Probe(BaseModel):
+    """The sidecar's fidelity probe; a figure it could not measure (every echo lost) is null."""
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    rtt_ms: float
-    rtt_stdev_ms: float
-    loss_pct: float
-    mbit: float
+    rtt_ms: float | None
+    rtt_stdev_ms: float | None
+    loss_pct: float | None
+    mbit: float | None
 
 
 class LinksIn(Request):
