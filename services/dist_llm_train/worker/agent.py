@@ -43,7 +43,7 @@ class Agent:
         self.heartbeat_interval_s = 1.0
         self._register_lock = threading.Lock()
         self._rtt_ms: float | None = None
-        self.started = time.monotonic()
+        self.started: float | None = None  # when this worker first saw the run running
         self.compute_s = 0.0
         self.bytes_up = 0
         self.bytes_down = 0
@@ -99,7 +99,11 @@ class Agent:
     def holds(self, worker_id: str) -> bool:
         return not self.stopping.is_set() and self.worker_id == worker_id
 
-    def utilization(self) -> float:
+    def utilization(self) -> float | None:
+        """Share of the time since the run started (not since this process did: the run may
+        have waited for the links) spent computing; None before the run starts."""
+        if self.started is None:
+            return None
         return min(1.0, self.compute_s / max(1e-9, time.monotonic() - self.started))
 
     def send_telemetry(self, **fields: Any) -> None:
@@ -151,6 +155,8 @@ class Agent:
                 if answer["run_state"] not in LIVE_STATES:
                     self.log.info("run %s", answer["run_state"])
                     return
+                if answer["run_state"] == "running" and self.started is None:
+                    self.started = time.monotonic()
                 task = answer["task"]
                 if task is None:
                     self.stopping.wait(answer["retry_after_s"])
