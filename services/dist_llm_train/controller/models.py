@@ -10,11 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Request(BaseModel):
+class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class RegisterIn(Request):
+class RegisterIn(RequestBody):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                       description="stable worker name (compose container name); a new registration "
                                   "under the same name retires the previous incarnation")
@@ -31,7 +31,7 @@ class RegisterOut(BaseModel):
     config: dict[str, Any]
 
 
-class TelemetryIn(Request):
+class TelemetryIn(RequestBody):
     tokens_per_sec: float | None = Field(None, ge=0, description="tokens processed per second of compute")
     step_time_s: float | None = Field(None, ge=0, description="wall time of one step")
     epoch: int | None = Field(None, ge=0)
@@ -44,7 +44,7 @@ class TelemetryIn(Request):
     staleness: float | None = Field(None, ge=0, description="ML: staleness of the last update")
 
 
-class HeartbeatIn(Request):
+class HeartbeatIn(RequestBody):
     telemetry: TelemetryIn | None = None
 
 
@@ -54,7 +54,7 @@ class HeartbeatOut(BaseModel):
     stop: bool
 
 
-class NextTaskIn(Request):
+class NextTaskIn(RequestBody):
     pass
 
 
@@ -90,7 +90,7 @@ class Probe(BaseModel):
     mbit: float | None
 
 
-class LinksIn(Request):
+class LinksIn(RequestBody):
     profile: str
     backend: Literal["netem", "userspace"]
     seed: int
@@ -101,7 +101,7 @@ class LinksIn(Request):
     probe: Probe | None
 
 
-class PsReportIn(Request):
+class PsReportIn(RequestBody):
     version: int = Field(ge=0)
     updates_accepted: int = Field(ge=0)
     updates_rejected: int = Field(ge=0)
@@ -117,7 +117,7 @@ class PsReportIn(Request):
     reason: str | None
 
 
-class StopIn(Request):
+class StopIn(RequestBody):
     reason: str = Field("stopped by request", max_length=500)
 
 

@@ -32,7 +32,7 @@ from .store import Store
 from .tasks import generate_tasks
 
 END_STATES = ("finished", "timeout", "stopped", "failed")
-VERSIONED = ("fastapi", "starlette", "pydantic", "uvicorn", "httpx", "PyYAML")
+VERSIONED = ("fastapi", "starlette", "pydantic", "uvicorn", "httpx", "PyYAML", "numpy", "torch", "pyzmq")
 
 
 def iso(t: float | None) -> str | None:
