@@ -36,3 +36,13 @@ def reap_children():
             pass
     if leftovers:
         print(f"\nreaped {len(leftovers)} leftover child process(es): {leftovers}")
+
+
+@pytest.fixture
+def process_log(tmp_path):
+    """A file for the output of the processes a test starts; its tail is printed at teardown,
+    which pytest shows when the test failed."""
+    path = tmp_path / "processes.log"
+    with open(path, "w") as fh:
+        yield fh
+    print(path.read_text()[-20000:])

@@ -6,16 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
 from basic_support import assert_each_task_completed_once, ci_run, the_row, truth
-
-
-@pytest.fixture
-def log(tmp_path):
-    path = tmp_path / "processes.log"
-    with open(path, "w") as fh:
-        yield fh
-    print(path.read_text()[-20000:])  # shown by pytest when the test fails
 
 
 def holder(status: dict, index: int) -> dict | None:
@@ -43,8 +34,8 @@ def freeze_holder(run, index: int, min_completed: int = 2) -> dict:
     raise AssertionError(f"worker {index} never held a task mid-run")
 
 
-def test_killed_worker_task_is_requeued_and_completed_once(tmp_path, log):
-    with ci_run(tmp_path, log) as run:
+def test_killed_worker_task_is_requeued_and_completed_once(tmp_path, process_log):
+    with ci_run(tmp_path, process_log) as run:
         run.start()
         victim = freeze_holder(run, 1)
         run.kill(run.workers[1], signal.SIGKILL)
@@ -60,8 +51,8 @@ def test_killed_worker_task_is_requeued_and_completed_once(tmp_path, log):
     assert int(the_row(run.runs_dir, final["run"]["id"])["num_completed_tasks"]) == 24
 
 
-def test_frozen_worker_is_declared_dead_then_comes_back_as_a_new_incarnation(tmp_path, log):
-    with ci_run(tmp_path, log) as run:
+def test_frozen_worker_is_declared_dead_then_comes_back_as_a_new_incarnation(tmp_path, process_log):
+    with ci_run(tmp_path, process_log) as run:
         run.start()
         victim = freeze_holder(run, 0)
         time.sleep(3.0)  # heartbeat_timeout_s is 2
@@ -78,8 +69,8 @@ def test_frozen_worker_is_declared_dead_then_comes_back_as_a_new_incarnation(tmp
     assert {t["task_id"]: t["requeues"] for t in db["tasks"] if t["requeues"]} == {victim["task"]: 1}
 
 
-def test_controller_killed_and_restarted_mid_run_loses_nothing(tmp_path, log):
-    with ci_run(tmp_path, log) as run:
+def test_controller_killed_and_restarted_mid_run_loses_nothing(tmp_path, process_log):
+    with ci_run(tmp_path, process_log) as run:
         run.start()
         before = run.status()
         run.wait_until(lambda: (run.status() or {}).get("tasks", {}).get("completed", 0) >= 6, 60,

@@ -38,8 +38,8 @@ def test_controller_refuses_a_weak_token_with_exit_2(tmp_path):
     assert "RUN_TOKEN" in done.stderr
 
 
-def test_worker_with_the_wrong_token_exits_3_and_says_why(tmp_path):
-    with open(tmp_path / "log", "w") as log, ci_run(tmp_path, log) as run:
+def test_worker_with_the_wrong_token_exits_3_and_says_why(tmp_path, process_log):
+    with ci_run(tmp_path, process_log) as run:
         run.start_controller()
         done = dlt("worker", "--index", "0", env={**run.env, "RUN_TOKEN": "b" * 32})
 
@@ -56,8 +56,8 @@ def test_worker_without_an_index_outside_docker_exits_2(tmp_path):
     assert "--index" in done.stderr
 
 
-def test_chunked_upload_over_the_cap_is_refused_by_the_real_server(tmp_path):
-    with open(tmp_path / "log", "w") as log, ci_run(tmp_path, log) as run:
+def test_chunked_upload_over_the_cap_is_refused_by_the_real_server(tmp_path, process_log):
+    with ci_run(tmp_path, process_log) as run:
         run.start_controller()
         host, port = run.url.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)

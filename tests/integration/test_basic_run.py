@@ -13,16 +13,8 @@ from basic_support import CI_CONFIG, REPO, assert_each_task_completed_once, ci_r
 from dist_llm_train.controller.runstate import latest_incarnations, mean
 
 
-@pytest.fixture
-def log(tmp_path):
-    path = tmp_path / "processes.log"
-    with open(path, "w") as fh:
-        yield fh
-    print(path.read_text()[-20000:])  # shown by pytest when the test fails
-
-
-def test_four_workers_complete_every_task_once_and_the_row_matches_the_database(tmp_path, log):
-    with ci_run(tmp_path, log) as run:
+def test_four_workers_complete_every_task_once_and_the_row_matches_the_database(tmp_path, process_log):
+    with ci_run(tmp_path, process_log) as run:
         run.start()
         final = run.wait_end(timeout_s=90)
         exits = run.wait_workers_exit(timeout_s=10)
