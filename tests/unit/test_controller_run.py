@@ -53,6 +53,16 @@ def test_without_the_gate_the_run_starts_at_once(tmp_path):
     assert Harness(tmp_path).status()["run"]["state"] == "running"
 
 
+def test_a_waiting_run_resumed_without_the_gate_starts(tmp_path):
+    gated = Harness(tmp_path, link_gate=True)
+    run_id = gated.status()["run"]["id"]
+    gated.ctl.store.close()
+
+    resumed = Harness(tmp_path, link_gate=False).status()["run"]
+
+    assert (resumed["id"], resumed["state"]) == (run_id, "running")
+
+
 @pytest.mark.parametrize("body", [
     {**LINKS, "backend": "carrier-pigeon"},
     {**LINKS, "ready": "maybe"},

@@ -65,6 +65,8 @@ class Run:
         existing = self.store.load_run()
         if existing and existing["config_digest"] == digest:
             self.log.info("resumed run %s (state %s)", existing["run_id"], existing["state"])
+            if not self.settings.link_gate:
+                self.start("LINK_GATE=0: no sidecar to wait for")
             self.write_row_once()
             return
         if existing:
