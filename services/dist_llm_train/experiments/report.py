@@ -136,7 +136,7 @@ def group_rows(rows_by_mode: dict[str, list[dict[str, str]]]) -> list[Group]:
 
 # ---- the table ----------------------------------------------------------------------------------
 
-GLANCE_HEADERS = ("mode", "profile", "config", "finished/runs", "duration s (mean ± sd)", "workers", "completed",
+GLANCE_HEADERS = ("mode", "profile", "config", "runs (finished/all)", "duration s (mean ± sd)", "workers", "completed",
                   "pending", "acceptance", "final val loss", "time to target s", "RTT ms", "loss %", "Mbit/s",
                   "backend")
 
@@ -369,7 +369,8 @@ class Report:
         return "```\n" + "\n".join(lines) + "\n```"
 
     def readme_section(self) -> str:
-        return (f"Generated from {self.describe_counts()} by:\n\n{self.commands_block()}\n\n"
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        return (f"Generated {when} from {self.describe_counts()} by:\n\n{self.commands_block()}\n\n"
                 + markdown_table(GLANCE_HEADERS, self.glance))
 
     def describe_counts(self) -> str:
@@ -417,8 +418,8 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
 def render_markdown(report: Report) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"# Results\n\nBuilt {when} from {report.describe_counts()} by:\n\n{report.commands_block()}",
-             f"## Results at a glance\n\nStatistics over the runs with status `{OK_STATUS}` (finished/runs: "
-             "those of all the row's runs); measured link figures are the sidecar's probe before each run.\n\n"
+             f"## Results at a glance\n\nStatistics over the runs with status `{OK_STATUS}` (runs: "
+             "finished of all); measured link figures are the sidecar's probe before each run.\n\n"
              + markdown_table(GLANCE_HEADERS, report.glance)]
     if report.failed:
         parts.append(f"## Runs that did not end as `{OK_STATUS}`\n\n" + markdown_table(FAILED_HEADERS, report.failed))
