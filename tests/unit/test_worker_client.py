@@ -43,7 +43,7 @@ def free_port() -> int:
 @pytest.fixture
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -75,10 +75,10 @@ def test_a_server_that_comes_up_late_is_waited_for():
     httpd_box = []
 
     def start_later():
-        time.sleep(0.7)
+        time.sleep(0.4)
         httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         httpd_box.append(httpd)
-        httpd.serve_forever()
+        httpd.serve_forever(poll_interval=0.05)
 
     threading.Thread(target=start_later, daemon=True).start()
     client = ControlClient(f"http://127.0.0.1:{port}", "t" * 20, LOG, give_up_after_s=10)
@@ -90,7 +90,7 @@ def test_a_server_that_comes_up_late_is_waited_for():
     httpd_box[0].server_close()
 
     assert answer["echo"] == {"late": True}
-    assert 0.6 < waited < 3.0  # backoff capped at 1 s: found within a second of coming up
+    assert 0.3 < waited < 2.5  # backoff capped at 1 s: found within a second of coming up
 
 
 def test_unreachable_after_give_up():
