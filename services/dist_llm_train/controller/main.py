@@ -12,6 +12,7 @@ import sys
 from ..config import load_run_config
 from ..schema import ConfigError
 from ..settings import from_env
+from ..worker.client import KEEPALIVE_S
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,5 +38,8 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("controller").info(
         "serving on %s:%d (config %s, digest %s, %d workers, state %s)", args.host, args.port,
         settings.config_path, config.digest(), config.workers.count, settings.state_dir / "controller.db")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # Workers keep their control connections open between calls (client.KEEPALIVE_S): over an
+    # emulated WAN a new connection costs a round trip before the request even starts.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_keep_alive=KEEPALIVE_S + 15)
     return 0

@@ -47,6 +47,9 @@ class Unreachable(Exception):
 
 
 ERRORS = {401: TokenRefused, 404: NotFound, 409: Conflict, 410: Gone}
+# An idle connection is kept this long (httpx's default is 5 s): a task computes for longer
+# than that between calls, and over an emulated WAN every new connection costs a round trip.
+KEEPALIVE_S = 60.0
 
 
 class ControlClient:
@@ -54,7 +57,7 @@ class ControlClient:
                  timeout_s: float = 30.0):
         self.base_url, self.log, self.give_up_after_s = base_url, log, give_up_after_s
         self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout_s)
+                                 timeout=timeout_s, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
 
     def close(self) -> None:
         self.http.close()
