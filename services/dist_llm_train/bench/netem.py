@@ -32,6 +32,7 @@ REPO = Path.cwd()  # the repository at its host path (make bench-netem runs here
 IMAGE = os.environ.get("IMAGE", "dist-llm-train:dev")
 CAPS = ["--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_ADMIN"]
 READY_TIMEOUT_S = 240
+PAUSE_SETTLE_S = 3.0  # a 256 kB task download queued at 5 Mbit/s takes 0.4 s to drain
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -97,13 +98,14 @@ def fidelity(profile: str, backend: str) -> dict:
         # Frozen workers send nothing, so the run's task traffic does not queue in the links
         # being measured; their namespaces (and rules) stay, and verify's probes run from the sidecar.
         stack.compose("pause", "worker")
+        time.sleep(PAUSE_SETTLE_S)  # what was in flight drains from the rate limiters' queues
         done = stack.compose("exec", "-T", "netem", "dist-llm-train", "verify", "--profile", profile, "--json",
                              timeout=900)
         try:
             report = json.loads(done.stdout)
         except ValueError:
             report = {"results": [], "problems": [f"verify failed: {done.stderr.strip()[-1000:]}"], "ok": False}
-        for result in report["results"]:  # "worker-1", not "dlt-bench-good-1a2b3c-worker-1"
+        for result in [*report["results"], *([probe] if probe else [])]:  # "worker-1", not "dlt-bench-good-1a2b3c-worker-1"
             result["pair"] = [name.removeprefix(f"{stack.project}-") for name in result["pair"]]
     return {**report, "sidecar_probe": probe}
 

@@ -173,6 +173,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nprofile {preset.name}, backend {state['backend']}; RTT from {RTT_SAMPLES} UDP echoes, loss from "
               f"{RTT_SAMPLES + LOSS_SAMPLES}, TCP judged for loss-free caps up to {RATE_JUDGED_UP_TO_MBIT:g} Mbit/s")
         print_table(rows)
+        print("(a run in progress sends its own traffic through these links: on capped links it queues with the "
+              "probes and raises the RTT; the sidecar's probe before the run, in runs/<run_id>/link.json, is quiet)")
         for line in skipped:
             print(line)
         for problem in problems:
