@@ -31,6 +31,7 @@ Payload bytes per update for d = 1,000,000 (what `nbytes` returns; framing exclu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, get_args
 
@@ -60,6 +61,16 @@ class Encoded:
 class Codec:
     encode: Callable[[Tensor, float], dict[str, Tensor]]  # (x, ratio) -> arrays; ratio is used by topk only
     decode: Callable[[dict[str, Tensor], int], Tensor]  # (arrays, numel) -> x_hat float32 [numel]
+
+
+def all_finite(x: Tensor) -> bool:
+    """No NaN and no Inf in a floating tensor. min and max propagate NaN, so one fused reduction decides:
+    1 M values, 1 thread: 0.2 ms, where isfinite(x).all() materialises a bool tensor and takes 3.5 ms
+    (float16 through float32: 5-15 ms), which would dominate the PS's handling of a dense update."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x)
+    return bool(low > -math.inf) and bool(high < math.inf)
 
 
 def to_fp16(x: Tensor) -> Tensor:
@@ -107,7 +118,7 @@ def encode(x: Tensor, codec: CodecName, ratio: float) -> Encoded:
         raise ValueError(f"an update must be a non-empty 1-D float32 tensor, got {x.dtype} {list(x.shape)}")
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("update has NaN or Inf values: nothing to send")
     return Encoded(codec, x.numel(), CODECS[codec].encode(x.contiguous(), ratio))
 
@@ -138,7 +149,7 @@ def check_encoded(enc: Encoded, numel: int) -> None:
         array = enc.arrays[name]
         if array.dtype != dtype or array.dim() != 1:
             raise ValueError(f"{where}: {name} is {array.dtype} {list(array.shape)}, expected 1-D {dtype}")
-        if array.is_floating_point() and not torch.isfinite(array.float()).all():  # 5x faster than on float16
+        if array.is_floating_point() and not all_finite(array):
             raise ValueError(f"{where}: {name} has NaN or Inf values")
     lengths = {name: enc.arrays[name].numel() for name, _ in layout}
     if enc.codec == "topk":
