@@ -241,6 +241,9 @@ def main(args: argparse.Namespace) -> int:
             if run.controller is not None and run.controller.poll() is None:
                 run.stop_run(f"demo-{mode}: {exc}")
             return 1
+        except KeyboardInterrupt:
+            print("demo: interrupted; stopping every process", file=sys.stderr)
+            return 130
         run.wait_workers_exit(timeout_s=3 * config.controller.heartbeat_interval_s + 5)
     print(summary(final, runs_dir.resolve()), flush=True)
     return 0 if final["run"]["state"] == "finished" else 1

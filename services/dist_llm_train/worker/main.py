@@ -31,6 +31,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(stream=sys.stdout, level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too many
-    # compose stop: leave at once; the controller requeues the task after heartbeat_timeout_s
+    # compose stop (SIGTERM) or Ctrl-C on a local demo: leave at once, without a traceback;
+    # the controller requeues the task after heartbeat_timeout_s
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
     return Agent(settings, name, index, logging.getLogger(name)).run()
