@@ -175,3 +175,20 @@ def test_killing_the_sidecar_leaves_no_container_silently_unimpaired(make_stack,
     status = stack.wait_for(lambda s: s["run"]["degraded"], 60, "the run to be marked degraded")
     assert "sidecar" in status["run"]["degraded"]
     stack.down()
+
+
+def test_a_restarted_container_gets_its_link_back(make_stack, prober):
+    # A restart gives the container a new network namespace, without our rules: the sidecar sees
+    # the Docker events and applies the link again.
+    stack, _ = up_and_ready(make_stack, "high_rtt")
+    worker, controller = stack.containers("worker")[0], stack.containers("controller")[0]
+    docker("restart", "-t", "2", worker)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and stack.logs("netem").count("(worker-0,") < 2:
+        time.sleep(1)
+    assert stack.logs("netem").count("(worker-0,") == 2, stack.logs("netem")
+    assert rules_left(prober, worker), "no rule in the restarted worker's namespace"
+    prober.echo(controller)
+    rtts = [r for r in prober.rtts(worker, address(controller), 200, 0.005) if r is not None]
+    assert len(rtts) >= 195 and abs(median(rtts) - 100) <= 10, median(rtts)
+    stack.down()
