@@ -243,6 +243,7 @@ class Sidecar:
         self.expect_workers = 0
         self._last_link_json: bytes | None = None
         self._waiting_for: set[str] = set()
+        self.latest: dict | None = None  # the report the reporter thread sends next
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -411,16 +412,27 @@ class Sidecar:
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
                 "links": self.links_report(), "probe": self.probe}
 
-    def publish(self) -> None:
+    def snapshot(self) -> None:
+        """The state file (for --health and verify) now, and the body the reporter sends next."""
         body = self.report()
         state = {**body, "time": time.time(), "pid": os.getpid(), "t0": self.t0_wall, "project": self.project,
                  "preset_source": self.preset.source}
         atomic_write(STATE_FILE, json.dumps(state).encode())
+        self.latest = body
+
+    def send(self, body: dict) -> None:
         try:
             self.http.post("/links", json=body).raise_for_status()
         except Exception as exc:  # noqa: BLE001 - the controller may restart; keep emulating
             log.warning("report to the controller failed: %s", exc)
         self.write_link_json(body)
+
+    def reporter(self) -> None:
+        """Sends the latest snapshot every REPORT_EVERY_S, in its own thread: a slow or cut link to
+        the controller must not delay phase changes or delayer restarts in the main loop."""
+        while not self.stop.wait(REPORT_EVERY_S):
+            if self.latest is not None:
+                self.send(self.latest)
 
     def write_link_json(self, body: dict) -> None:
         if self.run_id is None:
@@ -468,6 +480,7 @@ class Sidecar:
     def run(self) -> None:
         log.info("profile %s (%s): %s", self.preset.name, self.preset.source, self.preset.description)
         threading.Thread(target=self.watch_events, daemon=True).start()
+        threading.Thread(target=self.reporter, daemon=True).start()
         self.clear_leftovers()
         self.load_run_config()
         next_scan = next_report = 0.0
@@ -492,8 +505,9 @@ class Sidecar:
             if self.t0 is None and self.ready():
                 self.t0, self.t0_wall = time.monotonic(), time.time()
                 log.info("ready: every link applied, probe done; t = 0 for the phases")
+                next_report = 0.0  # the controller holds the run until it hears this
             if now >= next_report:
-                self.publish()
+                self.snapshot()
                 next_report = now + REPORT_EVERY_S
             change = self.preset.next_change(self.now_t()) if self.t0 is not None else None
             self.stop.wait(0.2 if change is None else max(0.0, min(0.2, change - self.now_t())))
@@ -621,7 +635,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         sidecar.cleanup()
         try:
-            sidecar.publish()  # the controller sees the links gone
+            sidecar.snapshot()
+            sidecar.send(sidecar.latest)  # the controller sees the links gone
         except Exception as exc:  # noqa: BLE001 - the controller may be gone first
             log.warning("last report failed: %s", exc)
     return 0
