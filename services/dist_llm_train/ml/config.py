@@ -102,6 +102,8 @@ class MLConfig(Section):
     attack: AttackConfig = AttackConfig()
     budget: BudgetConfig = BudgetConfig()
     max_message_mb: int = Field(64, ge=1, description="PS refuses frames larger than this")
+    reply_timeout_s: float = Field(120.0, gt=0, description="worker: a PS silent this long after a request is presumed "
+                                   "gone (socket rebuilt, HELLO again); sync mode adds staleness.sync_timeout_s")
 
     @model_validator(mode="after")
     def _consistent(self) -> "MLConfig":

@@ -1,0 +1,120 @@
+"""`dist-llm-train ps`: the parameter server of an ML run (ps/server.py), wired to the controller.
+
+Start: the resolved run config from the controller (`GET /config`, with RUN_TOKEN), the run id from
+`GET /status`; the aggregation rule is checked for its window (a rule that cannot hold is refused: exit 2
+with the reason, never the mean instead); the newest checkpoint of this run id under CHECKPOINT_DIR is
+resumed; then the ROUTER listens on PS_ADDRESS's port. Results go to RUNS_DIR/<run_id>/ (curve.csv,
+staleness.csv); reports to `POST /ps/report` every 2 s and at the end.
+
+Exit codes: 0 the run is over (or SIGTERM: checkpoint written); 1 the controller stayed unreachable; 2 bad
+settings or config (not an ML run, a rule that cannot hold, unreadable data); 3 RUN_TOKEN refused.
+`ps --health`: PING the PS on this host's PS_ADDRESS port, exit 0 on PONG within 3 s, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import zmq
+
+from .. import wire
+from ..config import RunConfig
+from ..schema import ConfigError, validate
+from ..settings import Settings, from_env
+from ..worker.client import ControlClient, ControlError, TokenRefused, Unreachable
+
+END_STATES = ("finished", "timeout", "stopped", "failed")
+HEALTH_TIMEOUT_S = 3.0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--health", action="store_true", help="PING the local PS and exit 0 if it answers")
+
+
+def health(settings: Settings) -> int:
+    port = settings.ps_address.rpartition(":")[2]
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send_multipart(wire.encode(wire.Ping()))
+        if not sock.poll(int(HEALTH_TIMEOUT_S * 1000)):
+            print(f"ps: no answer on port {port} within {HEALTH_TIMEOUT_S:g} s", file=sys.stderr)
+            return 1
+        pong = wire.decode(sock.recv_multipart(), max_bytes=1 << 16, numel=None)
+        print(f"ps: version {pong.version}, {pong.accepted} accepted, {pong.rejected} refused, {pong.errors} errors")
+        return 0 if isinstance(pong, wire.Pong) else 1
+    except wire.WireError as exc:
+        print(f"ps: unexpected answer: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+        context.term()
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = from_env()
+    except ConfigError as exc:
+        print(f"ps: refused: {exc}", file=sys.stderr)
+        return 2
+    if args.health:
+        return health(settings)
+    logging.basicConfig(stream=sys.stdout, level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log = logging.getLogger("ps")
+    client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=60)
+    try:
+        config = validate(RunConfig, client.get_json("/config"), f"{settings.controller_url}/config")
+        run = client.get_json("/status")["run"]
+    except TokenRefused:
+        log.error("RUN_TOKEN refused by the controller")
+        return 3
+    except (ControlError, Unreachable) as exc:
+        log.error("cannot get the run from the controller: %s", exc)
+        return 1
+    except ConfigError as exc:
+        print(f"ps: refused: {exc}", file=sys.stderr)
+        return 2
+    if config.mode != "ml":
+        print(f"ps: refused: the run's config {config.name!r} is mode {config.mode!r}; the PS serves ML runs",
+              file=sys.stderr)
+        return 2
+    if run["state"] in END_STATES:
+        log.info("run %s is already over (%s): nothing to serve", run["id"], run["state"])
+        return 0
+    return serve(settings, config, run["id"], client, log)
+
+
+def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlClient, log: logging.Logger) -> int:
+    from ..ml.train import fair_share, set_threads  # torch only past the config checks: `ps --health` stays light
+    from .report import Reporter
+    from .server import ParameterServer, bind_address
+
+    set_threads(settings.torch_threads or fair_share(config.workers.count + 1))  # the workers share the host
+
+    def run_elapsed() -> float | None:
+        try:
+            return client.get_json("/status")["run"]["elapsed_s"]
+        except (ControlError, Unreachable) as exc:
+            log.warning("no run clock from the controller: %s", exc)
+            return None
+
+    report_client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=20)
+    reporter = Reporter(lambda body: report_client.post_json("/ps/report", body), log)
+    try:
+        server = ParameterServer(config, settings.run_token, bind_address(settings.ps_address), log, run_id=run_id,
+                                 run_dir=settings.runs_dir / run_id, checkpoint_dir=settings.checkpoint_dir,
+                                 run_elapsed=run_elapsed, reporter=reporter)
+    except ConfigError as exc:
+        print(f"ps: refused: {exc}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as exc:  # the port is taken, most likely
+        log.error("cannot listen on %s: %s", bind_address(settings.ps_address), exc)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    return server.serve()

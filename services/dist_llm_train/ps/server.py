@@ -1,0 +1,648 @@
+"""The parameter server's data plane: one ZeroMQ ROUTER, one thread, a versioned flat fp32 parameter vector.
+
+Per message (`handle`): decode and check it (`wire.decode`), act, answer. A refused message is answered with
+ERROR and its code, counted (`errors`, by code) and logged (throttled); nothing a peer sends stops the loop.
+
+    HELLO  run token checked (constant time) -> a new session; the same worker name saying HELLO again
+           (a rebuilt socket, a restarted worker) retires its old session first
+    PULL   -> PARAMS: dense, or a delta against the worker's replica (below)
+    PUSH   staleness s = version now - base version; accepted or refused by the protocol, then ACK with the
+           worker's new parameters (sync: the ACK waits for the round to close)
+    PING   -> PONG (version and counters; `ps --health` uses it)
+
+Protocols (`ml.staleness.protocol`, pure logic in ps/rounds.py):
+    sync      a barrier per version over the workers sent that version; `sync_timeout_s` after a round's first
+              update the stragglers are dropped for the round; their late update (s >= 1) is refused with
+              fresh parameters. The window is the round.
+    async     accept s <= `staleness.bound`, else refuse with fresh parameters.
+    adaptive  accept s <= the worker's own bound, `staleness.adaptive_bound` of the measured version rate and
+              its measured round time (logged when it changes).
+Async and adaptive step once `aggregation.window` accepted updates are in.
+
+A step (`step`) over a window of n accepted updates [n, d]: (1) each row clipped to L2 <= `privacy.clip_norm`;
+(2) with `staleness.scale_lr` each row multiplied by lr_scale(s) = 1 / max(1, s), before aggregating, so a
+stale row weighs less in a mean and a robust rule sees it as smaller (scaling the aggregate instead would need
+one staleness per window); (3) `aggregation.rule` (its condition checked at start, see `rule_window`);
+(4) Gaussian noise of std noise_multiplier * clip_norm / n; (5) the server optimizer (`build_optimizer`:
+SGD / Adam on gradients, or with local steps H > 1 DiLoCo's outer Nesterov step on parameter deltas);
+version + 1.
+
+Downlink, bytes per update for the default model (d = 938,240):
+    codec none          every ACK / PARAMS carries the dense parameters: 3.75 MB down per 3.75 MB up.
+    fp16, int8, topk    the PS keeps each worker's replica (the parameters it holds, as the PS computes them)
+                        and sends C(params - replica) with the run's codec, then advances the replica by
+                        exactly what it sent (`wire.apply_parameters`, the worker's own call): what compression
+                        dropped stays in params - replica and goes out later (error feedback on the downlink),
+                        so the worker converges to the PS's parameters. Top-k 1 %: 56 KB down per 56 KB up,
+                        instead of 3.75 MB. A new session, and any delta that cannot be encoded (fp16
+                        overflow), gets dense parameters. Replicas are per session and not checkpointed:
+                        after a PS restart every worker starts from dense parameters.
+
+Evaluation every `budget.eval_every` versions runs in a thread (ps/evaluation.py). The run ends at
+`budget.target_val_loss`, `max_versions` or `max_time_s` (run time from the controller's clock): every reply
+then carries STOP, a final evaluation, checkpoint and report (`done`) follow, and the PS lingers up to
+LINGER_S to tell every worker. Checkpoints (ps/checkpoint.py) every `checkpoint_every` versions, at the end and
+on `request_stop` (SIGTERM); a PS started for a run with checkpoints resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import zmq
+from torch import Tensor
+
+from .. import wire
+from ..config import RunConfig
+from ..ml.codecs import Encoded, decode, encode, nbytes
+from ..ml.data import load_corpus, split, validation_batches
+from ..ml.model import build_model, count_parameters
+from ..ml.train import flat_parameters
+from ..schema import ConfigError
+from . import checkpoint
+from .aggregation import aggregate, check_rule
+from .evaluation import Evaluator
+from .optimizer import build_optimizer
+from .privacy import add_noise, clip_updates, noise_std
+from .report import Curve, LogThrottle, Reporter
+from .rounds import AdaptiveBounds, SyncBarrier, VersionRate, Window
+from .staleness import accept, lr_scale, staleness
+
+LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
+POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
+RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
+
+
+def rule_window(config: RunConfig) -> tuple[int, int, str]:
+    """(window n the rule must hold for, smallest window it holds for, the log line of check_rule).
+
+    Sync: n is the number of workers (a round); async: `aggregation.window`. ConfigError naming the fields
+    when the rule cannot hold: the PS refuses to start rather than fall back to the mean."""
+    ml = config.ml
+    agg = ml.aggregation
+    n = config.workers.count if ml.staleness.protocol == "sync" else agg.window
+    where = "workers.count" if ml.staleness.protocol == "sync" else "ml.aggregation.window"
+    try:
+        line = check_rule(agg.rule, n, agg.f, agg.multi_krum_m)
+    except ValueError as exc:
+        raise ConfigError(f"ml.aggregation.rule: {exc} (the window is {where} = {n}, "
+                          f"protocol {ml.staleness.protocol})") from None
+    smallest = next(k for k in range(1, n + 1) if rule_holds(agg.rule, k, agg.f, agg.multi_krum_m))
+    return n, smallest, line
+
+
+def rule_holds(rule: str, n: int, f: int, m: int | None) -> bool:
+    try:
+        check_rule(rule, n, f, m)
+        return True
+    except ValueError:
+        return False
+
+
+def bind_address(ps_address: str) -> str:
+    """Where to listen for PS_ADDRESS: loopback when the workers reach the PS on loopback, else every interface."""
+    host, _, port = ps_address.removeprefix("tcp://").rpartition(":")
+    return f"tcp://127.0.0.1:{port}" if host in ("127.0.0.1", "localhost") else f"tcp://*:{port}"
+
+
+@dataclass
+class Session:
+    id: int
+    name: str
+    index: int
+    peer: bytes  # ZeroMQ routing id of the connection that said HELLO
+    replica: Tensor | None = None  # compressing codecs: the parameters this worker holds
+    sent_version: int = -1  # the version the PS last sent it
+    sent_at: float = 0.0
+    told_stop: bool = False
+
+
+@dataclass
+class Row:
+    """An accepted update waiting for its step."""
+    session: int
+    staleness: int
+    update: Tensor  # [d] float32; codec none: a view of the received frame
+    train_loss: float
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    rejected: int = 0
+    staleness_sum: int = 0  # over accepted updates
+    staleness: Counter = field(default_factory=Counter)  # every valid push
+    errors: Counter = field(default_factory=Counter)  # by wire error code
+    bytes_up: int = 0  # received before this process (a resumed run)
+    bytes_down: int = 0
+
+
+class ParameterServer:
+    def __init__(self, config: RunConfig, token: str, address: str, log: logging.Logger, *, run_id: str = "local",
+                 run_dir: Path | None = None, checkpoint_dir: Path | None = None,
+                 run_elapsed: Callable[[], float | None] = lambda: None, reporter: Reporter | None = None):
+        """ConfigError if the aggregation rule cannot hold for the window, or the data cannot be read."""
+        ml = config.ml
+        if ml is None:
+            raise ConfigError("the PS needs an ML run config (mode: ml)")
+        self.config, self.ml, self.token, self.log = config, ml, token.encode(), log
+        self.run_id, self.checkpoint_dir, self.run_elapsed, self.reporter = run_id, checkpoint_dir, run_elapsed, reporter
+        self.throttle = LogThrottle(log)
+        self.window_size, min_window, rule_line = rule_window(config)
+        log.info("aggregation %s", rule_line)
+
+        model = build_model(ml.model, config.seed)
+        self.numel = count_parameters(model)
+        self.params = flat_parameters(model)
+        self.optimizer = build_optimizer(ml, self.numel)
+        self.noise = torch.Generator().manual_seed(config.seed)
+        self.codec, self.ratio = ml.compression.codec, ml.compression.ratio
+        self.max_bytes = ml.max_message_mb << 20
+        self.model_digest, self.config_digest = wire.model_digest(config, self.numel), wire.config_digest(config)
+
+        self.version = 0
+        self.counters = Counters()
+        self.initial_val_loss: float | None = None
+        self.last_val: tuple[int, float] | None = None
+        self.time_to_target_s: float | None = None
+        self.recent_train: deque[float] = deque(maxlen=RECENT_TRAIN)
+        resumed = self.resume()
+
+        self.sessions: dict[int, Session] = {}
+        self.by_name: dict[str, int] = {}
+        self.barrier: SyncBarrier[Row] = SyncBarrier(ml.staleness.sync_timeout_s, min_window)
+        self.barrier.open(self.version)
+        self.window: Window[Row] = Window(ml.aggregation.window)
+        self.rate = VersionRate()
+        self.bounds = AdaptiveBounds(ml.staleness.min_bound, ml.staleness.max_bound)
+        self.snapshot: Tensor | None = None  # the parameters of this version as sent: never written
+        self.eval_times: dict[int, float] = {}
+        self.t0: float | None = None  # monotonic time of the run's start
+        self.ended: str | None = None
+        self.linger_until = 0.0
+        self.stop_requested = False
+        self.last_publish = 0.0
+
+        train_val = split(load_corpus(ml.data.path, ml.data.seq_len), ml.data.val_fraction, ml.data.seq_len)
+        batches = validation_batches(train_val[1], ml.data.batch_size, ml.data.seq_len, ml.budget.eval_batches)
+        self.evaluator = Evaluator(model, batches)
+        self.curve = Curve(run_dir, ml.budget.max_versions) if run_dir is not None else None
+
+        self.context = zmq.Context()
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)  # a single frame above the limit: dropped by ZeroMQ
+        sock.setsockopt(zmq.LINGER, 2000)  # the last STOP replies still go out on close
+        sock.bind(address)
+        self.sock = wire.CountingSocket(sock, routed=True)
+        self.log_start(address, resumed)
+        if not resumed:
+            self.evaluate_initial()
+
+    # ---- start and resume ----------------------------------------------------------------------------
+
+    def log_start(self, address: str, resumed: bool) -> None:
+        ml, dense = self.ml, 4 * self.numel
+        up = nbytes(encode(torch.ones(self.numel), self.codec, self.ratio))
+        self.log.info("PS on %s: %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, codec %s "
+                      "(%.1f KB per update, %.2f %% of dense, each way), local steps %d; %s at version %d",
+                      address, ml.model.arch, "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim,
+                                                                         ml.model.layers)),
+                      self.numel, dense / 1e6, ml.staleness.protocol, self.window_size, self.codec, up / 1e3,
+                      100 * up / dense, ml.local.steps, "resumed" if resumed else "starting", self.version)
+
+    def resume(self) -> bool:
+        if self.checkpoint_dir is None:
+            return False
+        ckpt, problems = checkpoint.newest(self.checkpoint_dir, self.run_id)
+        for problem in problems:
+            self.log.warning("checkpoint skipped: %s", problem)
+        if ckpt is None:
+            return False
+        meta = ckpt.meta
+        try:
+            if meta.get("numel") != self.numel or ckpt.tensors["params"].shape != (self.numel,):
+                raise ValueError(f"it holds {meta.get('numel')} parameters, the model has {self.numel}")
+            self.optimizer.load_state({k.removeprefix("optimizer."): v for k, v in ckpt.tensors.items()
+                                       if k.startswith("optimizer.")})
+            self.noise.set_state(ckpt.tensors["noise_rng"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            self.log.warning("checkpoint of version %d not resumed: %s; starting afresh", ckpt.version, exc)
+            return False
+        self.params = ckpt.tensors["params"]
+        self.version = ckpt.version
+        c = meta["counters"]
+        self.counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
+                                 Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
+                                 c["bytes_up"], c["bytes_down"])
+        self.initial_val_loss = meta["initial_val_loss"]
+        self.last_val = tuple(meta["last_val"]) if meta["last_val"] else None
+        self.time_to_target_s = meta["time_to_target_s"]
+        self.recent_train.extend(meta["recent_train"])
+        self.log.info("resumed run %s from its checkpoint of version %d", self.run_id, self.version)
+        return True
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        c = self.counters
+        meta = {
+            "config": self.config.model_dump(mode="json"), "model": self.ml.model.model_dump(mode="json"),
+            "numel": self.numel, "initial_val_loss": self.initial_val_loss,
+            "last_val": list(self.last_val) if self.last_val else None, "time_to_target_s": self.time_to_target_s,
+            "recent_train": list(self.recent_train),
+            "counters": {"accepted": c.accepted, "rejected": c.rejected, "staleness_sum": c.staleness_sum,
+                         "staleness": {str(k): v for k, v in c.staleness.items()}, "errors": dict(c.errors),
+                         "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down()},
+        }
+        tensors = {"params": self.params, "noise_rng": self.noise.get_state(),
+                   **{f"optimizer.{k}": v for k, v in self.optimizer.state().items()}}
+        started = time.perf_counter()
+        path = checkpoint.save(self.checkpoint_dir / self.run_id, checkpoint.Checkpoint(self.run_id, self.version,
+                                                                                        tensors, meta))
+        self.log.info("checkpoint of version %d: %s (%.0f ms)", self.version, path,
+                      1000 * (time.perf_counter() - started))
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Serve until the run is over and every worker was told (or LINGER_S passed), or `request_stop`."""
+        poller = zmq.Poller()
+        poller.register(self.sock.sock, zmq.POLLIN)
+        try:
+            while True:
+                now = time.monotonic()
+                if self.stop_requested:
+                    self.shutdown()
+                    return 0
+                if self.ended is not None and (now >= self.linger_until or self.everyone_told()):
+                    self.log.info("every worker told to stop (or %g s passed): exiting", LINGER_S)
+                    return 0
+                if poller.poll(self.poll_timeout_ms(now)):
+                    self.drain()
+                self.tick(time.monotonic())
+        finally:
+            self.evaluator.close()
+            self.sock.close()
+            self.context.term()
+
+    def request_stop(self) -> None:
+        """From a signal handler: checkpoint and leave at the next tick."""
+        self.stop_requested = True
+
+    def poll_timeout_ms(self, now: float) -> int:
+        deadline = self.barrier.deadline() if self.ml.staleness.protocol == "sync" else None
+        wait = POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - now))
+        return max(1, round(1000 * wait))
+
+    def drain(self, limit: int = 64) -> None:
+        for _ in range(limit):
+            try:
+                frames = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handle(frames, time.monotonic())
+
+    def tick(self, now: float) -> None:
+        if self.ml.staleness.protocol == "sync" and self.ended is None and self.barrier.due(now):
+            self.close_round(now)
+        for version, loss in self.evaluator.results():
+            self.on_evaluation(version, loss, now)
+        if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
+            self.finish(f"max_time_s {self.ml.budget.max_time_s:g} s reached at version {self.version}", now)
+        if self.reporter is not None and now - self.last_publish >= 0.5:
+            self.reporter.publish(self.report_body(done=False))
+            self.last_publish = now
+
+    def handle(self, frames: list, now: float) -> None:
+        peer = bytes(frames[0].buffer)
+        try:
+            msg = wire.decode(frames[1:], max_bytes=self.max_bytes, numel=self.numel)
+            reply = self.dispatch(peer, msg, now)
+        except wire.WireError as exc:
+            reply = self.refuse(peer, exc)
+        except Exception as exc:  # a bug must not take the data plane down: log it, answer, go on
+            self.log.exception("error handling a message from %s", peer.hex())
+            reply = self.refuse(peer, wire.WireError("server_error", f"{type(exc).__name__}: {exc}"[:500]))
+        if reply is not None:
+            self.send(peer, reply)
+
+    def send(self, peer: bytes, msg: wire.Message) -> None:
+        self.sock.send([peer, *wire.encode(msg)])
+
+    def refuse(self, peer: bytes, exc: wire.WireError) -> wire.Error:
+        self.counters.errors[exc.code] += 1
+        self.throttle.warning(f"error:{exc.code}", "refused a message from %s: %s (%d %s so far)",
+                              self.peer_name(peer), exc, self.counters.errors[exc.code], exc.code)
+        return wire.Error(exc.code, exc.detail)
+
+    def peer_name(self, peer: bytes) -> str:
+        named = next((s.name for s in self.sessions.values() if s.peer == peer), None)
+        return repr(named) if named else f"connection {peer.hex()}"
+
+    def dispatch(self, peer: bytes, msg: wire.Message, now: float) -> wire.Message | None:
+        if isinstance(msg, wire.Ping):
+            c = self.counters
+            return wire.Pong(self.version, c.accepted, c.rejected, sum(c.errors.values()))
+        if isinstance(msg, wire.Hello):
+            return self.hello(peer, msg, now)
+        if isinstance(msg, (wire.Pull, wire.Push, wire.Bye)):
+            sess = self.session_of(peer, msg.session)
+            if isinstance(msg, wire.Pull):
+                return self.params_message(sess, now)
+            if isinstance(msg, wire.Push):
+                return self.push(sess, msg, now)
+            self.retire(sess, "said BYE")
+            return None
+        raise wire.WireError("unexpected_type", f"the PS does not take {type(msg).__name__.upper()} messages")
+
+    # ---- sessions ----------------------------------------------------------------------------------------
+
+    def hello(self, peer: bytes, msg: wire.Hello, now: float) -> wire.Welcome:
+        if not hmac.compare_digest(msg.token.encode(), self.token):
+            raise wire.WireError("bad_token", "HELLO with a wrong run token")
+        if msg.name in self.by_name:
+            self.retire(self.sessions[self.by_name[msg.name]], "said HELLO again")
+        session = secrets.randbits(63) | 1
+        self.sessions[session] = Session(session, msg.name, msg.index, peer)
+        self.by_name[msg.name] = session
+        if self.t0 is None:
+            self.start_clock(now)
+        self.log.info("worker %r (index %d) joined: session %016x", msg.name, msg.index, session)
+        return wire.Welcome(session, self.numel, self.model_digest, self.config_digest, stop=self.ended is not None)
+
+    def start_clock(self, now: float) -> None:
+        """Run time is the controller's (its `elapsed_s`), so curves, budgets and time_to_target_s count from
+        the run's start, and a resumed PS continues the same clock."""
+        elapsed = self.run_elapsed()
+        self.t0 = now - (elapsed or 0.0)
+        self.log.info("run clock at %.1f s (%s)", elapsed or 0.0, "the controller's" if elapsed is not None
+                      else "no controller clock: counting from the first HELLO")
+
+    def run_time(self, now: float) -> float:
+        return 0.0 if self.t0 is None else now - self.t0
+
+    def session_of(self, peer: bytes, session: int) -> Session:
+        sess = self.sessions.get(session)
+        if sess is None:
+            raise wire.WireError("unknown_session", f"no session {session:016x} (the PS restarted?): say HELLO")
+        if sess.peer != peer:
+            raise wire.WireError("session_mismatch", f"session {session:016x} belongs to another connection")
+        return sess
+
+    def retire(self, sess: Session, why: str) -> None:
+        self.sessions.pop(sess.id, None)
+        if self.by_name.get(sess.name) == sess.id:
+            del self.by_name[sess.name]
+        self.barrier.forget(sess.id)
+        self.bounds.forget(sess.id)
+        self.log.info("worker %r: session %016x closed (%s)", sess.name, sess.id, why)
+
+    def everyone_told(self) -> bool:
+        return all(s.told_stop for s in self.sessions.values())
+
+    # ---- parameters out ----------------------------------------------------------------------------------
+
+    def current_snapshot(self) -> Tensor:
+        if self.snapshot is None:
+            self.snapshot = self.params.clone()
+        return self.snapshot
+
+    def parameters_for(self, sess: Session, now: float) -> tuple[Encoded, bool]:
+        """(payload, is a delta) that bring this worker to the current version; records what was sent."""
+        payload, delta = None, False
+        if self.codec != "none" and sess.replica is not None:
+            try:
+                payload = encode(self.params - sess.replica, self.codec, self.ratio)
+                wire.apply_parameters(sess.replica, payload, delta=True)
+                delta = True
+            except ValueError as exc:  # fp16 overflow of a large delta: dense instead
+                self.throttle.warning(f"dense:{sess.id}", "worker %r gets dense parameters: %s", sess.name, exc)
+                payload = None
+        if payload is None:
+            payload = Encoded("none", self.numel, {"values": self.current_snapshot()})
+            if self.codec != "none":
+                sess.replica = self.current_snapshot().clone()
+        sess.sent_version, sess.sent_at = self.version, now
+        if self.ended is None:
+            self.barrier.expect(sess.id)
+        else:
+            sess.told_stop = True
+        return payload, delta
+
+    def params_message(self, sess: Session, now: float) -> wire.Params:
+        payload, delta = self.parameters_for(sess, now)
+        return wire.Params(self.version, payload, delta, stop=self.ended is not None)
+
+    def ack(self, sess: Session, accepted: bool, s: int, now: float) -> wire.Ack:
+        payload, delta = self.parameters_for(sess, now)
+        return wire.Ack(self.version, accepted, s, payload, delta, stop=self.ended is not None)
+
+    # ---- updates in -------------------------------------------------------------------------------------
+
+    def push(self, sess: Session, msg: wire.Push, now: float) -> wire.Ack | None:
+        if msg.update.codec != self.codec:
+            raise wire.WireError("wrong_codec", f"update in codec {msg.update.codec}; this run uses {self.codec}")
+        try:
+            s = staleness(self.version, msg.base_version)
+        except ValueError as exc:
+            raise wire.WireError("bad_version", str(exc)) from None
+        self.counters.staleness[s] += 1
+        if self.ended is not None:
+            return self.ack(sess, False, s, now)
+        round_s = now - sess.sent_at if msg.base_version == sess.sent_version else None
+        update = msg.update.arrays["values"] if self.codec == "none" else decode(msg.update)
+        row = Row(sess.id, s, update, msg.train_loss)
+        protocol = self.ml.staleness.protocol
+        if protocol == "sync":
+            if s == 0 and self.barrier.arrive(sess.id, row, now):
+                self.count_accepted(sess, s, None)
+                if self.barrier.due(now):
+                    self.close_round(now)
+                return None  # the ACK goes out when the round closes
+            return self.reject(sess, s, 0, now)
+        if protocol == "async":
+            bound = self.ml.staleness.bound
+        else:
+            bound, changed = self.bounds.judge(sess.id, round_s, self.rate.rate())
+            if changed:
+                estimate = self.bounds.estimates.get(sess.id)
+                self.throttle.info(f"bound:{sess.id}", "worker %r: staleness bound now %d (round %.3f s, deviation "
+                                   "%.3f s, %.2f versions/s)", sess.name, bound, estimate.round_s if estimate else 0,
+                                   estimate.dev_s if estimate else 0, self.rate.rate())
+        if not accept(s, bound):
+            return self.reject(sess, s, bound, now)
+        self.count_accepted(sess, s, bound)
+        full = self.window.add(row)
+        if full is not None:
+            self.step(full, now)
+        return self.ack(sess, True, s, now)
+
+    def count_accepted(self, sess: Session, s: int, bound: int | None) -> None:
+        self.counters.accepted += 1
+        self.counters.staleness_sum += s
+        self.throttle.info(f"update:{sess.id}", "update from %r accepted: staleness %d%s, version %d", sess.name, s,
+                           "" if bound is None else f" (bound {bound})", self.version)
+
+    def reject(self, sess: Session, s: int, bound: int, now: float) -> wire.Ack:
+        self.counters.rejected += 1
+        self.throttle.info(f"reject:{sess.id}", "update from %r refused: staleness %d > bound %d; fresh parameters "
+                           "(version %d) sent", sess.name, s, bound, self.version)
+        return self.ack(sess, False, s, now)
+
+    def close_round(self, now: float) -> None:
+        took = now - self.barrier.first_arrival
+        pairs, stragglers = self.barrier.close()
+        self.barrier.open(self.version + 1)
+        self.step([row for _, row in pairs], now)
+        names = sorted(self.sessions[s].name for s in stragglers if s in self.sessions)
+        self.throttle.info("round", "round of version %d closed %.2f s after its first update: %d updates%s",
+                           self.version - 1, took, len(pairs), f"; stragglers dropped: {', '.join(names)}" if names else "")
+        for session, _ in pairs:
+            sess = self.sessions.get(session)
+            if sess is not None:
+                self.send(sess.peer, self.ack(sess, True, 0, now))
+
+    def step(self, rows: list[Row], now: float) -> None:
+        ml = self.ml
+        updates = rows[0].update.unsqueeze(0) if len(rows) == 1 else torch.stack([r.update for r in rows])
+        if ml.privacy.clip_norm is not None:
+            updates, _ = clip_updates(updates, ml.privacy.clip_norm)
+        scales = [lr_scale(r.staleness) if ml.staleness.scale_lr else 1.0 for r in rows]
+        if any(scale != 1.0 for scale in scales):
+            updates = updates * torch.tensor(scales).unsqueeze(1)
+        value = aggregate(ml.aggregation.rule, updates, ml.aggregation.f, ml.aggregation.multi_krum_m).value
+        if ml.privacy.noise_multiplier > 0:
+            value = add_noise(value, noise_std(ml.privacy.noise_multiplier, ml.privacy.clip_norm, len(rows)), self.noise)
+        self.optimizer.step(self.params, value)
+        self.version += 1
+        self.snapshot = None
+        self.rate.record(now, self.version)
+        self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
+        budget = ml.budget
+        evaluated = self.version % budget.eval_every == 0
+        if self.curve is not None:
+            self.curve.version(self.curve_row(now), evaluated)
+        if evaluated:
+            self.submit_evaluation(now)
+        if self.version % budget.checkpoint_every == 0:
+            self.save_checkpoint()
+        if self.version >= budget.max_versions:
+            self.finish(f"max_versions {budget.max_versions} reached", now)
+
+    # ---- evaluation, budget, end ---------------------------------------------------------------------
+
+    def curve_row(self, now: float) -> dict:
+        c = self.counters
+        return {"t_s": round(self.run_time(now), 3), "version": self.version,
+                "train_loss": self.recent_train[-1] if self.recent_train else None,
+                "updates_accepted": c.accepted, "updates_rejected": c.rejected, "mean_staleness": self.mean_staleness(),
+                "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down()}
+
+    def evaluate_initial(self) -> None:
+        """The first evaluation of a fresh run: version 0, the run's initial loss, at t = 0."""
+        if self.curve is not None:
+            self.curve.version(self.curve_row(0.0), evaluated=True)
+        self.eval_times[0] = 0.0
+        self.evaluator.submit(0, self.current_snapshot())
+
+    def submit_evaluation(self, now: float) -> None:
+        self.eval_times[self.version] = self.run_time(now)
+        self.evaluator.submit(self.version, self.current_snapshot())
+
+    def on_evaluation(self, version: int, loss: float, now: float) -> None:
+        t = self.eval_times.pop(version, self.run_time(now))
+        if self.curve is not None:
+            self.curve.val_loss(version, loss)
+        if loss != loss:  # NaN: the evaluation failed
+            self.log.error("evaluation of version %d failed", version)
+            return
+        if self.initial_val_loss is None:
+            self.initial_val_loss = loss
+        self.last_val = (version, loss)
+        train = self.recent_train[-1] if self.recent_train else float("nan")
+        self.log.info("eval version %d: val_loss %.4f (train %.4f) at t=%.1f s", version, loss, train, t)
+        target = self.ml.budget.target_val_loss
+        if target is not None and loss <= target and self.time_to_target_s is None:
+            self.time_to_target_s = t
+            self.finish(f"target_val_loss {target:g} reached at version {version} ({loss:.4f})", now)
+
+    def finish(self, reason: str, now: float) -> None:
+        """End the run: STOP to everyone from now on, a last evaluation, checkpoint, the `done` report."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        self.log.info("run over: %s", reason)
+        for session, _ in self.barrier.arrived.items():  # sync: workers waiting on an open round
+            sess = self.sessions.get(session)
+            if sess is not None:
+                self.send(sess.peer, self.ack(sess, False, 0, now))
+        self.barrier.open(self.version)
+        evaluated = self.version in self.eval_times or (self.last_val is not None and self.last_val[0] == self.version)
+        if not evaluated:
+            if self.curve is not None:
+                self.curve.version(self.curve_row(now), evaluated=True)
+            self.submit_evaluation(now)
+        for version, loss in self.evaluator.results(wait=True):
+            self.on_evaluation(version, loss, now)
+        self.save_checkpoint()
+        self.close_files()
+        self.log_totals()
+        if self.reporter is not None:
+            self.reporter.final(self.report_body(done=True))
+        self.linger_until = time.monotonic() + LINGER_S
+
+    def shutdown(self) -> None:
+        """SIGTERM: keep what the run has (checkpoint, files, a report without `done`) and leave."""
+        self.log.info("stopping at version %d (signal)", self.version)
+        if self.ended is None:
+            self.save_checkpoint()
+            self.close_files()
+            if self.reporter is not None:
+                self.reporter.final(self.report_body(done=False))
+
+    def close_files(self) -> None:
+        if self.curve is not None:
+            self.curve.staleness(dict(self.counters.staleness))
+            self.curve.close()
+            self.curve = None
+
+    def log_totals(self) -> None:
+        c = self.counters
+        self.log.info("totals: version %d, %d accepted, %d refused, mean staleness %.2f, %.1f MB up, %.1f MB down, "
+                      "errors %s", self.version, c.accepted, c.rejected, self.mean_staleness(), self.bytes_up() / 1e6,
+                      self.bytes_down() / 1e6, dict(c.errors) or "none")
+        for sess in self.sessions.values():
+            sent, received = self.sock.by_peer.get(sess.peer, (0, 0))
+            self.log.info("worker %r: %.1f MB up, %.1f MB down", sess.name, received / 1e6, sent / 1e6)
+
+    # ---- figures -----------------------------------------------------------------------------------------
+
+    def mean_staleness(self) -> float:
+        c = self.counters
+        return c.staleness_sum / c.accepted if c.accepted else 0.0
+
+    def bytes_up(self) -> int:
+        return self.counters.bytes_up + self.sock.received
+
+    def bytes_down(self) -> int:
+        return self.counters.bytes_down + self.sock.sent
+
+    def report_body(self, done: bool) -> dict:
+        c = self.counters
+        final_val = self.last_val[1] if self.last_val else None
+        return {
+            "version": self.version, "updates_accepted": c.accepted, "updates_rejected": c.rejected,
+            "mean_staleness": self.mean_staleness(), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(),
+            "initial_val_loss": self.initial_val_loss, "final_val_loss": final_val,
+            "final_train_loss": sum(self.recent_train) / len(self.recent_train) if self.recent_train else None,
+            "time_to_target_s": self.time_to_target_s, "window": self.window_size, "done": done,
+            "reason": self.ended,
+        }
