@@ -91,6 +91,7 @@ def test_table_rows_hold_the_statistics_of_ok_runs(report):
     assert (satellite["duration"], satellite["completed"], satellite["pending"]) == ("30.0", "30.0", "10.0")
     assert (sync_high["runs"], sync_high["acceptance"], sync_high["val"], sync_high["ttt"]) == ("2/2", "90 %", "2.500", "50.0 (1/2)")
     assert async_lan["ttt"] == "–"
+    assert (async_lan["completed"], async_lan["pending"]) == ("–", "–")  # tasks are basic mode's
     assert len(report.glance) == 5
 
 
