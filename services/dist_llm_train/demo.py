@@ -88,6 +88,7 @@ class LocalRun:
             "RUNS_DIR": str(self.runs_dir),
             "CHECKPOINT_DIR": str(self.tmp / "checkpoints"),
             "LINK_GATE": "0",
+            "NETEM_PROFILE": "",  # loopback: nothing is emulated, and the row says so
             "WORKERS": str(config.workers.count),
         }
         self.env.pop("WORKER_INDEX", None)

@@ -20,7 +20,7 @@ KNOWN_WEAK_TOKENS = {"changeme", "change-me", "token", "secret", "password", "te
 class Settings:
     run_token: str  # RUN_TOKEN: shared secret every worker, PS and sidecar presents to the controller
     config_path: Path  # CONFIG: the run config (YAML)
-    profile: str  # NETEM_PROFILE: name of the WAN preset under netem/ (recorded in the CSV row)
+    profile: str  # NETEM_PROFILE: WAN preset under netem/ (recorded in the CSV row); "" = no emulation (local runs)
     controller_url: str  # CONTROLLER_URL
     ps_address: str  # PS_ADDRESS: ZeroMQ endpoint of the parameter server
     runs_dir: Path  # RUNS_DIR: where CSV rows and provenance JSON land
