@@ -34,6 +34,7 @@ class Settings:
     log_level: str = "INFO"  # LOG_LEVEL: debug, info, warning, error
     worker_index: int | None = None  # WORKER_INDEX: a worker's index outside compose (else from Docker's DNS)
     torch_threads: int | None = None  # TORCH_THREADS: torch intra-op threads per process; unset = every core
+    linger: bool = False  # WORKER_LINGER=1: a worker stays up, idle, after the run (its link stays measurable)
 
 
 def check_token(token: str) -> str:
@@ -65,7 +66,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
     return Settings(
         run_token=check_token(token),
         config_path=Path(env.get("CONFIG", "configs/basic_demo.yaml")),
-        profile=env.get("NETEM_PROFILE", "lan"),
+        profile=env.get("NETEM_PROFILE", ""),
         controller_url=env.get("CONTROLLER_URL", "http://controller:8000").rstrip("/"),
         ps_address=env.get("PS_ADDRESS", "tcp://ps:5555"),
         runs_dir=Path(env.get("RUNS_DIR", "runs")),
@@ -78,6 +79,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         image_id=env.get("IMAGE_ID") or None,
         log_level=_log_level(env.get("LOG_LEVEL", "info")),
         torch_threads=_int_or_none("TORCH_THREADS", env.get("TORCH_THREADS")),
+        linger=env.get("WORKER_LINGER", "0") == "1",
     )
 
 

@@ -202,7 +202,7 @@ def test_basic_run_finishes_when_every_task_is_done_and_writes_its_row(h, tmp_pa
     assert status["run"]["state"] == "finished"
     assert status["run"]["row_written"] is True
     assert status["tasks"]["completed"] == 3
-    assert beat == {"run_state": "finished", "alive": True, "stop": True}
+    assert beat == {"run_state": "finished", "alive": True, "stop": True, "speed_factor": 1.0}
     assert len(rows) == 1 and rows[0].parent.name == status["run"]["id"]
 
 

@@ -94,9 +94,35 @@ def test_links_row_columns_and_unhealthy_links_make_the_run_degraded(tmp_path):
     assert h.status()["run"]["state"] == "finished"
     assert row["status"] == "degraded"
     assert "delayer for dlt-worker-1 died" in row["reason"]
-    assert (row["profile"], row["netem_profile"], row["netem_seed"], row["backend"]) == ("lan", "cellular", "5",
+    assert (row["profile"], row["netem_profile"], row["netem_seed"], row["backend"]) == ("cellular", "cellular", "5",
                                                                                      "userspace")
     assert (row["measured_rtt_ms"], row["measured_loss_pct"], row["measured_mbit"]) == ("81.5", "0.5", "9.5")
+
+
+def test_profile_is_the_preset_the_run_started_under_and_netem_profile_the_latest(tmp_path):
+    h = Harness(tmp_path, link_gate=True)
+    worker = h.register()
+    h.client.post("/links", json=LINKS, headers=AUTH)
+    h.client.post("/links", json={**LINKS, "profile": "high_rtt"}, headers=AUTH)  # make up PROFILE=high_rtt mid-run
+
+    finish_all(h, worker)
+    row = the_row(tmp_path)
+
+    assert (row["profile"], row["netem_profile"]) == ("cellular", "high_rtt")
+
+
+def test_the_presets_compute_speed_reaches_each_worker_by_index(tmp_path):
+    h = Harness(tmp_path, config=make_config({"workers.count": 3}), link_gate=True)
+    workers = [h.register(name=f"w{i}", index=i) for i in range(3)]
+    before = h.client.post(f"/workers/{workers[0]}/heartbeat", json={}, headers=AUTH).json()
+    h.client.post("/links", json={**LINKS, "compute_speed": [0.25, 1.0]}, headers=AUTH)
+
+    beats = [h.client.post(f"/workers/{w}/heartbeat", json={}, headers=AUTH).json() for w in workers]
+    asked = h.next_task(workers[2])
+
+    assert before["speed_factor"] == 1.0
+    assert [b["speed_factor"] for b in beats] == [0.25, 1.0, 0.25]  # entry i mod 2
+    assert asked["speed_factor"] == 0.25
 
 
 def test_probe_figures_it_could_not_measure_are_empty_in_the_row(tmp_path):

@@ -40,6 +40,8 @@ def create_app(config: RunConfig, settings: Settings, *, scheduler: Scheduler | 
     ctl = Controller(config=config, settings=settings, store=store, run=run_state, scheduler=scheduler,
                      clock=clock, log=log)
     ctl.liveness.sidecar_heard = clock()
+    if (reported := store.report("links")) is not None:  # a restarted controller keeps the preset's factors
+        ctl.compute_speed = tuple(reported[0].get("compute_speed", (1.0,)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -26,3 +26,8 @@ class Controller:
     log: logging.Logger
     metrics: Metrics = field(default_factory=Metrics)
     liveness: Liveness = field(default_factory=Liveness)
+    compute_speed: tuple[float, ...] = (1.0,)  # the WAN preset's factors, as the sidecar last reported them
+
+    def speed_factor(self, index: int) -> float:
+        """Factor on worker `index`'s compute speed from the preset (netem/straggler.yaml slows one)."""
+        return self.compute_speed[index % len(self.compute_speed)]

@@ -10,7 +10,6 @@ import logging
 import sys
 
 from ..config import load_run_config
-from ..netem.preset import load_preset
 from ..schema import ConfigError
 from ..settings import from_env
 from ..worker.client import KEEPALIVE_S
@@ -26,9 +25,6 @@ def main(args: argparse.Namespace) -> int:
         settings = from_env()
         overrides = {} if settings.num_workers is None else {"workers.count": settings.num_workers}
         config = load_run_config(settings.config_path, overrides)
-        if settings.profile:  # the WAN preset may slow some workers' compute too (netem/straggler.yaml)
-            preset = load_preset(settings.profile, settings.netem_dir)
-            config = config.model_copy(update={"workers": config.workers.with_speed_factors(preset.compute_speeds)})
     except ConfigError as exc:
         print(f"controller: refused: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ Requests refuse unknown fields and non-finite numbers (422), so a typo in a clie
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,7 @@ class HeartbeatOut(BaseModel):
     run_state: str
     alive: bool
     stop: bool
+    speed_factor: float = Field(1.0, description="the WAN preset's factor on this worker's compute speed")
 
 
 class NextTaskIn(RequestBody):
@@ -75,6 +76,7 @@ class NextTaskOut(BaseModel):
     task: TaskOut | None
     retry_after_s: float
     run_state: str
+    speed_factor: float = Field(1.0, description="the WAN preset's factor on this worker's compute speed")
 
 
 class CompleteOut(BaseModel):
@@ -99,6 +101,8 @@ class LinksIn(RequestBody):
     problems: list[str]
     links: dict[str, dict[str, Any]]
     probe: Probe | None
+    compute_speed: list[Annotated[float, Field(gt=0)]] = Field(
+        [1.0], min_length=1, description="the preset's factor on worker i's compute speed, entry i mod len")
 
 
 class PsReportIn(RequestBody):

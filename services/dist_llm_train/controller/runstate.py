@@ -135,7 +135,8 @@ class Run:
         return {
             "config": config.name,
             "mode": config.mode,
-            "profile": self.settings.profile,
+            # the preset the run started under; netem_profile: the latest (PROFILE may change mid-run)
+            "profile": self._report("links_at_start").get("profile", self.settings.profile),
             "netem_profile": links.get("profile"),
             "netem_seed": links.get("seed"),
             "window": ps.get("window"),

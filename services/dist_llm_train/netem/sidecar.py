@@ -410,7 +410,7 @@ class Sidecar:
     def report(self) -> dict:
         return {"profile": self.preset.name, "backend": self.backend.name, "seed": self.seed,
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
-                "links": self.links_report(), "probe": self.probe}
+                "links": self.links_report(), "probe": self.probe, "compute_speed": list(self.preset.compute_speeds)}
 
     def snapshot(self) -> None:
         """The state file (for --health and verify) now, and the body the reporter sends next."""
@@ -611,6 +611,8 @@ def main(args: argparse.Namespace) -> int:
             dry_run(preset, backend, why, args.workers, args.ps)
             return 0
         settings = settings_module.from_env()
+        if not (args.profile or settings.profile):
+            raise ConfigError("NETEM_PROFILE: not set (make up passes PROFILE)")
         preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir))
         backend, why = choose(args.backend or os.environ.get("NETEM_BACKEND", "auto"))
         project = os.environ["COMPOSE_PROJECT"]

@@ -48,11 +48,13 @@ class Agent:
         self.bytes_up = 0
         self.bytes_down = 0
         self.tasks_done = 0
+        self.speed_factor = 1.0  # from the preset, updated by every heartbeat and next-task answer
 
     @property
     def speed(self) -> float:
+        """The config's speed for this index times the WAN preset's factor (the controller relays it)."""
         speeds = self.config["workers"]["speed"]
-        return speeds[self.index % len(speeds)]
+        return speeds[self.index % len(speeds)] * self.speed_factor
 
     def run(self) -> int:
         heartbeats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
@@ -134,6 +136,7 @@ class Agent:
                 self.stopping.set()
                 return
             self._rtt_ms = (time.perf_counter() - sent) * 1000
+            self.speed_factor = answer.get("speed_factor", 1.0)
             if answer["stop"]:
                 self.log.info("controller says stop (run %s)", answer["run_state"])
                 self.stopping.set()
@@ -152,6 +155,7 @@ class Agent:
             worker_id = self.worker_id
             try:
                 answer = self.client.post_json(f"/workers/{worker_id}/next-task")
+                self.speed_factor = answer.get("speed_factor", 1.0)
                 if answer["run_state"] not in LIVE_STATES:
                     self.log.info("run %s", answer["run_state"])
                     return

@@ -6,8 +6,6 @@ makes every second worker a 4x straggler whatever the worker count.
 
 from __future__ import annotations
 
-import math
-
 from pydantic import Field, field_validator
 
 from ..schema import Section, check_range
@@ -33,15 +31,6 @@ class WorkersConfig(Section):
         if any(v <= 0 for v in values):
             raise ValueError("every entry must be > 0")
         return values
-
-    def with_speed_factors(self, factors: list[float]) -> "WorkersConfig":
-        """These workers with speed i multiplied by factors[i mod len] (a WAN preset's compute_speed);
-        the result cycles over lcm(len(speed), len(factors)) entries so every pairing is kept."""
-        if all(f == 1.0 for f in factors):
-            return self
-        period = math.lcm(len(self.speed), len(factors))
-        speed = [self.speed[i % len(self.speed)] * factors[i % len(factors)] for i in range(period)]
-        return self.model_copy(update={"speed": speed})
 
     def entry(self, values: list, index: int):
         """The value of a per-worker list for worker `index`."""

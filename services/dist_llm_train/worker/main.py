@@ -35,4 +35,11 @@ def main(args: argparse.Namespace) -> int:
     # the controller requeues the task after heartbeat_timeout_s
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-    return Agent(settings, name, index, logging.getLogger(name)).run()
+    log = logging.getLogger(name)
+    code = Agent(settings, name, index, log).run()
+    if code == 0 and settings.linger:
+        # compose keeps the container (and its emulated link) up for `make verify` until `make down`
+        log.info("idle until the stack stops")
+        while True:
+            signal.pause()
+    return code

@@ -18,11 +18,14 @@ async def links(body: LinksIn, ctl: Ctl) -> Empty:
     previous = ctl.store.report("links")
     with ctl.store.transaction():
         ctl.store.save_report("links", body.model_dump(mode="json"), now)
+        if body.ready and ctl.run.state == "waiting":
+            ctl.store.save_report("links_at_start", body.model_dump(mode="json"), now)
         if body.ready:
             ctl.run.start(f"netem sidecar reports the links ready: profile {body.profile}, backend {body.backend}")
         if not body.healthy and ctl.run.state == "running":
             ctl.run.degrade("links unhealthy: " + ("; ".join(body.problems) or "no detail given"))
     ctl.liveness.sidecar_heard = now
+    ctl.compute_speed = tuple(body.compute_speed)
     if previous is None or previous[0].get("healthy") != body.healthy:
         ctl.log.info("links report: profile %s, backend %s, ready %s, healthy %s%s", body.profile, body.backend,
                      body.ready, body.healthy, f", problems: {body.problems}" if body.problems else "")

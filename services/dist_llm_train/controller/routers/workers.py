@@ -42,7 +42,8 @@ async def heartbeat(worker: LiveWorker, body: HeartbeatIn, ctl: Ctl) -> Heartbea
     if body.telemetry is not None:
         record(ctl, worker["worker_id"], body.telemetry, now)
     state = ctl.run.state
-    return HeartbeatOut(run_state=state, alive=True, stop=state in END_STATES)
+    return HeartbeatOut(run_state=state, alive=True, stop=state in END_STATES,
+                        speed_factor=ctl.speed_factor(worker["idx"]))
 
 
 @router.post("/{worker_id}/telemetry", response_model=Empty)
@@ -56,15 +57,16 @@ async def next_task(worker: LiveWorker, body: NextTaskIn, ctl: Ctl) -> NextTaskO
     """The worker's task (a scheduling cycle runs if it holds none), or null and when to ask again."""
     state = ctl.run.state
     retry = ctl.config.controller.heartbeat_interval_s / 2
+    factor = ctl.speed_factor(worker["idx"])
     if state != "running":
-        return NextTaskOut(task=None, retry_after_s=retry, run_state=state)
+        return NextTaskOut(task=None, retry_after_s=retry, run_state=state, speed_factor=factor)
     row = dispatch.next_task(ctl, worker["worker_id"], ctl.clock())
     task = None if row is None else TaskOut(
         task_id=row["task_id"], lease=row["lease"], kind=row["kind"], tokens=row["tokens"],
         priority=row["priority"], memory_mb=row["memory_mb"], input_kb=row["input_kb"],
         output_kb=row["output_kb"], shard=row["shard"],
         num_shards=ctl.config.workers.count if row["kind"] == "shard" else None)
-    return NextTaskOut(task=task, retry_after_s=retry, run_state=state)
+    return NextTaskOut(task=task, retry_after_s=retry, run_state=state, speed_factor=factor)
 
 
 def record(ctl: Controller, worker_id: str, sample: TelemetryIn, now: float) -> None:
