@@ -62,7 +62,7 @@ from torch import Tensor
 
 from .. import wire
 from ..config import RunConfig
-from ..ml.codecs import Encoded, decode, encode, nbytes
+from ..ml.codecs import Encoded, all_finite, decode, encode, nbytes
 from ..ml.data import load_corpus, split, validation_batches
 from ..ml.model import build_model, count_parameters
 from ..ml.train import flat_parameters
@@ -79,6 +79,7 @@ from .staleness import accept, lr_scale, staleness
 LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
 POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
 RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
+IO_THREADS = 2  # ZeroMQ threads moving the PS's bytes (kernel copies), beside the loop's own thread
 
 
 def rule_window(config: RunConfig) -> tuple[int, int, str]:
@@ -196,7 +197,7 @@ class ParameterServer:
         self.evaluator = Evaluator(model, batches)
         self.curve = Curve(run_dir, ml.budget.max_versions) if run_dir is not None else None
 
-        self.context = zmq.Context()
+        self.context = zmq.Context(io_threads=IO_THREADS)
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)  # a single frame above the limit: dropped by ZeroMQ
         sock.setsockopt(zmq.LINGER, 2000)  # the last STOP replies still go out on close
@@ -518,16 +519,23 @@ class ParameterServer:
         scales = [lr_scale(r.staleness) if ml.staleness.scale_lr else 1.0 for r in rows]
         if any(scale != 1.0 for scale in scales):
             updates = updates * torch.tensor(scales).unsqueeze(1)
-        value = aggregate(ml.aggregation.rule, updates, ml.aggregation.f, ml.aggregation.multi_krum_m).value
+        if len(rows) == 1:  # every rule whose condition holds for one row returns that row: skip a pass over it
+            value = updates[0]
+        else:
+            value = aggregate(ml.aggregation.rule, updates, ml.aggregation.f, ml.aggregation.multi_krum_m).value
         if ml.privacy.noise_multiplier > 0:
             value = add_noise(value, noise_std(ml.privacy.noise_multiplier, ml.privacy.clip_norm, len(rows)), self.noise)
         self.optimizer.step(self.params, value)
         self.version += 1
         self.snapshot = None
-        self.rate.record(now, self.version)
-        self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
         budget = ml.budget
         evaluated = self.version % budget.eval_every == 0
+        # Finite updates can still overflow the parameters; checked where a loss is measured anyway, not per step.
+        if evaluated and not all_finite(self.params):
+            self.finish(f"failed: the parameters diverged (NaN or Inf) by version {self.version}", now)
+            return
+        self.rate.record(now, self.version)
+        self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
         if self.curve is not None:
             self.curve.version(self.curve_row(now), evaluated)
         if evaluated:

@@ -1,0 +1,262 @@
+"""`dist-llm-train bench ps`: parameter-server throughput, wire efficiency, and (with --wan) time to target.
+
+(1) Throughput: the real ParameterServer (async, window 1, mean, SGD; evaluation and checkpoints off) on
+loopback, and 8 worker processes that push one precomputed update of the default model (938,240
+parameters) as fast as the PS answers, each taking the parameters of every ACK (decoded and checked, as a
+worker does). Accepted-and-applied updates per second over `--seconds`, after a warm-up, from the PS's own
+version counter; beside it the physical bound of this machine: memcpy bandwidth (one large tensor copy,
+measured in the same run) / bytes on the socket per update (up + down). Dense fp32 and top-k 1 %.
+
+(2) Wire efficiency: bytes on the socket (frames + ZMTP frame headers, as `wire.CountingSocket` counts) of one
+PUSH per codec against the dense fp32 payload, and the framing's share; then the validation loss each codec
+reaches in the same number of PS versions on a small model (real runs: controller, PS and 2 workers as local
+processes, sync, so every codec sees the same schedule), against dense.
+
+(3) `--wan`: time to target and compute utilization under the emulated `lan` and `high_rtt` links for sync
+dense, async dense, async top-k and local steps H = 50: experiments/bench_ps.yaml run through the experiment
+runner (compose stacks, Docker needed; about 20 minutes), then the table from the rows it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from .. import wire
+from ..config import RunConfig, load_run_config
+from ..ml.codecs import LAYOUT, encode, nbytes
+
+REPO = Path(__file__).resolve().parents[3]
+TOKEN = "bench-ps-token-0123456789"
+THROUGHPUT_CONFIG = {
+    "name": "bench_ps", "mode": "ml", "seed": 0, "workers": {"count": 8},
+    "ml": {"staleness": {"protocol": "async", "bound": 1000}, "aggregation": {"rule": "mean", "window": 1},
+           "budget": {"max_versions": 10**9, "max_time_s": 10**6, "eval_every": 10**9, "checkpoint_every": 10**9}},
+}
+WAN_MATRIX = "experiments/bench_ps.yaml"
+PARITY_CONFIG = REPO / "configs" / "ml_ci.yaml"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=8, help="pushing processes in the throughput test")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per throughput case")
+    parser.add_argument("--parity-versions", type=int, default=300, help="PS versions of each codec's run in (2)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "wire", "parity"],
+                        help="parts to leave out")
+    parser.add_argument("--wan", action="store_true", help="also run experiments/bench_ps.yaml (Docker) and print (3)")
+    parser.add_argument("--runs", default="runs", help="--wan: the runs folder of the experiment runner")
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    if "throughput" not in args.skip:
+        print_throughput(args.workers, args.seconds)
+    if "wire" not in args.skip:
+        print_wire_sizes()
+    if "parity" not in args.skip:
+        print_parity(args.parity_versions)
+    if args.wan:
+        return run_wan(Path(args.runs))
+    return 0
+
+
+# ---- (1) throughput -------------------------------------------------------------------------------------
+
+def memcpy_gb_s(megabytes: int = 256, runs: int = 7) -> float:
+    """Best of `runs` copies of one tensor far larger than the caches, in GB/s (read + write counted once)."""
+    src = torch.ones(megabytes << 18)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return src.numel() * 4 / best / 1e9
+
+
+def push_forever(address: str, codec: str, index: int, stop: Any) -> None:
+    """A lightweight worker: one precomputed update, pushed again as soon as each ACK is in. It reads only
+    the ACK's header (the version to push against next): on 2 cores, a worker's own checks and copies of
+    the parameters would take CPU from the PS being measured."""
+    torch.set_num_threads(1)
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.connect(address)
+
+    def ask(msg: wire.Message) -> list[zmq.Frame]:
+        sock.send_multipart(wire.encode(msg), copy=False)
+        return sock.recv_multipart(copy=False)
+
+    welcome = wire.decode(ask(wire.Hello(TOKEN, f"bench-{index}", index)), max_bytes=1 << 16, numel=None)
+    version = header_version(ask(wire.Pull(welcome.session)))
+    update = encode(torch.randn(welcome.numel, generator=torch.Generator().manual_seed(index)) * 1e-3, codec, 0.01)
+    push = wire.Push(welcome.session, version, update, 3.0, 0.0, 32)
+    while not stop.is_set():
+        version = header_version(ask(dataclasses.replace(push, base_version=version)))
+    sock.close(linger=0)
+    context.term()
+
+
+def header_version(frames: list[zmq.Frame]) -> int:
+    return wire.HEADER.unpack_from(frames[0].buffer)[-1]
+
+
+def throughput_config(codec: str) -> RunConfig:
+    data = json.loads(json.dumps(THROUGHPUT_CONFIG))
+    data["ml"]["compression"] = {"codec": codec, "ratio": 0.01}
+    return RunConfig.model_validate(data)
+
+
+def measure_throughput(codec: str, workers: int, seconds: float) -> dict[str, float]:
+    from ..ps.server import ParameterServer
+
+    log = logging.getLogger("bench-ps")
+    log.setLevel(logging.WARNING)
+    port = free_port()
+    server = ParameterServer(throughput_config(codec), TOKEN, f"tcp://127.0.0.1:{port}", log)
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    procs = [spawn.Process(target=push_forever, args=(f"tcp://127.0.0.1:{port}", codec, i, stop), daemon=True)
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        wait_for(lambda: server.version > 20 * workers, 120, "the workers to start pushing")
+        time.sleep(1.0)  # warm-up
+
+        def sample() -> tuple[float, int, int, float, float]:
+            return (time.perf_counter(), server.version, server.bytes_up() + server.bytes_down(), time.process_time(),
+                    sum(cpu_seconds(p.pid) for p in procs))
+
+        start = sample()
+        time.sleep(seconds)
+        end = sample()
+    finally:
+        stop.set()
+        server.request_stop()
+        serving.join(timeout=30)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    updates = max(1, end[1] - start[1])
+    return {"updates_per_s": updates / (end[0] - start[0]), "bytes_per_update": (end[2] - start[2]) / updates,
+            "ps_cpu_ms": 1000 * (end[3] - start[3]) / updates, "workers_cpu_ms": 1000 * (end[4] - start[4]) / updates}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def print_throughput(workers: int, seconds: float) -> None:
+    bandwidth = memcpy_gb_s()
+    print(f"(1) PS throughput: {workers} workers on loopback, default model, async window 1; "
+          f"memcpy {bandwidth:.2f} GB/s on this machine")
+    print(f"{'codec':<10} {'updates/s':>10} {'bytes/update':>14} {'bound/s':>10} {'of bound':>9} "
+          f"{'PS CPU ms/upd':>14} {'workers CPU ms/upd':>19}")
+    for codec in ("none", "topk"):
+        got = measure_throughput(codec, workers, seconds)
+        bound = bandwidth * 1e9 / got["bytes_per_update"]
+        print(f"{codec:<10} {got['updates_per_s']:>10.1f} {got['bytes_per_update']:>14,.0f} {bound:>10.1f} "
+              f"{100 * got['updates_per_s'] / bound:>8.1f}% {got['ps_cpu_ms']:>14.2f} {got['workers_cpu_ms']:>19.2f}",
+              flush=True)
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes take their share)")
+
+
+# ---- (2) wire efficiency ----------------------------------------------------------------------------------
+
+def print_wire_sizes() -> None:
+    numel = 938_240
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(0)) * 1e-3
+    dense = 4 * numel
+    print(f"\n(2a) bytes on the socket per PUSH, d = {numel:,} (dense fp32 payload {dense:,} bytes)")
+    print(f"{'codec':<12} {'payload':>10} {'on socket':>10} {'of dense':>9} {'framing':>8} {'of payload':>10}")
+    for codec, ratio in (("none", 1.0), ("fp16", 1.0), ("int8", 1.0), ("topk", 0.01), ("topk", 0.001)):
+        enc = encode(x, codec, ratio)
+        on_socket = wire.wire_bytes(wire.encode(wire.Push(1, 0, enc, 3.0, 0.1, 32)))
+        framing = on_socket - nbytes(enc)
+        name = codec if codec != "topk" else f"topk {ratio:.1%}"
+        print(f"{name:<12} {nbytes(enc):>10,} {on_socket:>10,} {100 * on_socket / dense:>8.2f}% {framing:>8} "
+              f"{100 * framing / nbytes(enc):>9.3f}%")
+
+
+def print_parity(versions: int) -> None:
+    from ..demo import LocalRun
+
+    print(f"\n(2b) validation loss after {versions} versions, {PARITY_CONFIG.relative_to(REPO)} (sync, 3 workers)")
+    print(f"{'codec':<10} {'val loss':>9} {'vs dense':>9} {'MB up':>8} {'MB down':>8}")
+    dense_loss = None
+    for codec in LAYOUT:
+        overrides = {"ml.compression.codec": codec, "ml.staleness.protocol": "sync",
+                     "ml.budget.max_versions": versions, "ml.budget.max_time_s": 600.0,
+                     "ml.budget.target_val_loss": None, "ml.budget.eval_every": versions, "timeout_s": 900.0}
+        config = load_run_config(PARITY_CONFIG, overrides)
+        with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "log", "w") as log:
+            with LocalRun(config, Path(tmp) / "runs", output=log) as run:
+                run.start()
+                final = run.wait_end(config.timeout_s)
+            row = next(csv.DictReader(open(Path(tmp) / "runs" / final["run"]["id"] / "row.csv")))
+        loss = float(row["final_val_loss"])
+        dense_loss = dense_loss or loss
+        print(f"{codec:<10} {loss:>9.4f} {100 * (loss / dense_loss - 1):>+8.1f}% {int(row['bytes_up']) / 1e6:>8.2f} "
+              f"{int(row['bytes_down']) / 1e6:>8.2f}", flush=True)
+
+
+# ---- (3) time to target under emulated WAN links -----------------------------------------------------------
+
+def run_wan(runs_dir: Path) -> int:
+    command = [sys.executable, "-m", "dist_llm_train", "run-experiments", "--matrix", WAN_MATRIX, "--runs", str(runs_dir)]
+    print(f"\n(3) {' '.join(command[2:])}", flush=True)
+    code = subprocess.call(command, cwd=REPO)
+    print_wan_table(runs_dir)
+    return code
+
+
+def print_wan_table(runs_dir: Path) -> None:
+    done = json.loads((runs_dir / ".matrix" / "done.json").read_text())
+    rows = []
+    for entry in done.values():
+        row_file = runs_dir / entry["run_id"] / "row.csv"
+        if row_file.exists():
+            rows.extend(csv.DictReader(open(row_file)))
+    print(f"{'profile':<9} {'protocol':<9} {'codec':<6} {'H':>3} {'status':<9} {'to target s':>11} "
+          f"{'final val':>9} {'util':>5}")
+    for row in sorted(rows, key=lambda r: (r["profile"], r["config"], r["protocol"], r["codec"])):
+        steps = json.loads((runs_dir / row["run_id"] / "run.json").read_text())["config"]["ml"]["local"]["steps"]
+        print(f"{row['profile']:<9} {row['protocol']:<9} {row['codec']:<6} {steps:>3} {row['status']:<9} "
+              f"{row['time_to_target_s'] or '-':>11} {row['final_val_loss'] or '-':>9} {row['compute_utilization'] or '-':>5}")
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    from ..demo import free_port as port
+
+    return port()
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.1)
