@@ -51,7 +51,6 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,28 +59,12 @@ import zmq
 from torch import Tensor
 
 from .config import RunConfig
+from .wire_header import HEADER, MAGIC, WIRE_VERSION, MsgType
 from .ml.codecs import LAYOUT, Encoded, all_finite, check_encoded, decode as decode_update
 
-MAGIC = b"DLTW"
-WIRE_VERSION = 1
-HEADER = struct.Struct("!4sBBBBBxHQQ")  # magic, wire version, type, flags, codec, arrays, (pad), body length, session, version
 DESCRIPTOR = struct.Struct("!BBQ")  # array name code, dtype code, length in elements
 MAX_ARRAYS = max(len(layout) for layout in LAYOUT.values())
 MAX_TOKEN_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES = 256, 128, 2048
-
-
-class MsgType(IntEnum):
-    HELLO = 1
-    WELCOME = 2
-    PULL = 3
-    PARAMS = 4
-    PUSH = 5
-    ACK = 6
-    ERROR = 7
-    PING = 8
-    PONG = 9
-    BYE = 10
-
 
 ACCEPTED, STOP, DELTA = 1, 2, 4  # flag bits
 

@@ -64,3 +64,18 @@ class Probe:
     def close(self) -> None:
         self.sock.close()
         self.context.term()
+
+
+def ps_version(run: LocalRun) -> int | None:
+    """The PS's version from a PING on a socket of its own (None if no answer within 2 s): a PING left
+    unanswered on a shared socket would be answered later and misalign that socket's replies."""
+    probe = Probe(run)
+    try:
+        answer = probe.ask(wire.encode(wire.Ping()), timeout_s=2.0)
+        return answer.version if isinstance(answer, wire.Pong) else None
+    finally:
+        probe.close()
+
+
+def wait_for_version(run: LocalRun, version: int, timeout_s: float) -> None:
+    run.wait_until(lambda: (ps_version(run) or -1) >= version, timeout_s, f"the PS to reach version {version}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import zmq
 
-from dist_llm_train import wire
+from dist_llm_train import wire, wire_header
 from dist_llm_train.ml.codecs import LAYOUT, encode
 
 D = 1000
@@ -234,3 +234,11 @@ def test_counting_socket_counts_every_frame_and_each_peer_on_real_sockets():
         for s in (router, *dealers):
             s.close()
         context.term()
+
+
+def test_the_health_checks_torch_free_ping_and_pong_match_the_wire():
+    assert wire.decode([wire_header.ping()], max_bytes=LIMIT, numel=None) == wire.Ping()
+    pong = wire.encode(wire.Pong(41, 1, 2, 3))
+    assert wire_header.pong_version(bytes(pong[0])) == 41
+    assert wire_header.pong_version(bytes(wire.encode(wire.Ping())[0])) is None
+    assert wire_header.pong_version(b"short") is None

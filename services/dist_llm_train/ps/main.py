@@ -17,16 +17,18 @@ import argparse
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import zmq
 
-from .. import wire
-from ..config import RunConfig
-from ..schema import ConfigError, validate
+from .. import wire_header
+from ..schema import ConfigError
 from ..settings import Settings, from_env
-from ..worker.client import ControlClient, ControlError, TokenRefused, Unreachable
 
-END_STATES = ("finished", "timeout", "stopped", "failed")
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..worker.client import ControlClient
+
 HEALTH_TIMEOUT_S = 3.0
 
 
@@ -41,16 +43,16 @@ def health(settings: Settings) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(f"tcp://127.0.0.1:{port}")
-        sock.send_multipart(wire.encode(wire.Ping()))
+        sock.send(wire_header.ping())
         if not sock.poll(int(HEALTH_TIMEOUT_S * 1000)):
             print(f"ps: no answer on port {port} within {HEALTH_TIMEOUT_S:g} s", file=sys.stderr)
             return 1
-        pong = wire.decode(sock.recv_multipart(), max_bytes=1 << 16, numel=None)
-        print(f"ps: version {pong.version}, {pong.accepted} accepted, {pong.rejected} refused, {pong.errors} errors")
-        return 0 if isinstance(pong, wire.Pong) else 1
-    except wire.WireError as exc:
-        print(f"ps: unexpected answer: {exc}", file=sys.stderr)
-        return 1
+        version = wire_header.pong_version(sock.recv_multipart()[0])
+        if version is None:
+            print("ps: the answer to PING is not a PONG", file=sys.stderr)
+            return 1
+        print(f"ps: version {version}")
+        return 0
     finally:
         sock.close()
         context.term()
@@ -64,6 +66,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.health:
         return health(settings)
+    from ..config import RunConfig  # past the health check, which stays light (no pydantic models, httpx, torch)
+    from ..schema import validate
+    from ..worker.client import ControlClient, ControlError, TokenRefused, Unreachable
+    from .report import END_STATES
+
     logging.basicConfig(stream=sys.stdout, level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     log = logging.getLogger("ps")
@@ -91,7 +98,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlClient, log: logging.Logger) -> int:
-    from ..ml.train import fair_share, set_threads  # torch only past the config checks: `ps --health` stays light
+    from ..ml.train import fair_share, set_threads
+    from ..worker.client import ControlClient, ControlError, Unreachable
     from .report import Reporter
     from .server import ParameterServer, bind_address
 
@@ -105,7 +113,8 @@ def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlCli
             return None
 
     report_client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=20)
-    reporter = Reporter(lambda body: report_client.post_json("/ps/report", body), log)
+    reporter = Reporter(lambda body: report_client.post_json("/ps/report", body), log,
+                        run_state=lambda: report_client.get_json("/healthz")["run_state"])
     try:
         server = ParameterServer(config, settings.run_token, bind_address(settings.ps_address), log, run_id=run_id,
                                  run_dir=settings.runs_dir / run_id, checkpoint_dir=settings.checkpoint_dir,

@@ -33,16 +33,20 @@ REPORT_FIELDS = ("version", "updates_accepted", "updates_rejected", "mean_stalen
 CURVE_COLUMNS = ("t_s", "version", "train_loss", "val_loss", "updates_accepted", "updates_rejected",
                  "mean_staleness", "bytes_up", "bytes_down")
 MAX_CURVE_ROWS = 2000
+END_STATES = ("finished", "timeout", "stopped", "failed")  # the controller's run states after the end
 
 
 class Reporter:
-    """Posts the latest published report every `interval_s` from a daemon thread.
+    """Posts the latest published report every `interval_s` from a daemon thread, and reads the run's state
+    at the controller (`run_state()`), so the PS learns of a run the controller ended (stopped, timed out).
 
-    `post(body)` raises on failure; a failed periodic report is logged (throttled) and the next one goes on."""
+    `post(body)` and `run_state()` raise on failure; a failed call is logged (throttled) and the next one goes on."""
 
-    def __init__(self, post: Callable[[dict[str, Any]], None], log: logging.Logger, interval_s: float = 2.0):
-        self.post, self.log, self.interval_s = post, log, interval_s
+    def __init__(self, post: Callable[[dict[str, Any]], None], log: logging.Logger, interval_s: float = 2.0,
+                 run_state: Callable[[], str] | None = None):
+        self.post, self.log, self.interval_s, self.run_state = post, log, interval_s, run_state
         self.latest: dict[str, Any] | None = None
+        self.controller_state: str | None = None  # the last state the controller told
         self.stopping = threading.Event()
         self.throttle = LogThrottle(log, 30.0)
         self.thread = threading.Thread(target=self._loop, name="ps-report", daemon=True)
@@ -55,11 +59,12 @@ class Reporter:
         sent = None
         while not self.stopping.wait(self.interval_s):
             body = self.latest
-            if body is None or body is sent:
-                continue
             try:
-                self.post(body)
-                sent = body
+                if body is not None and body is not sent:
+                    self.post(body)
+                    sent = body
+                if self.run_state is not None:
+                    self.controller_state = self.run_state()
             except Exception as exc:  # the controller restarting, or gone: the final report retries
                 self.throttle.warning("report", "report to the controller failed: %s", exc)
 

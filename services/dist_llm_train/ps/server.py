@@ -72,7 +72,7 @@ from .aggregation import aggregate, check_rule
 from .evaluation import Evaluator
 from .optimizer import build_optimizer
 from .privacy import add_noise, clip_updates, noise_std
-from .report import Curve, LogThrottle, Reporter
+from .report import END_STATES, Curve, LogThrottle, Reporter
 from .rounds import AdaptiveBounds, SyncBarrier, VersionRate, Window
 from .staleness import accept, lr_scale, staleness
 
@@ -318,6 +318,9 @@ class ParameterServer:
             self.on_evaluation(version, loss, now)
         if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
             self.finish(f"max_time_s {self.ml.budget.max_time_s:g} s reached at version {self.version}", now)
+        state = self.reporter.controller_state if self.reporter is not None else None
+        if self.ended is None and state in END_STATES:
+            self.finish(f"the controller ended the run ({state}) at version {self.version}", now)
         if self.reporter is not None and now - self.last_publish >= 0.5:
             self.reporter.publish(self.report_body(done=False))
             self.last_publish = now
