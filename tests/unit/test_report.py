@@ -11,7 +11,7 @@ from dist_llm_train.cli import main as cli_main
 from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportError, build_report, group_rows,
                                                missing_notes, replace_section)
 from dist_llm_train.experiments.runner import OK_STATUS
-from dist_llm_train.results import write_run
+from dist_llm_train.results import read_rows, write_run
 
 PLOTS = ("duration.png", "completion_acceptance.png", "val_loss.png", "bytes_by_codec.png", "staleness.png")
 LINK = {"backend": "userspace", "measured_rtt_ms": 101.0, "measured_loss_pct": 0.5, "measured_mbit": 9.5}
@@ -148,7 +148,7 @@ def test_a_readme_without_markers_is_refused_and_left_alone(text):
 
 def test_missing_plots_of_a_mode_with_rows_are_named(tmp_path):
     rows = {"basic": [], "ml": [ml_row("m1", "lan", "sync")]}
-    groups = group_rows(rows)
+    groups = group_rows(rows, tmp_path)
 
     notes = missing_notes(rows, groups, tmp_path, plots=[])
 
@@ -159,3 +159,17 @@ def test_missing_plots_of_a_mode_with_rows_are_named(tmp_path):
                      "no plot val_loss.png: no validation-loss curves among the finished runs",
                      "no plot bytes_by_codec.png: no byte counters among the finished runs",
                      "no plot staleness.png: no staleness histograms among the finished runs"]
+
+
+def test_runs_that_differ_beyond_the_row_columns_are_not_averaged_as_repeats(tmp_path):
+    runs = tmp_path / "runs"
+    config = {"name": "ml_demo", "mode": "ml", "ml": {"aggregation": {"rule": "mean", "f": 0}}}
+    other = {"name": "ml_demo", "mode": "ml", "ml": {"aggregation": {"rule": "mean", "f": 1}}}
+    for run_id, seed, cfg in (("a1", 0, config), ("a2", 1, config), ("b1", 0, other)):
+        write_run(runs, run_id, ml_row(run_id, "lan", "async"), {"config": {**cfg, "seed": seed}})
+    rows = {"basic": [], "ml": read_rows(runs / "runs_ml.csv")}
+
+    groups = group_rows(rows, runs)
+
+    assert [len(g.rows) for g in groups] == [2, 1]  # a1 and a2 differ only by seed: repeats
+    assert groups[0].label != groups[1].label and all(g.label.startswith("ml_demo #") for g in groups)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import html
+import json
 import statistics
 import sys
 from collections import defaultdict
@@ -36,7 +38,7 @@ from .runner import OK_STATUS, read_done  # noqa: E402
 MODES = ("basic", "ml")
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 # Row fields that tell two runs of one config apart; a label shows those that vary within a mode.
-VARIANT_FIELDS = ("scheduler", "protocol", "codec", "aggregation", "num_workers")
+VARIANT_FIELDS = ("scheduler", "protocol", "codec", "aggregation", "window", "num_workers")
 DASH = "–"
 
 
@@ -120,16 +122,32 @@ def varying_fields(rows: list[dict[str, str]]) -> list[str]:
     return [f for f in VARIANT_FIELDS if len({r.get(f, "") for r in rows}) > 1]
 
 
-def group_rows(rows_by_mode: dict[str, list[dict[str, str]]]) -> list[Group]:
-    """Groups in the order their first run appears (the matrix's order)."""
+def variant(runs_dir: Path, row: dict[str, str]) -> str:
+    """Digest of the run's resolved config (its run.json) without the seed: runs that differ only
+    by seed are repeats of one variant; any other difference (a swept field the row has no column
+    for) makes another variant. Without run.json, the row's config_hash (seed included)."""
+    try:
+        config = json.loads((runs_dir / row.get("run_id", "") / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return row.get("config_hash", "")
+    blob = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def group_rows(rows_by_mode: dict[str, list[dict[str, str]]], runs_dir: Path) -> list[Group]:
+    """Groups of repeats, in the order their first run appears (the matrix's order). A label is the
+    config name and the row fields that vary within the mode, plus the variant digest where two
+    variants would otherwise share a label."""
     groups: dict[tuple[str, str, str], Group] = {}
     for mode in MODES:
         rows = rows_by_mode[mode]
         fields = varying_fields(rows)
-        for row in rows:
-            label = row.get("config", "") + "".join(
-                f" {f.replace('num_', '')}={row.get(f, '')}" for f in fields)
-            key = (mode, row.get("profile", ""), label)
+        labels = [row.get("config", "") + "".join(f" {f.replace('num_', '')}={row.get(f, '')}" for f in fields)
+                  for row in rows]
+        variants = [variant(runs_dir, row) for row in rows]
+        shared = {label for label in labels if len({v for l, v in zip(labels, variants) if l == label}) > 1}
+        for row, label, digest in zip(rows, labels, variants):
+            key = (mode, row.get("profile", ""), label + (f" #{digest[:6]}" if label in shared else ""))
             groups.setdefault(key, Group(*key)).rows.append(row)
     return list(groups.values())
 
@@ -405,7 +423,7 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
         raise ReportError(f"no rows in {runs_dir / 'runs_basic.csv'} or {runs_dir / 'runs_ml.csv'}: "
                           "run `make experiments` (or a single `make up`) first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = group_rows(rows_by_mode)
+    groups = group_rows(rows_by_mode, runs_dir)
     plots = [p for p in (plot_duration(groups, out_dir), plot_completion_acceptance(groups, out_dir),
                          plot_val_loss(groups, runs_dir, out_dir), plot_bytes_by_codec(groups, out_dir),
                          plot_staleness(groups, runs_dir, out_dir)) if p is not None]
