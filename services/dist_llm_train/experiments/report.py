@@ -30,6 +30,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from ..results import atomic_write, read_rows  # noqa: E402
 from ..schema import ConfigError  # noqa: E402
@@ -213,7 +214,7 @@ class Plot:
 
 def save(fig, out_dir: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
+    fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")  # "tight": keeps a legend below the axes
     plt.close(fig)
     return name
 
@@ -299,14 +300,14 @@ def plot_val_loss(groups: list[Group], runs_dir: Path, out_dir: Path) -> Plot | 
     labels = list(dict.fromkeys(label for runs in curves.values() for label, _ in runs))
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     for ax, (profile, runs) in zip(axes[0], curves.items()):
-        shown = set()
-        for label, points in runs:  # repeats share a colour and one legend entry
-            ax.plot(*zip(*points), marker=".", color=colours[label], label=None if label in shown else label)
-            shown.add(label)
+        for label, points in runs:  # repeats share a colour
+            ax.plot(*zip(*points), marker=".", color=colours[label])
         ax.set_title(f"validation loss, profile {profile}")
         ax.set_xlabel("wall time since the run started (s)")
-        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation loss (nats/byte)")
+    # One legend under every panel: a colour means the same variant in each.
+    fig.legend(handles=[Line2D([], [], color=colours[label], marker=".", label=label) for label in labels],
+               loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(len(labels), 2), fontsize=7, frameon=False)
     return Plot(save(fig, out_dir, "val_loss.png"), "Validation loss against wall time, per profile and protocol")
 
 
