@@ -28,6 +28,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args.config, overrides)
         preset = load_preset(args.profile, Path(args.netem_dir))
+        if config.mode == "ml":  # the PS would refuse to start with a rule that cannot hold for its window
+            from .ps.server import rule_window
+
+            rule_window(config)
     except ConfigError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

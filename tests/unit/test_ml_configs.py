@@ -53,3 +53,14 @@ def test_the_ps_benchmark_matrix_has_the_eight_cells_of_its_table():
                                                    ("sync", "none", 50))}
     targets = {c.config.ml.budget.target_val_loss for c in cells}
     assert len(targets) == 1 and None not in targets
+
+
+def test_check_refuses_a_rule_the_worker_count_breaks(capsys):
+    from argparse import Namespace
+
+    from dist_llm_train.check import main
+
+    args = Namespace(config=str(REPO / "configs" / "ml_byzantine.yaml"), profile="lan", netem_dir=str(REPO / "netem"))
+    assert main(Namespace(**vars(args), workers=7)) == 0
+    assert main(Namespace(**vars(args), workers=5)) == 2
+    assert "krum needs n >= 2f+3: window n=5, f=2" in capsys.readouterr().err
