@@ -60,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="parts to leave out")
     parser.add_argument("--wan", action="store_true", help="also run experiments/bench_ps.yaml (Docker) and print (3)")
     parser.add_argument("--runs", default="runs", help="--wan: the runs folder of the experiment runner")
+    parser.add_argument("--project", default="dlt-bench-ps", help="--wan: COMPOSE_PROJECT_NAME of the stacks")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     if "parity" not in args.skip:
         print_parity(args.parity_versions)
     if args.wan:
-        return run_wan(Path(args.runs))
+        return run_wan(Path(args.runs), args.project)
     return 0
 
 
@@ -223,16 +224,21 @@ def print_parity(versions: int) -> None:
 
 # ---- (3) time to target under emulated WAN links -----------------------------------------------------------
 
-def run_wan(runs_dir: Path) -> int:
-    command = [sys.executable, "-m", "dist_llm_train", "run-experiments", "--matrix", WAN_MATRIX, "--runs", str(runs_dir)]
+def run_wan(runs_dir: Path, project: str) -> int:
+    command = [sys.executable, "-m", "dist_llm_train", "run-experiments", "--matrix", WAN_MATRIX, "--runs", str(runs_dir),
+               "--project", project]
     print(f"\n(3) {' '.join(command[2:])}", flush=True)
-    code = subprocess.call(command, cwd=REPO)
+    code = subprocess.call(command)  # from here: the runner must run where the repository is at its host path
     print_wan_table(runs_dir)
     return code
 
 
 def print_wan_table(runs_dir: Path) -> None:
-    done = json.loads((runs_dir / ".matrix" / "done.json").read_text())
+    done_file = runs_dir / ".matrix" / "done.json"
+    if not done_file.exists():
+        print(f"no cell of {WAN_MATRIX} has run yet ({done_file} is missing)")
+        return
+    done = json.loads(done_file.read_text())
     rows = []
     for entry in done.values():
         row_file = runs_dir / entry["run_id"] / "row.csv"
