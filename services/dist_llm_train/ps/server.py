@@ -228,25 +228,25 @@ class ParameterServer:
         if ckpt is None:
             return False
         meta = ckpt.meta
-        try:
+        try:  # everything read before anything is set: a damaged checkpoint leaves a fresh PS
             if meta.get("numel") != self.numel or ckpt.tensors["params"].shape != (self.numel,):
                 raise ValueError(f"it holds {meta.get('numel')} parameters, the model has {self.numel}")
-            self.optimizer.load_state({k.removeprefix("optimizer."): v for k, v in ckpt.tensors.items()
-                                       if k.startswith("optimizer.")})
+            c = meta["counters"]
+            counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
+                                Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
+                                c["bytes_up"], c["bytes_down"])
+            initial, last_val, target_s = meta["initial_val_loss"], meta["last_val"], meta["time_to_target_s"]
+            recent = list(meta["recent_train"])
             self.noise.set_state(ckpt.tensors["noise_rng"])
-        except (ValueError, KeyError, RuntimeError) as exc:
+            self.optimizer.load_state({k.removeprefix("optimizer."): v for k, v in ckpt.tensors.items()
+                                       if k.startswith("optimizer.")})  # changes nothing when it refuses
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
             self.log.warning("checkpoint of version %d not resumed: %s; starting afresh", ckpt.version, exc)
             return False
-        self.params = ckpt.tensors["params"]
-        self.version = ckpt.version
-        c = meta["counters"]
-        self.counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
-                                 Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
-                                 c["bytes_up"], c["bytes_down"])
-        self.initial_val_loss = meta["initial_val_loss"]
-        self.last_val = tuple(meta["last_val"]) if meta["last_val"] else None
-        self.time_to_target_s = meta["time_to_target_s"]
-        self.recent_train.extend(meta["recent_train"])
+        self.params, self.version, self.counters = ckpt.tensors["params"], ckpt.version, counters
+        self.initial_val_loss, self.time_to_target_s = initial, target_s
+        self.last_val = tuple(last_val) if last_val else None
+        self.recent_train.extend(recent)
         self.log.info("resumed run %s from its checkpoint of version %d", self.run_id, self.version)
         return True
 
@@ -318,6 +318,8 @@ class ParameterServer:
             self.on_evaluation(version, loss, now)
         if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
             self.finish(f"max_time_s {self.ml.budget.max_time_s:g} s reached at version {self.version}", now)
+        if self.ended is None and (self.version >= self.ml.budget.max_versions or self.time_to_target_s is not None):
+            self.finish(f"budget already reached at version {self.version} (resumed after the end)", now)
         state = self.reporter.controller_state if self.reporter is not None else None
         if self.ended is None and state in END_STATES:
             self.finish(f"the controller ended the run ({state}) at version {self.version}", now)
