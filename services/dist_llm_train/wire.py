@@ -2,7 +2,7 @@
 
 A message is one multipart ZeroMQ message:
 
-    frame 0   header      HEADER (28 bytes, network byte order)
+    frame 0   header      HEADER (28 bytes, network byte order; wire_header.py)
                           magic "DLTW", wire version, type, flags, codec, array count, body length,
                           session, version
               descriptors one DESCRIPTOR (10 bytes) per array: name code, dtype code, length in elements
@@ -37,8 +37,8 @@ Bytes per message for the default model (d = 938,240; framing = frame 0 + ZeroMQ
 
 | message                   | payload    | framing | total      |
 |---------------------------|------------|---------|------------|
-| PUSH dense fp32           | 3,752,960  | 73      | 3,753,033  |
-| PUSH top-k 1 % (k = 9382) | 56,292     | 93      | 56,385     |
+| PUSH dense fp32           | 3,752,960  | 69      | 3,753,029  |
+| PUSH top-k 1 % (k = 9382) | 56,292     | 88      | 56,380     |
 | ACK dense fp32            | 3,752,960  | 53      | 3,753,013  |
 
 The arrays of a decoded message are views of the received frames (no copy): read them, never write them.
