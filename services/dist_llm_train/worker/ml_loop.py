@@ -28,7 +28,7 @@ frame sent and received, ZMTP frame headers included, across rebuilt sockets), a
 compute seconds / wall seconds since the first parameters arrived (model build and corpus load are set-up,
 not training; `agent.started` is moved there so the heartbeat reports the same figure).
 
-Bad data from the PS (a failed check in `wire.decode`) is logged and answered by a fresh HELLO.
+Bad data from the PS (a failed check in `wire.decode`) is logged and answered by a new socket and a fresh HELLO.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from .attacks import ATTACKS
 from .client import Conflict
 
 ATTACK_SAMPLES = 4  # honest updates an ALIE / IPM attacker keeps to estimate the honest mean and spread
+MIN_SAMPLES = {"alie": 2}  # a spread needs two
 TELEMETRY_S = 1.0
 RETRY_S = 5.0  # after a WELCOME for another model or config
 POLL_S = 0.5  # how often a wait for the PS looks at agent.stopping
@@ -177,9 +178,10 @@ class ShardTrainer:
                     self.log.warning("%s: reconnecting", exc)
                     self.session = None
                     self.link.connect()
-                except wire.WireError as exc:
-                    self.log.error("bad message from the PS: %s: saying HELLO again", exc)
+                except wire.WireError as exc:  # a new socket too: a stray reply must not answer the next request
+                    self.log.error("bad message from the PS: %s: reconnecting and saying HELLO again", exc)
                     self.session = None
+                    self.link.connect()
                 self.telemetry()
         finally:
             if self.session is not None:
@@ -239,8 +241,9 @@ class ShardTrainer:
     def encode(self, update: torch.Tensor):
         if self.attack is not None:
             self.honest.append(update)
-            samples = torch.stack(list(self.honest))  # one honest update at first: ALIE's spread is 0 then
-            update = self.attack(update, samples, self.ml.attack.scale, self.attack_noise)
+            if len(self.honest) >= MIN_SAMPLES.get(self.ml.attack.kind, 1):  # ALIE's first update goes out honest
+                samples = torch.stack(list(self.honest))
+                update = self.attack(update, samples, self.ml.attack.scale, self.attack_noise)
         if self.feedback is not None:
             return self.feedback.compress(update)
         codec = self.ml.compression
