@@ -5,7 +5,12 @@ loopback, and 8 worker processes that push one precomputed update of the default
 parameters) as fast as the PS answers, each taking the parameters of every ACK (decoded and checked, as a
 worker does). Accepted-and-applied updates per second over `--seconds`, after a warm-up, from the PS's own
 version counter; beside it the physical bound of this machine: memcpy bandwidth (one large tensor copy,
-measured in the same run) / bytes on the socket per update (up + down). Dense fp32 and top-k 1 %.
+measured in the same run) / bytes on the socket per update (up + down). Dense fp32 and top-k 1 %. Also the
+CPU time per update of the PS process (its loop thread plus ZeroMQ's IO threads, which do the kernel copies),
+of its loop thread alone, and of the workers: on a 2-core machine the PS and the workers share the cores, so
+their sum bounds the rate (2 cores / CPU per update) before the network does. Loopback TCP copies each byte
+twice (sender into the kernel, kernel to the receiver), so even a PS doing nothing else would reach about
+half of the memcpy bound.
 
 (2) Wire efficiency: bytes on the socket (frames + ZMTP frame headers, as `wire.CountingSocket` counts) of one
 PUSH per codec against the dense fp32 payload, and the framing's share; then the validation loss each codec
@@ -142,9 +147,9 @@ def measure_throughput(codec: str, workers: int, seconds: float) -> dict[str, fl
         wait_for(lambda: server.version > 20 * workers, 120, "the workers to start pushing")
         time.sleep(1.0)  # warm-up
 
-        def sample() -> tuple[float, int, int, float, float]:
+        def sample() -> tuple[float, int, int, float, float, float]:
             return (time.perf_counter(), server.version, server.bytes_up() + server.bytes_down(), time.process_time(),
-                    sum(cpu_seconds(p.pid) for p in procs))
+                    sum(cpu_seconds(p.pid) for p in procs), cpu_seconds(os.getpid(), serving.native_id))
 
         start = sample()
         time.sleep(seconds)
@@ -159,12 +164,14 @@ def measure_throughput(codec: str, workers: int, seconds: float) -> dict[str, fl
                 p.kill()
     updates = max(1, end[1] - start[1])
     return {"updates_per_s": updates / (end[0] - start[0]), "bytes_per_update": (end[2] - start[2]) / updates,
-            "ps_cpu_ms": 1000 * (end[3] - start[3]) / updates, "workers_cpu_ms": 1000 * (end[4] - start[4]) / updates}
+            "ps_cpu_ms": 1000 * (end[3] - start[3]) / updates, "workers_cpu_ms": 1000 * (end[4] - start[4]) / updates,
+            "loop_cpu_ms": 1000 * (end[5] - start[5]) / updates}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process (or one of its threads) so far, from /proc (Linux)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -173,12 +180,13 @@ def print_throughput(workers: int, seconds: float) -> None:
     print(f"(1) PS throughput: {workers} workers on loopback, default model, async window 1; "
           f"memcpy {bandwidth:.2f} GB/s on this machine")
     print(f"{'codec':<10} {'updates/s':>10} {'bytes/update':>14} {'bound/s':>10} {'of bound':>9} "
-          f"{'PS CPU ms/upd':>14} {'workers CPU ms/upd':>19}")
+          f"{'PS CPU ms/upd':>14} {'of it the loop':>15} {'workers CPU ms/upd':>19}")
     for codec in ("none", "topk"):
         got = measure_throughput(codec, workers, seconds)
         bound = bandwidth * 1e9 / got["bytes_per_update"]
         print(f"{codec:<10} {got['updates_per_s']:>10.1f} {got['bytes_per_update']:>14,.0f} {bound:>10.1f} "
-              f"{100 * got['updates_per_s'] / bound:>8.1f}% {got['ps_cpu_ms']:>14.2f} {got['workers_cpu_ms']:>19.2f}",
+              f"{100 * got['updates_per_s'] / bound:>8.1f}% {got['ps_cpu_ms']:>14.2f} {got['loop_cpu_ms']:>15.2f} "
+              f"{got['workers_cpu_ms']:>19.2f}",
               flush=True)
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes take their share)")
 
