@@ -464,16 +464,15 @@ class ParameterServer:
         if self.ended is not None:
             return self.ack(sess, False, s, now)
         round_s = now - sess.sent_at if msg.base_version == sess.sent_version else None
-        update = msg.update.arrays["values"] if self.codec == "none" else decode(msg.update)
-        row = Row(sess.id, s, update, msg.train_loss)
         protocol = self.ml.staleness.protocol
         if protocol == "sync":
-            if s == 0 and self.barrier.arrive(sess.id, row, now):
-                self.count_accepted(sess, s, None)
-                if self.barrier.due(now):
-                    self.close_round(now)
-                return None  # the ACK goes out when the round closes
-            return self.reject(sess, s, 0, now)
+            if s != 0 or sess.id in self.barrier.arrived:  # late, or a second update for this round
+                return self.reject(sess, s, 0, now)
+            self.barrier.arrive(sess.id, self.row(sess, s, msg), now)
+            self.count_accepted(sess, s, None)
+            if self.barrier.due(now):
+                self.close_round(now)
+            return None  # the ACK goes out when the round closes
         if protocol == "async":
             bound = self.ml.staleness.bound
         else:
@@ -486,10 +485,15 @@ class ParameterServer:
         if not accept(s, bound):
             return self.reject(sess, s, bound, now)
         self.count_accepted(sess, s, bound)
-        full = self.window.add(row)
+        full = self.window.add(self.row(sess, s, msg))
         if full is not None:
             self.step(full, now)
         return self.ack(sess, True, s, now)
+
+    def row(self, sess: Session, s: int, msg: wire.Push) -> Row:
+        """An accepted update, decoded (codec none: the received frame itself, no copy)."""
+        update = msg.update.arrays["values"] if self.codec == "none" else decode(msg.update)
+        return Row(sess.id, s, update, msg.train_loss)
 
     def count_accepted(self, sess: Session, s: int, bound: int | None) -> None:
         self.counters.accepted += 1
