@@ -26,7 +26,7 @@ class RunConfig(Section):
     name: str = Field(min_length=1, description="short name of the run, used in file names and CSV rows")
     mode: Literal["basic", "ml"] = Field(description="basic: synthetic tasks; ml: LSTM training through the PS")
     seed: int = Field(0, ge=0, description="seed of every random choice of the run (tasks, data, init, netem)")
-    timeout_s: float = Field(600.0, gt=0, description="wall-clock budget of the whole run; past it the run ends as 'timeout'")
+    timeout_s: float = Field(600.0, gt=0, description="wall-clock budget of the run from its start (the wait for the links excluded); past it the run ends as 'timeout'")
     controller: ControllerConfig = ControllerConfig()
     workers: WorkersConfig = WorkersConfig()
     tasks: TasksConfig = TasksConfig()

@@ -177,6 +177,29 @@ def test_timeout_ends_the_run_and_writes_its_row(tmp_path):
     assert float(row["duration_s"]) == pytest.approx(101.0)
 
 
+def test_waiting_for_the_links_does_not_count_against_timeout_s(tmp_path):
+    h = Harness(tmp_path, link_gate=True)
+    h.clock.advance(150.0)  # a slow probe: longer than timeout_s (100), shorter than the gate's budget
+    health.check(h.ctl, h.clock())
+    h.client.post("/links", json=LINKS, headers=AUTH)
+
+    h.clock.advance(99.0)
+    health.check(h.ctl, h.clock())
+
+    assert h.status()["run"]["state"] == "running"
+
+
+def test_links_never_ready_fail_the_run_after_the_gate_budget(tmp_path):
+    h = Harness(tmp_path, link_gate=True)
+
+    h.clock.advance(health.GATE_TIMEOUT_S + 1)
+    health.check(h.ctl, h.clock())
+    row = the_row(tmp_path)
+
+    assert h.status()["run"]["state"] == "failed"
+    assert row["status"] == "failed" and "never reported the links ready" in row["reason"]
+
+
 def test_stop_ends_the_run_once_and_late_completions_are_refused(tmp_path):
     h = Harness(tmp_path)
     worker = h.register()

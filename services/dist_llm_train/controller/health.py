@@ -36,6 +36,9 @@ class Liveness:
         self.missing.discard(worker_id)
 
 
+GATE_TIMEOUT_S = 600.0  # longest wait for the sidecar's first "ready" (its probe included)
+
+
 def check(ctl: "Controller", now: float) -> None:
     """One pass: judge every live worker, then the run's timeout and the sidecar's silence.
     Once the run has ended nobody is judged: workers leave when told to stop."""
@@ -53,9 +56,16 @@ def check(ctl: "Controller", now: float) -> None:
             ctl.metrics.events["heartbeats_missed"] += 1
             ctl.log.info("worker %s missed heartbeats (silent %.1f s)", worker_id, silence)
 
-    if now - run.meta["created_at"] > ctl.config.timeout_s:
+    # timeout_s is the run's own budget, counted from its start; the wait for the links (a probe
+    # of 20-40 s, longer under satellite) has a budget of its own and ends the run as failed.
+    if run.state == "waiting" and now - run.meta["created_at"] > GATE_TIMEOUT_S:
         with ctl.store.transaction():
-            run.end("timeout", f"timeout_s {ctl.config.timeout_s:g} s reached in state {run.state}")
+            run.end("failed", f"the netem sidecar never reported the links ready in {GATE_TIMEOUT_S:g} s")
+        run.write_row_once()
+        return
+    if run.state == "running" and now - run.meta["started_at"] > ctl.config.timeout_s:
+        with ctl.store.transaction():
+            run.end("timeout", f"timeout_s {ctl.config.timeout_s:g} s reached")
         run.write_row_once()
         return
     silence = now - ctl.liveness.sidecar_heard
