@@ -39,15 +39,16 @@ import yaml
 
 from ..results import atomic_write, read_rows, write_run
 from ..schema import ConfigError
+from ..controller.health import GATE_TIMEOUT_S
+from ..controller.runstate import END_STATES
 from .matrix import Cell, expand, load_matrix, with_overrides
 
 OK_STATUS = "finished"  # the row status of a run that ended as planned (controller/runstate.py)
 FAILED_STATUS = "failed"
-END_STATES = ("finished", "timeout", "stopped", "failed")
 MATRIX_DIR = ".matrix"
 DEFAULT_PROJECT = "dlt-exp"
-# The controller ends a run itself at timeout_s; the margin covers start-up and the link probe
-# before it, and only a stuck controller ever reaches it.
+# The controller ends a run itself timeout_s after its start (and fails one whose links are never
+# ready after GATE_TIMEOUT_S); the margin only matters for a stuck controller.
 STOP_MARGIN_S = 60.0
 ROW_GRACE_S = 60.0  # after the end (or a stop request), how long the controller has to write the row
 UP_TIMEOUT_S = 600.0  # compose up waits for the healthchecks (controller, sidecar, PS)
@@ -158,7 +159,8 @@ def cell_summary(cell: Cell) -> dict[str, Any]:
 
 def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:8000") -> None:
     """Run inside the controller's container: poll /status until the run has ended and its row is
-    written; past `deadline_s` ask the controller to stop the run; give up `grace_s` after the end
+    written; `deadline_s` after the run started (the wait for the links does not count: the
+    controller bounds it itself) ask the controller to stop the run; give up `grace_s` after the end
     or after the stop. Prints one JSON line with the last `run` status seen (null if the controller
     never answered), whether the runner stopped it, and the last error."""
     import urllib.request
@@ -170,6 +172,8 @@ def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:80
                 run, error = json.load(answer)["run"], None
         except (OSError, ValueError, KeyError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        if error is None and run is not None and run.get("state") == "waiting":
+            start = time.monotonic()  # the clock runs from the start of the run (or of silence)
         elapsed = time.monotonic() - start
         if run is not None and run.get("state") in END_STATES:
             ended_at = elapsed if ended_at is None else ended_at
@@ -262,7 +266,7 @@ class Runner:
         deadline = cell.config.timeout_s + STOP_MARGIN_S
         code = f"from dist_llm_train.experiments.runner import watch_run; watch_run({deadline}, {ROW_GRACE_S})"
         watch = self.compose(cell, env, "exec", "-T", "controller", "python3", "-c", code,
-                             timeout=deadline + ROW_GRACE_S + 60)
+                             timeout=GATE_TIMEOUT_S + deadline + ROW_GRACE_S + 60)
         try:
             seen = json.loads(watch.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
