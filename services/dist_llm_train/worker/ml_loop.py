@@ -47,7 +47,7 @@ from ..config import RunConfig
 from ..ml.codecs import ErrorFeedback, encode
 from ..ml.data import BatchSampler, load_corpus, shard, split
 from ..ml.model import build_model, count_parameters
-from ..ml.train import LocalSteps, fair_share, gradient, load_flat, set_threads
+from ..ml.train import LocalSteps, fair_share, flat_parameters, gradient, load_flat, set_threads
 from ..ps.report import LogThrottle
 from ..schema import validate
 from .attacks import ATTACKS
@@ -57,6 +57,7 @@ ATTACK_SAMPLES = 4  # honest updates an ALIE / IPM attacker keeps to estimate th
 MIN_SAMPLES = {"alie": 2}  # a spread needs two
 TELEMETRY_S = 1.0
 RETRY_S = 5.0  # after a WELCOME for another model or config
+SLICE_STEPS = 5  # local steps between updates of the compute-time counter
 POLL_S = 0.5  # how often a wait for the PS looks at agent.stopping
 
 
@@ -216,15 +217,11 @@ class ShardTrainer:
         started = time.perf_counter()
         load_flat(self.model, self.params)
         if self.local is None:
-            update, loss = gradient(self.model, *next(self.batches))
-        else:
-            update, loss = self.local.run(self.batches, self.ml.local.steps)
+            update, loss = self.timed(lambda: gradient(self.model, *next(self.batches)))
+        else:  # in slices, so compute time (telemetry, the heartbeat's utilization) stays current in long rounds
+            losses = [self.timed(lambda n=n: self.local.run(self.batches, n))[1] * n for n in slices(self.ml.local.steps)]
+            update, loss = flat_parameters(self.model) - self.params, sum(losses) / self.ml.local.steps
         compute = time.perf_counter() - started
-        if self.agent.speed < 1:
-            self.agent.stopping.wait((1 / self.agent.speed - 1) * compute)
-            compute = time.perf_counter() - started
-        self.compute_s += compute
-        self.agent.compute_s = self.compute_s
         tokens = self.ml.data.batch_size * self.ml.data.seq_len * self.ml.local.steps
         self.last["tokens_per_sec"] = tokens / compute
         try:
@@ -237,6 +234,16 @@ class ShardTrainer:
         stop = self.take(self.link.request(push))
         self.last["step_time_s"] = time.perf_counter() - started
         return stop
+
+    def timed(self, work):
+        """Run `work`, stretched to the worker's speed (module docstring), and count it as compute."""
+        started = time.perf_counter()
+        result = work()
+        if self.agent.speed < 1:
+            self.agent.stopping.wait((1 / self.agent.speed - 1) * (time.perf_counter() - started))
+        self.compute_s += time.perf_counter() - started
+        self.agent.compute_s = self.compute_s
+        return result
 
     def encode(self, update: torch.Tensor):
         if self.attack is not None:
@@ -290,6 +297,11 @@ class ShardTrainer:
             self.agent.complete(self.task, b"")
         except Conflict:  # the run ended before the completion: nothing more is counted, as expected
             self.log.info("run over: shard %d not counted as completed (the run had ended)", self.task["shard"])
+
+
+def slices(steps: int, size: int = SLICE_STEPS) -> list[int]:
+    """`steps` local steps as slices of at most `size`: 50 -> [5] * 10, 12 -> [5, 5, 2]."""
+    return [size] * (steps // size) + ([steps % size] if steps % size else [])
 
 
 def run_shard(agent: Any, task: dict[str, Any]) -> None:
