@@ -425,8 +425,9 @@ class CountingSocket:
         self.sent = self.received = 0
         self.by_peer: dict[bytes, list[int]] = {}
 
-    def send(self, frames: list[Any]) -> None:
-        self.sock.send_multipart(frames, copy=False)
+    def send(self, frames: list[Any], copy: bool = False) -> None:
+        """Send; without `copy`, ZeroMQ reads the frames' memory later, so it must not change until sent."""
+        self.sock.send_multipart(frames, copy=copy)
         self._count(frames, 0)
 
     def recv(self, flags: int = 0) -> list[zmq.Frame]:

@@ -184,7 +184,6 @@ class ParameterServer:
         self.window: Window[Row] = Window(ml.aggregation.window)
         self.rate = VersionRate()
         self.bounds = AdaptiveBounds(ml.staleness.min_bound, ml.staleness.max_bound)
-        self.snapshot: Tensor | None = None  # the parameters of this version as sent: never written
         self.eval_times: dict[int, float] = {}
         self.t0: float | None = None  # monotonic time of the run's start
         self.ended: str | None = None
@@ -341,7 +340,12 @@ class ParameterServer:
             self.send(peer, reply)
 
     def send(self, peer: bytes, msg: wire.Message) -> None:
-        self.sock.send([peer, *wire.encode(msg)])
+        """Send at once. Dense parameters go out as a copy of the live vector made by ZeroMQ inside this call
+        (the next step changes it in place): one copy per send, where a snapshot per version plus zero-copy
+        sends cost more for the async window of one, where each version is sent once: bench ps measured the loop's
+        CPU per dense update at 2.1 ms this way, 3.1 ms with snapshots."""
+        live = isinstance(msg, (wire.Params, wire.Ack)) and msg.payload.arrays.get("values") is self.params
+        self.sock.send([peer, *wire.encode(msg)], copy=live)
 
     def refuse(self, peer: bytes, exc: wire.WireError) -> wire.Error:
         self.counters.errors[exc.code] += 1
@@ -416,11 +420,6 @@ class ParameterServer:
 
     # ---- parameters out ----------------------------------------------------------------------------------
 
-    def current_snapshot(self) -> Tensor:
-        if self.snapshot is None:
-            self.snapshot = self.params.clone()
-        return self.snapshot
-
     def parameters_for(self, sess: Session, now: float) -> tuple[Encoded, bool]:
         """(payload, is a delta) that bring this worker to the current version; records what was sent."""
         payload, delta = None, False
@@ -433,9 +432,9 @@ class ParameterServer:
                 self.throttle.warning(f"dense:{sess.id}", "worker %r gets dense parameters: %s", sess.name, exc)
                 payload = None
         if payload is None:
-            payload = Encoded("none", self.numel, {"values": self.current_snapshot()})
+            payload = Encoded("none", self.numel, {"values": self.params})  # copied as it is sent (`send`)
             if self.codec != "none":
-                sess.replica = self.current_snapshot().clone()
+                sess.replica = self.params.clone()
         sess.sent_version, sess.sent_at = self.version, now
         if self.ended is None:
             self.barrier.expect(sess.id)
@@ -536,7 +535,6 @@ class ParameterServer:
             value = add_noise(value, noise_std(ml.privacy.noise_multiplier, ml.privacy.clip_norm, len(rows)), self.noise)
         self.optimizer.step(self.params, value)
         self.version += 1
-        self.snapshot = None
         budget = ml.budget
         evaluated = self.version % budget.eval_every == 0
         # Finite updates can still overflow the parameters; checked where a loss is measured anyway, not per step.
@@ -568,11 +566,11 @@ class ParameterServer:
         if self.curve is not None:
             self.curve.version(self.curve_row(0.0), evaluated=True)
         self.eval_times[0] = 0.0
-        self.evaluator.submit(0, self.current_snapshot())
+        self.evaluator.submit(0, self.params.clone())
 
     def submit_evaluation(self, now: float) -> None:
         self.eval_times[self.version] = self.run_time(now)
-        self.evaluator.submit(self.version, self.current_snapshot())
+        self.evaluator.submit(self.version, self.params.clone())
 
     def on_evaluation(self, version: int, loss: float, now: float) -> None:
         t = self.eval_times.pop(version, self.run_time(now))
