@@ -26,7 +26,7 @@ TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW
 	--security-opt no-new-privileges:true $(IMAGE)
 
 .PHONY: help base-image image .env dirs check up down logs ps verify test test-unit test-e2e \
-	experiments report bench bench-controller bench-netem bench-ps clean
+	experiments report bench bench-controller bench-netem bench-ps bench-ps-wan clean
 
 help: ## list targets and variables
 	@echo "make TARGET [PROFILE=lan] [MODE=basic|ml] [WORKERS=4] [CONFIG=configs/<mode>_demo.yaml]"
@@ -84,16 +84,16 @@ test: image ## the whole suite in containers: unit + integration, then e2e again
 test-e2e: image .env dirs ## only the e2e tests (real compose stacks)
 	$(DRIVER_RUN) python3 -m pytest -q -p no:cacheprovider tests/e2e
 
-experiments: image .env dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, REPEATS override it)
+experiments: image .env dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, GLOB, REPEATS override it)
 	$(DRIVER_RUN) dist-llm-train run-experiments --matrix experiments/$(MATRIX).yaml \
-		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) \
+		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(GLOB),--glob "$(GLOB)") \
 		$(if $(REPEATS),--repeats $(REPEATS))
 
 report: image dirs ## tables and plots from runs/ into runs/report/ (README=README.md: its results section too)
 	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(IMAGE) \
 		dist-llm-train report --runs runs $(if $(README),--readme $(README))
 
-bench: bench-controller bench-netem bench-ps ## every benchmark
+bench: bench-controller bench-netem bench-ps bench-ps-wan ## every benchmark
 
 bench-controller: image ## controller API latency and scheduling-cycle time
 	docker run --rm $(IMAGE) dist-llm-train bench controller
@@ -101,8 +101,11 @@ bench-controller: image ## controller API latency and scheduling-cycle time
 bench-netem: image ## emulation fidelity and cost per preset
 	$(DRIVER_RUN) dist-llm-train bench netem
 
-bench-ps: image ## PS throughput, wire efficiency, time to target
+bench-ps: image ## PS throughput and wire efficiency (local processes in one container)
 	docker run --rm $(IMAGE) dist-llm-train bench ps
+
+bench-ps-wan: image .env dirs ## PS time to target and utilization under lan / high_rtt (compose stacks, <= 46 min)
+	$(DRIVER_RUN) dist-llm-train bench ps --skip throughput wire parity --wan
 
 clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)

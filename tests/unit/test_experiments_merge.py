@@ -60,7 +60,9 @@ def test_a_failed_cell_row_says_what_the_cell_was_and_why(tmp_path, cells):
     runs = tmp_path / "runs"
     ml_cell = cells[2]
 
-    run_id = record_failure(runs, ml_cell, "run did not end within timeout_s + 120 s", at("2026-01-01T10:00:00"))
+    context = {"preset": {"name": "lan", "default": {}}, "image_id": "sha256:abc", "versions": {"python": "3.13"}}
+    run_id = record_failure(runs, ml_cell, "run did not end within timeout_s + 120 s", at("2026-01-01T10:00:00"),
+                            context=context)
 
     (row,) = read_rows(runs / "runs_ml.csv")
     assert run_id == f"20260101T100000Z-m-failed-{ml_cell.key[:8]}" == row["run_id"]
@@ -71,6 +73,8 @@ def test_a_failed_cell_row_says_what_the_cell_was_and_why(tmp_path, cells):
     assert row["duration_s"] == "" and row["final_val_loss"] == ""
     provenance = json.loads((runs / run_id / "run.json").read_text())
     assert provenance["cell"]["key"] == ml_cell.key and provenance["config"]["ml"]["compression"]["codec"] == "topk"
+    assert (provenance["preset"], provenance["image_id"], provenance["versions"]) == \
+        (context["preset"], "sha256:abc", {"python": "3.13"})
 
 
 def test_failure_rows_use_only_known_columns(cells):

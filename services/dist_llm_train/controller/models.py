@@ -103,6 +103,7 @@ class LinksIn(RequestBody):
     probe: Probe | None
     compute_speed: list[Annotated[float, Field(gt=0)]] = Field(
         [1.0], min_length=1, description="the preset's factor on worker i's compute speed, entry i mod len")
+    preset: dict[str, Any] | None = Field(None, description="the preset as written, for the run's provenance")
 
 
 class PsReportIn(RequestBody):

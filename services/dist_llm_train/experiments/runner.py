@@ -40,7 +40,8 @@ import yaml
 from ..results import atomic_write, read_rows, write_run
 from ..schema import ConfigError
 from ..controller.health import GATE_TIMEOUT_S
-from ..controller.runstate import END_STATES
+from ..controller.runstate import END_STATES, VERSIONED, package_versions
+from ..netem.preset import load_preset
 from .matrix import Cell, expand, load_matrix, with_overrides
 
 OK_STATUS = "finished"  # the row status of a run that ended as planned (controller/runstate.py)
@@ -140,12 +141,14 @@ def failure_row(cell: Cell, run_id: str, reason: str, started_at: str) -> dict[s
     }
 
 
-def record_failure(runs_dir: Path, cell: Cell, reason: str, started: datetime, run_id: str | None = None) -> str:
-    """Write a failed cell's row and provenance; returns its run id (named like the controller's)."""
+def record_failure(runs_dir: Path, cell: Cell, reason: str, started: datetime, run_id: str | None = None,
+                   context: dict[str, Any] | None = None) -> str:
+    """Write a failed cell's row and provenance; returns its run id (named like the controller's).
+    `context` (the preset, image id, versions) joins the provenance, as a controller's run.json has it."""
     run_id = run_id or f"{started:%Y%m%dT%H%M%SZ}-{cell.config.name}-failed-{cell.key[:8]}"
     started_at = started.isoformat(timespec="seconds")
     provenance = {"config": cell.config.model_dump(mode="json"), "profile": cell.profile, "cell": cell_summary(cell),
-                  "failure": reason, "log": f"{MATRIX_DIR}/{cell.key}.log"}
+                  "failure": reason, "log": f"{MATRIX_DIR}/{cell.key}.log", **(context or {})}
     write_run(runs_dir, run_id, failure_row(cell, run_id, reason, started_at), provenance)
     return run_id
 
@@ -244,10 +247,12 @@ class Runner:
         env = self.cell_env(cell)
         try:
             run_id, status, reason = self.run_stack(cell, env)
-        except CellFailed as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of one cell becomes its row; the matrix goes on
+            reason = str(exc) if isinstance(exc, CellFailed) else f"runner error: {type(exc).__name__}: {exc}"
             self.keep_logs(cell, env)
-            run_id, status, reason = record_failure(self.runs_dir, cell, str(exc), started, exc.run_id), \
-                FAILED_STATUS, str(exc)
+            run_id = record_failure(self.runs_dir, cell, reason, started, getattr(exc, "run_id", None),
+                                    self.provenance(cell))
+            status = FAILED_STATUS
         finally:
             self.tear_down(cell, env)
         return {**cell_summary(cell), "run_id": run_id, "status": status, "reason": reason,
@@ -281,6 +286,11 @@ class Runner:
             raise CellFailed(f"run {run_id} ended as {state} but wrote no row within {ROW_GRACE_S:.0f} s", run_id)
         row = read_rows(row_file)[0]
         return run_id, row["status"], row.get("reason", "")
+
+    def provenance(self, cell: Cell) -> dict[str, Any]:
+        """What a failed cell's run.json carries besides its config: the preset, image and versions."""
+        return {"preset": load_preset(cell.profile, self.root / "netem").as_dict(), "image_id": self.image_id,
+                "versions": {"python": sys.version.split()[0], **package_versions(VERSIONED)}}
 
     def cell_env(self, cell: Cell) -> dict[str, str]:
         env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "RUN_TOKEN": secrets.token_hex(16),

@@ -410,7 +410,8 @@ class Sidecar:
     def report(self) -> dict:
         return {"profile": self.preset.name, "backend": self.backend.name, "seed": self.seed,
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
-                "links": self.links_report(), "probe": self.probe, "compute_speed": list(self.preset.compute_speeds)}
+                "links": self.links_report(), "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
+                "preset": self.preset.as_dict()}
 
     def snapshot(self) -> None:
         """The state file (for --health and verify) now, and the body the reporter sends next."""
@@ -441,7 +442,7 @@ class Sidecar:
             except Exception as exc:  # noqa: BLE001 - retried at the next report
                 log.debug("no run id yet: %s", exc)
                 return
-        record = {**body, "preset": self.preset.as_dict(), "t0": self.t0_wall}
+        record = {**body, "t0": self.t0_wall}
         blob = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
         if blob != self._last_link_json:
             atomic_write(self.settings.runs_dir / self.run_id / "link.json", blob)
