@@ -35,6 +35,7 @@ class Settings:
     worker_index: int | None = None  # WORKER_INDEX: a worker's index outside compose (else from Docker's DNS)
     torch_threads: int | None = None  # TORCH_THREADS: torch intra-op threads per process; unset = every core
     linger: bool = False  # WORKER_LINGER=1: a worker stays up, idle, after the run (its link stays measurable)
+    health_file: Path | None = None  # WORKER_HEALTH_FILE: touched at each answered heartbeat (compose's healthcheck)
 
 
 def check_token(token: str) -> str:
@@ -80,7 +81,14 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         log_level=_log_level(env.get("LOG_LEVEL", "info")),
         torch_threads=_int_or_none("TORCH_THREADS", env.get("TORCH_THREADS")),
         linger=env.get("WORKER_LINGER", "0") == "1",
+        health_file=Path(env["WORKER_HEALTH_FILE"]) if env.get("WORKER_HEALTH_FILE") else None,
     )
+
+
+def touch(path: Path | None) -> None:
+    """Mark a process alive for a file-age healthcheck (no Python start per check); None: nothing to do."""
+    if path is not None:
+        path.touch()
 
 
 def _log_level(raw: str) -> str:

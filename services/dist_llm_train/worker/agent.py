@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from ..settings import Settings
+from ..settings import Settings, touch
 from .client import Conflict, ControlClient, ControlError, Gone, NotFound, TokenRefused, Unreachable
 from .synthetic import run_task
 
@@ -136,6 +136,7 @@ class Agent:
                 self.stopping.set()
                 return
             self._rtt_ms = (time.perf_counter() - sent) * 1000
+            touch(self.settings.health_file)
             self.speed_factor = answer.get("speed_factor", 1.0)
             if answer["stop"]:
                 self.log.info("controller says stop (run %s)", answer["run_state"])
