@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", help="where the row and provenance land (default ./runs)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="give up after this many seconds (default: the config's timeout_s + 30)")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="demo-ml: train on this UTF-8 text (gzip if .gz) instead of the bundled corpus "
+                             "(the same as --set ml.data.path=PATH)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, dotted, value in YAML (repeatable): --set tasks.count=10")
 
@@ -219,9 +222,17 @@ def main(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.set)
         if args.workers is not None:
             overrides["workers.count"] = args.workers
+        if args.data is not None:
+            if mode != "ml":
+                raise ConfigError("--data: only demo-ml trains on text")
+            overrides["ml.data.path"] = str(Path(args.data).resolve())  # the children run elsewhere
         config = load_run_config(path, overrides)
         if config.mode != mode:
             raise ConfigError(f"{path}: mode: is {config.mode!r}, but demo-{mode} runs a {mode} config")
+        if config.ml is not None and config.ml.data.path is not None:
+            from .ml.data import load_corpus  # torch: only here
+
+            load_corpus(config.ml.data.path, config.ml.data.seq_len)  # a bad file is refused before anything starts
     except ConfigError as exc:
         print(f"demo: refused: {exc}", file=sys.stderr)
         return 2

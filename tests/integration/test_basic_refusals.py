@@ -72,3 +72,16 @@ def test_chunked_upload_over_the_cap_is_refused_by_the_real_server(tmp_path, pro
     assert answer.status == 413
     assert "max_body_kb" in body
     assert alive is not None and alive["ok"] is True
+
+
+def test_demo_data_is_refused_before_anything_starts(tmp_path):
+    missing = tmp_path / "no-such.txt"
+
+    ml = dlt("demo-ml", "--config", str(REPO / "configs/ml_ci.yaml"), "--data", str(missing),
+             "--runs-dir", str(tmp_path / "runs"), env=ENV)
+    basic = dlt("demo-basic", "--config", str(REPO / "configs/basic_ci.yaml"), "--data", str(missing),
+                "--runs-dir", str(tmp_path / "runs"), env=ENV)
+
+    assert ml.returncode == 2 and f"data.path: {missing}: no such file" in ml.stderr
+    assert basic.returncode == 2 and "--data: only demo-ml trains on text" in basic.stderr
+    assert not (tmp_path / "runs").exists()

@@ -6,7 +6,6 @@ from dist_llm_train.ps.staleness import (
     RoundEstimate,
     accept,
     adaptive_bound,
-    expected_round_s,
     lr_scale,
     staleness,
 )
@@ -65,11 +64,6 @@ def test_adaptive_bound_accepts_a_far_worker_that_a_global_bound_starves():
     assert not accept(s, bound=4)
     assert accept(s, adaptive_bound(8.0, 1.5, 0.05, min_bound=1, max_bound=32))  # ceil(8 * 1.7) = 14
     assert not accept(3 * s, adaptive_bound(8.0, 1.5, 0.05, min_bound=1, max_bound=32))  # held 3x longer
-
-
-def test_expected_round_from_link_telemetry():
-    # RTT 0.6 s + compute 0.2 s + 4.06 MB * 8 / 50 Mbit/s = 0.6 + 0.2 + 0.6496
-    assert expected_round_s(0.6, 0.2, 4_060_000, 50.0) == pytest.approx(1.4496)
 
 
 def test_round_estimate_follows_rfc6298():

@@ -8,7 +8,8 @@ bound for everyone); adaptive gives each worker its own bound from what the PS m
 
     version_rate versions the PS applied per second over the recent past                  [versions / s]
     round_i      EWMA of worker i's round: PS sent parameters -> PS received the update   [s]
-                 (= RTT + transfer of both payloads + compute; `expected_round_s` before any measurement)
+                 (= RTT + transfer of both payloads at the link's rate + compute: the link as the PS
+                 measures it, not as a preset or the worker claims it; sampled from the worker's first update)
     round_dev_i  EWMA of |sample - round_i|                                               [s]
 
 Why: an update computed from version v arrives round_i seconds later, when the PS has applied about
@@ -48,13 +49,6 @@ def lr_scale(s: int) -> float:
     """Staleness-aware async SGD (Zhang et al. 2016): the step of an update with staleness s is divided by s;
     s = 0 and s = 1 both keep the full step."""
     return 1.0 / max(1, s)
-
-
-def expected_round_s(rtt_s: float, compute_s: float, payload_bytes: int, link_mbit: float) -> float:
-    """A worker's round before the PS has measured one, from link telemetry and its step time:
-    RTT + compute + (pull + push bytes) * 8 / (link_mbit * 1e6) seconds. E.g. RTT 0.6 s, compute 0.2 s and
-    4.06 MB (dense 1 M pull + top-k 1 % push) over 50 Mbit/s: 0.6 + 0.2 + 0.65 = 1.45 s."""
-    return rtt_s + compute_s + payload_bytes * 8 / (link_mbit * 1e6)
 
 
 def adaptive_bound(version_rate: float, round_s: float, round_dev_s: float, min_bound: int, max_bound: int) -> int:
