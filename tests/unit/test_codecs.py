@@ -12,6 +12,7 @@ from dist_llm_train.ml.codecs import (
     encode,
     nbytes,
     topk_count,
+    topk_indices,
 )
 
 SIZES = [1, 2, 7, 50, 1000, 20_011]  # 1, 7 and 50 are below 1 / ratio for top-k 1 %
@@ -71,6 +72,37 @@ def test_topk_keeps_the_largest_and_drops_the_rest(d, ratio):
     if dropped.any():
         assert x[dropped].abs().max() <= x[kept].abs().min()
     assert (x - x_hat)[dropped].square().sum() <= (1 - k / d) * x.square().sum()
+
+
+def magnitudes(kind: str, d: int = 200_000) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(d, generator=g)
+    if kind == "sparse 2 %":  # a downlink delta: most coordinates did not move
+        x = x * (torch.rand(d, generator=g) < 0.02)
+    elif kind == "sparse 0.5 %":  # fewer nonzeros than k = 1 %
+        x = x * (torch.rand(d, generator=g) < 0.005)
+    elif kind == "zeros":
+        x = torch.zeros(d)
+    elif kind == "layered":  # a strided sample sees one block far smaller than the other
+        x[: d // 2] *= 1e-4
+    elif kind == "ties":
+        x = torch.randint(0, 3, (d,), generator=g).float()
+    return x.abs()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse 2 %", "sparse 0.5 %", "zeros", "layered", "ties"])
+@pytest.mark.parametrize("k", [1, 37, 2000, 10_000])
+def test_topk_indices_are_exactly_a_top_k_set(kind, k):
+    m = magnitudes(kind)
+
+    picked = topk_indices(m, k)
+
+    assert picked.dtype == torch.int64 and picked.numel() == k
+    assert bool((picked[1:] > picked[:-1]).all())  # sorted, no index twice
+    kth = m.sort(descending=True).values[k - 1]  # every pick reaches the k-th largest, every other value stays at or below it
+    rest = torch.ones_like(m, dtype=torch.bool)
+    rest[picked] = False
+    assert bool((m[picked] >= kth).all()) and bool((m[rest] <= kth).all())
 
 
 @pytest.mark.parametrize(("d", "ratio", "k"), [(1, 0.01, 1), (50, 0.01, 1), (250, 0.01, 2), (1_000_000, 0.01, 10_000), (10, 1.0, 10)])
