@@ -89,6 +89,18 @@ def test_topk_downlink_keeps_replicas_exact_and_converges(serve):
     assert behind > 1e-3 and caught_up < 1e-6, (behind, caught_up)
 
 
+def test_a_dense_downlink_sends_the_exact_parameters_to_a_topk_run(serve):
+    server, connect = serve({"ml.compression.codec": "topk", "ml.compression.downlink": "none",
+                             "ml.staleness.bound": 100})
+    worker = connect("a")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        ack = worker.take(worker.ask(worker.push(torch.randn(server.numel, generator=gen) * 0.01, "topk")))
+        assert ack.accepted and not ack.delta and ack.payload.codec == "none"
+        assert torch.equal(worker.params, server.params)  # exact at every step, no replica kept
+    assert server.sessions[worker.session].replica is None
+
+
 def test_sync_round_drops_its_straggler_and_refuses_its_late_update(serve):
     server, connect = serve({"ml.staleness.protocol": "sync", "ml.staleness.sync_timeout_s": 0.5})
     a, b, late = connect("a"), connect("b"), connect("late")

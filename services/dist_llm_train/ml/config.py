@@ -49,6 +49,9 @@ class CompressionConfig(Section):
     codec: CodecName = Field("none", description="uplink codec of a worker's update")
     ratio: float = Field(0.01, gt=0, le=1, description="topk: fraction of coordinates sent")
     error_feedback: bool = Field(True, description="keep what compression dropped and add it to the next update")
+    downlink: Literal["same", "none"] = Field(
+        "same", description="parameters sent back: 'same' codec as a delta against the worker's replica (what it "
+                            "drops goes out later), or 'none' (dense fp32: 4 bytes per parameter down, exact)")
 
 
 class OptimizerConfig(Section):

@@ -29,7 +29,8 @@ version + 1.
 
 Downlink, bytes per update for the default model (d = 938,240):
     codec none          every ACK / PARAMS carries the dense parameters: 3.75 MB down per 3.75 MB up.
-    fp16, int8, topk    the PS keeps each worker's replica (the parameters it holds, as the PS computes them)
+    fp16, int8, topk    (with `compression.downlink: same`, the default; `none` sends dense parameters as above)
+                        the PS keeps each worker's replica (the parameters it holds, as the PS computes them)
                         and sends C(params - replica) with the run's codec, then advances the replica by
                         exactly what it sent (`wire.apply_parameters`, the worker's own call): what compression
                         dropped stays in params - replica and goes out later (error feedback on the downlink),
@@ -166,6 +167,7 @@ class ParameterServer:
         self.optimizer = build_optimizer(ml, self.numel)
         self.noise = torch.Generator().manual_seed(config.seed)
         self.codec, self.ratio = ml.compression.codec, ml.compression.ratio
+        self.down_codec = self.codec if ml.compression.downlink == "same" else "none"
         self.max_bytes = ml.max_message_mb << 20
         self.model_digest, self.config_digest = wire.model_digest(config, self.numel), wire.config_digest(config)
 
@@ -212,11 +214,12 @@ class ParameterServer:
         ml, dense = self.ml, 4 * self.numel
         up = nbytes(encode(torch.ones(self.numel), self.codec, self.ratio))
         self.log.info("PS on %s: %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, codec %s "
-                      "(%.1f KB per update, %.2f %% of dense, each way), local steps %d; %s at version %d",
+                      "(%.1f KB per update, %.2f %% of dense, up%s), local steps %d; %s at version %d",
                       address, ml.model.arch, "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim,
                                                                          ml.model.layers)),
                       self.numel, dense / 1e6, ml.staleness.protocol, self.window_size, self.codec, up / 1e3,
-                      100 * up / dense, ml.local.steps, "resumed" if resumed else "starting", self.version)
+                      100 * up / dense, " and down" if self.down_codec == self.codec else "; dense down",
+                      ml.local.steps, "resumed" if resumed else "starting", self.version)
 
     def resume(self) -> bool:
         if self.checkpoint_dir is None:
@@ -423,9 +426,9 @@ class ParameterServer:
     def parameters_for(self, sess: Session, now: float) -> tuple[Encoded, bool]:
         """(payload, is a delta) that bring this worker to the current version; records what was sent."""
         payload, delta = None, False
-        if self.codec != "none" and sess.replica is not None:
+        if self.down_codec != "none" and sess.replica is not None:
             try:
-                payload = encode(self.params - sess.replica, self.codec, self.ratio)
+                payload = encode(self.params - sess.replica, self.down_codec, self.ratio)
                 wire.apply_parameters(sess.replica, payload, delta=True)
                 delta = True
             except ValueError as exc:  # fp16 overflow of a large delta: dense instead
@@ -433,7 +436,7 @@ class ParameterServer:
                 payload = None
         if payload is None:
             payload = Encoded("none", self.numel, {"values": self.params})  # copied as it is sent (`send`)
-            if self.codec != "none":
+            if self.down_codec != "none":
                 sess.replica = self.params.clone()
         sess.sent_version, sess.sent_at = self.version, now
         if self.ended is None:
