@@ -192,3 +192,22 @@ def test_a_restarted_container_gets_its_link_back(make_stack, prober):
     rtts = [r for r in prober.rtts(worker, address(controller), 200, 0.005) if r is not None]
     assert len(rtts) >= 195 and abs(median(rtts) - 100) <= 10, median(rtts)
     stack.down()
+
+
+def test_changing_the_profile_reapplies_links_and_restarts_no_training_service(make_stack, prober):
+    # Prepare: a stack under lan, its RTT measured.
+    stack, _ = up_and_ready(make_stack, "lan")
+    worker, controller = stack.containers("worker")[0], stack.containers("controller")[0]
+    prober.echo(controller)
+    before = median([r for r in prober.rtts(worker, address(controller), 100, 0.005) if r is not None])
+
+    # Execute: `make up PROFILE=high_rtt` on the running stack (PROFILE reaches only the sidecar).
+    stack.profile = "high_rtt"
+    stack.up()
+    stack.wait_for(lambda s: s["links"]["profile"] == "high_rtt" and s["links"]["ready"], 120,
+                   "the sidecar to apply high_rtt")
+    after = median([r for r in prober.rtts(worker, address(controller), 100, 0.005) if r is not None])
+
+    # Assert: the same training containers, now 100 ms apart.
+    assert stack.containers("worker") == [worker] and stack.containers("controller") == [controller]
+    assert before < 5 and abs(after - 100) <= 10, (before, after)
