@@ -211,3 +211,20 @@ def test_changing_the_profile_reapplies_links_and_restarts_no_training_service(m
     # Assert: the same training containers, now 100 ms apart.
     assert stack.containers("worker") == [worker] and stack.containers("controller") == [controller]
     assert before < 5 and abs(after - 100) <= 10, (before, after)
+
+
+def test_a_dead_delayer_marks_the_run_and_is_restarted(make_stack, prober):
+    stack, status = up_and_ready(make_stack, "high_rtt")
+    if status["links"]["backend"] != "userspace":
+        pytest.skip("the netem backend runs no delayer")  # never on the CI kernel, which has no sch_netem
+    worker, controller = stack.containers("worker")[0], stack.containers("controller")[0]
+    (entry,) = [link for link in status["links"]["links"].values() if link["role"] == "worker"]
+
+    stack.compose("exec", "-T", "netem", "kill", "-9", str(entry["delayer"]["pid"]))
+
+    status = stack.wait_for(lambda s: s["run"]["degraded"], 60, "the run to be marked degraded")
+    assert "delayer" in status["run"]["degraded"] and "died" in status["run"]["degraded"], status["run"]
+    assert "delayer restarted" in stack.logs("netem")
+    prober.echo(controller)
+    rtts = [r for r in prober.rtts(worker, address(controller), 200, 0.005) if r is not None]
+    assert len(rtts) >= 195 and abs(median(rtts) - 100) <= 10, median(rtts)  # delayed again, never bare
