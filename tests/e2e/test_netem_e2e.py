@@ -218,9 +218,13 @@ def test_a_dead_delayer_marks_the_run_and_is_restarted(make_stack, prober):
     if status["links"]["backend"] != "userspace":
         pytest.skip("the netem backend runs no delayer")  # never on the CI kernel, which has no sch_netem
     worker, controller = stack.containers("worker")[0], stack.containers("controller")[0]
-    (entry,) = [link for link in status["links"]["links"].values() if link["role"] == "worker"]
+    link_json = stack.runs_dir / status["run"]["id"] / "link.json"  # the sidecar's record of what it applied
+    deadline = time.monotonic() + 30
+    while not link_json.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (entry,) = [link for link in json.loads(link_json.read_text())["links"].values() if link["role"] == "worker"]
 
-    stack.compose("exec", "-T", "netem", "kill", "-9", str(entry["delayer"]["pid"]))
+    stack.compose("exec", "-T", "netem", "kill", "-9", str(entry["delayer"]["pid"]))  # its pid: the host's (pid: host)
 
     status = stack.wait_for(lambda s: s["run"]["degraded"], 60, "the run to be marked degraded")
     assert "delayer" in status["run"]["degraded"] and "died" in status["run"]["degraded"], status["run"]
