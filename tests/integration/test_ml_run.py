@@ -21,7 +21,7 @@ from ml_support import REPO, ml_run, number, row_of
 THRESHOLD = 2.4
 
 
-@pytest.mark.parametrize("protocol", ["async", "sync"])
+@pytest.mark.parametrize("protocol", ["async", "sync", "adaptive"])
 def test_three_workers_train_below_the_threshold(tmp_path, process_log, protocol):
     with ml_run(tmp_path, process_log, {"ml.staleness.protocol": protocol}) as run:
         run.start()
@@ -44,7 +44,7 @@ def test_three_workers_train_below_the_threshold(tmp_path, process_log, protocol
     assert number(row, "final_train_loss") < 2.8
 
     accepted, rejected = int(row["updates_accepted"]), int(row["updates_rejected"])
-    assert accepted >= 600 and (protocol == "async" or rejected == 0)
+    assert accepted >= 600 and (protocol != "sync" or rejected == 0)  # sync: no straggler here, nothing refused
     assert sum(staleness.values()) == accepted + rejected
     dense = 4 * 49_920
     assert int(row["bytes_up"]) >= accepted * dense  # every update is a dense PUSH
