@@ -14,10 +14,10 @@ import time
 
 from ..schema import ConfigError
 from ..settings import from_env, touch
-
-LINGER_TOUCH_S = 10.0  # well inside the 30 s age compose's healthcheck accepts
 from .agent import Agent
 from .identity import IdentityError, resolve
+
+LINGER_TOUCH_S = 10.0  # well inside the 30 s age compose's healthcheck accepts
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
