@@ -92,6 +92,18 @@ class Probe(BaseModel):
     mbit: float | None
 
 
+class Emulation(BaseModel):
+    """How faithfully the userspace delayers kept the preset's delays (netem/lateness.py `Tally.summary`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # extra: the per-container figures, kept as sent
+    late_p99_ms: float | None = Field(ge=0)
+    packets: int = Field(ge=0, lt=2**53)
+    late_over_tolerance: int = Field(ge=0, lt=2**53)
+    drops: int = Field(ge=0, lt=2**53)
+    within_tolerance: bool
+    problems: list[Annotated[str, Field(max_length=500)]] = Field(max_length=256)
+
+
 class LinksIn(RequestBody):
     profile: str
     backend: Literal["netem", "userspace"]
@@ -104,6 +116,12 @@ class LinksIn(RequestBody):
     compute_speed: list[Annotated[float, Field(gt=0)]] = Field(
         [1.0], min_length=1, description="the preset's factor on worker i's compute speed, entry i mod len")
     preset: dict[str, Any] | None = Field(None, description="the preset as written, for the run's provenance")
+    failed: str | None = Field(None, max_length=2000, description="why the preset cannot be applied as written: a "
+                               "run that has not started ends failed with it")
+    tcp_cc: str | None = Field(None, max_length=100, description="TCP congestion control in force in the stack's "
+                               "namespaces ('cubic'; 'bbr+cubic' when entries differ)")
+    emulation: Emulation | None = Field(None, description="the delayers' release lateness and unasked-for drops so "
+                                        "far (netem/lateness.py); null when no delayer runs")
 
 
 class PsReportIn(RequestBody):

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..results import atomic_write
 from ..schema import ConfigError
+from . import lateness, tcp
 from .backends import CHOICES, choose
 from .backends.base import Backend, LinkError, in_namespace, run_commands
 from .backends.userspace import delayer_argv
@@ -217,6 +218,7 @@ class Applied:
     target: Target
     link: LinkSpec
     ns: NamespaceLink | None  # None: the preset never impairs this container, nothing installed
+    tcp: dict[str, str]  # the namespace's TCP settings in force once the preset's were set (tcp.SETTINGS)
     since: float = field(default_factory=time.time)
 
 
@@ -244,6 +246,8 @@ class Sidecar:
         self._last_link_json: bytes | None = None
         self._waiting_for: set[str] = set()
         self.latest: dict | None = None  # the report the reporter thread sends next
+        self.failure: str | None = None  # the first reason the preset cannot be applied as written
+        self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -282,9 +286,13 @@ class Sidecar:
         if old is not None:
             self.forget(target.id, "restarted")
         link = self.preset.link_at(target.role, target.index, self.now_t())
+        settings = self.apply_tcp(target, link)
+        if settings is None:
+            return
         if all(l.is_identity for l in self.preset.links_over_time(target.role, target.index)):
-            self.applied[target.id] = Applied(target, link, None)
-            log.info("%s (%s, %s): no impairment, nothing installed", target.name, target.label, target.address)
+            self.applied[target.id] = Applied(target, link, None, settings)
+            log.info("%s (%s, %s): no impairment, nothing installed; TCP %s", target.name, target.label,
+                     target.address, settings["congestion_control"])
             return
         seed = zlib.crc32(f"{self.seed}:{target.label}".encode()) & 0x7FFFFFFF
         ns = NamespaceLink(self.backend, target.netns, target.label, seed)
@@ -293,9 +301,28 @@ class Sidecar:
         except LinkError as exc:
             self.problem(f"apply:{target.label}", f"cannot apply the link of {target.name}: {exc}")
             return
-        self.applied[target.id] = Applied(target, link, ns)
-        log.info("%s (%s, %s, pid %d): applied %s [%s]", target.name, target.label, target.address,
-                 target.pid, link_text(link), self.backend.name)
+        self.applied[target.id] = Applied(target, link, ns, settings)
+        log.info("%s (%s, %s, pid %d): applied %s, TCP %s [%s]", target.name, target.label, target.address,
+                 target.pid, link_text(link), settings["congestion_control"], self.backend.name)
+
+    def apply_tcp(self, target: Target, link: LinkSpec) -> dict[str, str] | None:
+        """Set the link's TCP settings in the container's namespace and read back what is in force; None
+        (and a problem that fails a run not yet started) when the kernel refuses them."""
+        try:
+            run_commands(target.netns, tcp.commands(link.tcp))
+            settings = tcp.read_settings(target.netns)
+        except LinkError as exc:
+            allowed, _ = tcp.host_lists()
+            self.fail(f"tcp:{target.label}", f"cannot set TCP congestion control {link.tcp.congestion_control} in "
+                      f"{target.name}: {exc} (the host allows: {' '.join(allowed) or 'unknown'}; "
+                      "`make up` checks this first and prints the host command that allows it)")
+            return None
+        want = link.tcp.congestion_control
+        if want != "host" and settings["congestion_control"] != want:
+            self.fail(f"tcp:{target.label}", f"{target.name}: TCP congestion control is "
+                      f"{settings['congestion_control']} after setting {want}")
+            return None
+        return settings
 
     def forget(self, container_id: str, why: str) -> None:
         """The container stopped or restarted: its rules went with its namespace; stop its delayer."""
@@ -359,6 +386,11 @@ class Sidecar:
             log.error("PROBLEM: %s", message)
         self.problems[key] = message
 
+    def fail(self, key: str, message: str) -> None:
+        """A problem that makes the preset impossible to apply: a run that has not started ends `failed`."""
+        self.problem(key, message)
+        self.failure = self.failure or message
+
     # -- the probe ------------------------------------------------------------------------
     def probe_pair(self) -> tuple[Applied, Applied] | None:
         by_label = {a.target.label: a for a in self.applied.values()}
@@ -382,7 +414,7 @@ class Sidecar:
                     self.problem("probe", f"the fidelity probe failed {attempt} times: {exc}")
                     self.probe_done = True
                     return
-        exp = expected(a.link, b.link)
+        exp = expected(a.link, b.link, self.backend.name)
         verdict = judge(measured, exp)
         misses = [k for k, ok in verdict.items() if ok is False]
         self.probe = {**measured, "pair": [a.name, b.name], "expected": exp, "verdict": verdict,
@@ -399,18 +431,29 @@ class Sidecar:
         out = {}
         for item in self.applied.values():
             entry = {"role": item.target.role, "index": item.target.index, "address": item.target.address,
-                     **item.link.model_dump(), "installed": item.ns is not None, "since": item.since}
+                     **item.link.model_dump(), "installed": item.ns is not None, "since": item.since,
+                     "tcp_in_force": item.tcp}
             if item.ns is not None and item.ns.delayer is not None:
                 stats = item.ns.delayer_stats() or {}
+                self.lateness.record(item.target.label, stats)
                 entry["delayer"] = {k: stats.get(k) for k in ("pid", "packets_seen", "dropped_loss", "queued",
-                                                               "overflow_drops", "cpu_pct", "late_ms")}
+                                                               "overflow_drops", "socket_drops", "refused_verdicts",
+                                                               "cpu_pct", "late_ms", "timer_late_ms")}
             out[item.target.name] = entry
         return out
 
+    def tcp_summary(self) -> str | None:
+        """The congestion controls in force across the stack ('cubic', or 'bbr+cubic' when entries differ)."""
+        found = sorted({item.tcp["congestion_control"] for item in self.applied.values()})
+        return "+".join(found) or None
+
     def report(self) -> dict:
+        links = self.links_report()  # first: it records the delayers' latest stats in the tally
         return {"profile": self.preset.name, "backend": self.backend.name, "seed": self.seed,
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
-                "links": self.links_report(), "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
+                "failed": self.failure, "tcp_cc": self.tcp_summary(),
+                "links": links, "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
+                "emulation": self.lateness.summary(),
                 "preset": self.preset.as_dict()}
 
     def snapshot(self) -> None:
@@ -544,6 +587,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="dry run: how many workers")
     parser.add_argument("--ps", action="store_true", help="dry run: include a parameter server (ML mode)")
     parser.add_argument("--backend", choices=CHOICES, default=None, help="default: NETEM_BACKEND, else auto")
+    parser.add_argument("--tcp-cc", choices=("cubic", "bbr", "reno", "host"), default=None,
+                        help="congestion control of every container, whatever the preset says (default: TCP_CC)")
     parser.add_argument("--health", action="store_true", help="exit 0 if the sidecar is watching (compose healthcheck)")
 
 
@@ -570,6 +615,9 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
         label = role if role != "worker" else f"worker-{index}"
         link = preset.link_at(role, index, 0.0)
         print(f"\n## {label}: {link_text(link)}")
+        print(f"# TCP congestion control {link.tcp.congestion_control}, in {label}'s network namespace:")
+        for argv in tcp.commands(link.tcp) or [("# (host: nothing set; the inherited default is recorded)",)]:
+            print(" ".join(argv))
         if all(l.is_identity for l in preset.links_over_time(role, index)):
             print("# nothing to install")
             continue
@@ -605,23 +653,22 @@ def main(args: argparse.Namespace) -> int:
     from .. import settings as settings_module
 
     try:
-        if args.dry_run:
-            netem_dir = Path(args.netem_dir or os.environ.get("NETEM_DIR", "netem"))
-            preset = load_preset(args.profile or os.environ.get("NETEM_PROFILE", "lan"), netem_dir)
-            backend, why = choose(args.backend or os.environ.get("NETEM_BACKEND", "auto"))
+        if args.dry_run:  # no stack, no token: everything from the command line
+            preset = load_preset(args.profile or "lan", Path(args.netem_dir or "netem"), args.tcp_cc)
+            backend, why = choose(args.backend or "auto")
             dry_run(preset, backend, why, args.workers, args.ps)
             return 0
         settings = settings_module.from_env()
         if not (args.profile or settings.profile):
             raise ConfigError("NETEM_PROFILE: not set (make up passes PROFILE)")
-        preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir))
-        backend, why = choose(args.backend or os.environ.get("NETEM_BACKEND", "auto"))
-        project = os.environ["COMPOSE_PROJECT"]
+        if settings.compose_project is None:
+            raise ConfigError("COMPOSE_PROJECT: not set (compose.yaml passes the project name)")
+        preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir),
+                             args.tcp_cc or settings.tcp_cc)
+        backend, why = choose(args.backend or settings.netem_backend)
+        project = settings.compose_project
     except (ConfigError, ValueError, LinkError) as exc:
         print(f"netem: refused: {exc}", file=sys.stderr)
-        return 2
-    except KeyError:
-        print("netem: refused: COMPOSE_PROJECT is not set (compose.yaml passes the project name)", file=sys.stderr)
         return 2
     import docker
     import httpx
