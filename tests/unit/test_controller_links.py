@@ -73,3 +73,14 @@ def test_nonsense_emulation_figures_are_422(tmp_path):
         answer = h.client.post("/links", content=body, headers={**AUTH, "Content-Type": "application/json"})
         assert answer.status_code == 422, bad
     assert h.status()["run"]["state"] == "waiting"
+
+
+def test_a_run_started_without_a_declared_worker_says_so(tmp_path):
+    h = Harness(tmp_path, link_gate=True)
+    worker = h.register()
+    h.client.post("/links", json={**LINKS, "missing": ["worker-1"]}, headers=AUTH)
+    h.client.post("/links", json={**LINKS, "missing": []}, headers=AUTH)  # later reports do not change the start
+    finish_all(h, worker)
+    row = the_row(tmp_path)
+    assert row["status"] == "finished"
+    assert "started with 1 of 2 workers (no running container after workers.start_wait_s: worker-1)" in row["reason"]

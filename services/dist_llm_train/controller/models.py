@@ -120,6 +120,8 @@ class LinksIn(RequestBody):
                                "run that has not started ends failed with it")
     tcp_cc: str | None = Field(None, max_length=100, description="TCP congestion control in force in the stack's "
                                "namespaces ('cubic'; 'bbr+cubic' when entries differ)")
+    missing: list[Annotated[str, Field(max_length=100)]] = Field(
+        [], max_length=256, description="declared workers without a running container when the run started")
     emulation: Emulation | None = Field(None, description="the delayers' release lateness and unasked-for drops so "
                                         "far (netem/lateness.py); null when no delayer runs")
 

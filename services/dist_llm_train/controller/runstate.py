@@ -135,6 +135,10 @@ class Run:
         if meta["degraded_reason"]:
             status = "degraded" if status == "finished" else status
             reason = f"{reason}; links degraded: {meta['degraded_reason']}"
+        missing = self._report("links_at_start").get("missing")
+        if missing:
+            reason = (f"{reason}; started with {config.workers.count - len(missing)} of {config.workers.count} "
+                      f"workers (no running container after workers.start_wait_s: {', '.join(missing)})")
         if emulation.get("within_tolerance") is False:
             status = "degraded" if status == "finished" else status
             reason = f"{reason}; emulation out of tolerance: {'; '.join(emulation.get('problems') or [])}"

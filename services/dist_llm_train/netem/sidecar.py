@@ -15,7 +15,12 @@ backend `NETEM_BACKEND` chooses. It then
   - on SIGTERM / SIGINT / any exit removes every rule and stops every process it started, in
     `finally`, within CLEANUP_S.
 `ready` becomes true once the controller, the PS (ML mode) and every worker have their link and
-the first fidelity probe (worker 0 <-> PS in ML mode, else worker 0 <-> controller) is done.
+the first fidelity probe (the lowest-numbered live worker <-> PS in ML mode, else <-> controller)
+is done. A declared worker without a running container (killed, crashed, never started) does not
+hold the run forever: `workers.start_wait_s` after the servers and a first worker had their links,
+the probe runs and the run starts with the workers present; the report's `missing` names the others
+(the row's reason says so). A container that dies is dropped from the link set at once (Docker's
+`die` event), so the probe never measures a namespace that is gone.
 
 `--dry-run --profile X` prints the exact commands for every container without Docker;
 `--health` answers the compose healthcheck (the sidecar's loop wrote its state recently).
@@ -243,10 +248,13 @@ class Sidecar:
         self.seed = 0
         self.expect_ps = False
         self.expect_workers = 0
+        self.start_wait_s = 60.0  # workers.start_wait_s of the run config
+        self.servers_and_a_worker_at: float | None = None  # monotonic time both first had their links
         self._last_link_json: bytes | None = None
         self._waiting_for: set[str] = set()
         self.latest: dict | None = None  # the report the reporter thread sends next
         self.failure: str | None = None  # the first reason the preset cannot be applied as written
+        self.missing_at_start: list[str] = []  # declared workers the run started without
         self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
 
     # -- time and expectations ------------------------------------------------------------
@@ -263,6 +271,7 @@ class Sidecar:
                 config = config.get("config", config)
                 self.expect_ps = config["mode"] == "ml"
                 self.expect_workers = int(config["workers"]["count"])
+                self.start_wait_s = float(config["workers"].get("start_wait_s", self.start_wait_s))
                 self.seed = int(config.get("seed", 0))
                 log.info("run config: mode %s, %d workers, seed %d", config["mode"], self.expect_workers, self.seed)
                 return
@@ -274,9 +283,23 @@ class Sidecar:
         labels = {"controller"} | {f"worker-{i}" for i in range(self.expect_workers)}
         return labels | ({"ps"} if self.expect_ps else set())
 
+    def missing(self) -> set[str]:
+        """Expected containers without a link now."""
+        return self.expected_labels() - {a.target.label for a in self.applied.values()}
+
+    def waited_enough(self) -> bool:
+        """The servers and at least one worker have links, and either every worker does or the run
+        config's start_wait_s has passed since the first of them had (it then starts without the others)."""
+        missing = self.missing()
+        if missing & {"controller", "ps"} or len(missing) == self.expect_workers:
+            self.servers_and_a_worker_at = None
+            return False
+        if self.servers_and_a_worker_at is None:
+            self.servers_and_a_worker_at = time.monotonic()
+        return not missing or time.monotonic() - self.servers_and_a_worker_at >= self.start_wait_s
+
     def ready(self) -> bool:
-        have = {a.target.label for a in self.applied.values()}
-        return self.probe_done and self.expected_labels() <= have
+        return self.t0 is not None or (self.probe_done and self.waited_enough())
 
     # -- applying -------------------------------------------------------------------------
     def apply(self, target: Target) -> None:
@@ -393,15 +416,24 @@ class Sidecar:
 
     # -- the probe ------------------------------------------------------------------------
     def probe_pair(self) -> tuple[Applied, Applied] | None:
-        by_label = {a.target.label: a for a in self.applied.values()}
-        peer = by_label.get("ps" if self.expect_ps else "controller")
-        worker = by_label.get("worker-0")
-        return (worker, peer) if worker and peer else None
+        """The lowest-numbered worker with a running container, and the PS (ML) or the controller."""
+        applied = list(self.applied.values())  # the main thread changes the dict
+        peer = next((a for a in applied if a.target.role == ("ps" if self.expect_ps else "controller")), None)
+        workers = sorted((a for a in applied if a.target.role == "worker"), key=lambda a: a.target.index)
+        live = [a for a in workers if Path(a.target.netns).exists()]
+        return (live[0], peer) if live and peer else None
 
-    def run_probe(self, pair: tuple[Applied, Applied]) -> None:
-        worker, peer = pair
-        a, b = (Endpoint(x.target.name, x.target.netns, x.target.address, x.link) for x in pair)
-        for attempt in range(1, PROBE_ATTEMPTS + 1):
+    def run_probe(self) -> None:
+        """The fidelity probe before the run, on a pair picked afresh for each attempt: a container that
+        died meanwhile is replaced by the next live worker (waiting for one does not count as an attempt)."""
+        attempt = 0
+        while not self.stop.is_set():
+            pair = self.probe_pair()
+            if pair is None:
+                self.stop.wait(1.0)
+                continue
+            attempt += 1
+            a, b = (Endpoint(x.target.name, x.target.netns, x.target.address, x.link) for x in pair)
             try:
                 log.info("probe %s <-> %s: started (attempt %d)", a.name, b.name, attempt)
                 measured = measure_pair(a, b)
@@ -414,6 +446,8 @@ class Sidecar:
                     self.problem("probe", f"the fidelity probe failed {attempt} times: {exc}")
                     self.probe_done = True
                     return
+        else:
+            return
         exp = expected(a.link, b.link, self.backend.name)
         verdict = judge(measured, exp)
         misses = [k for k, ok in verdict.items() if ok is False]
@@ -451,7 +485,7 @@ class Sidecar:
         links = self.links_report()  # first: it records the delayers' latest stats in the tally
         return {"profile": self.preset.name, "backend": self.backend.name, "seed": self.seed,
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
-                "failed": self.failure, "tcp_cc": self.tcp_summary(),
+                "failed": self.failure, "tcp_cc": self.tcp_summary(), "missing": self.missing_at_start,
                 "links": links, "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
                 "emulation": self.lateness.summary(),
                 "preset": self.preset.as_dict()}
@@ -536,19 +570,20 @@ class Sidecar:
                 next_scan = now + RESCAN_EVERY_S
             self.watch_delayers()
             self.follow_phases()
-            missing = self.expected_labels() - {a.target.label for a in self.applied.values()}
+            missing = self.missing()
             if missing != self._waiting_for and self.t0 is None:
                 if missing:
                     log.info("waiting for the links of: %s", ", ".join(sorted(missing)))
                 self._waiting_for = missing
-            if self.probe_thread is None and not missing:
-                pair = self.probe_pair()
-                if pair is not None:
-                    self.probe_thread = threading.Thread(target=self.run_probe, args=(pair,), daemon=True)
-                    self.probe_thread.start()
+            if self.probe_thread is None and self.t0 is None and self.waited_enough():
+                self.probe_thread = threading.Thread(target=self.run_probe, daemon=True)
+                self.probe_thread.start()
             if self.t0 is None and self.ready():
                 self.t0, self.t0_wall = time.monotonic(), time.time()
-                log.info("ready: every link applied, probe done; t = 0 for the phases")
+                self.missing_at_start = sorted(missing)
+                log.info("ready: links applied, probe done; t = 0 for the phases%s",
+                         f"; starting without {', '.join(self.missing_at_start)} (no running container after "
+                         f"workers.start_wait_s = {self.start_wait_s:g} s)" if missing else "")
                 next_report = 0.0  # the controller holds the run until it hears this
             if now >= next_report:
                 self.snapshot()

@@ -17,6 +17,9 @@ class WorkersConfig(Section):
     capacity: list[float] = Field([1.0], min_length=1, description="capacity each worker declares at registration (i mod len)")
     memory_mb: list[int] = Field([4096], min_length=1, description="memory each worker declares, in MiB (i mod len)")
     base_tokens_per_sec: float = Field(50_000.0, gt=0, description="basic mode: synthetic tokens/s of a worker at speed 1.0")
+    start_wait_s: float = Field(60.0, gt=0, le=3600, description="with the netem sidecar: how long, once the servers and a "
+                                "first worker have their links, the run waits for every declared worker before it "
+                                "starts with those present (the row's reason names the others)")
 
     @field_validator("speed", "capacity")
     @classmethod
