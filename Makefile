@@ -9,12 +9,13 @@ CONFIG ?= configs/$(MODE)_demo.yaml
 IMAGE ?= dist-llm-train:dev
 BASE_IMAGE ?= debian:trixie-slim
 NETEM_BACKEND ?= auto
+TCP_CC ?=
 MATRIX ?= matrix
 COMPOSE_PROJECT_NAME ?= dlt
 HOST_UID := $(shell id -u)
 HOST_GID := $(shell id -g)
 
-export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND COMPOSE_PROJECT_NAME HOST_UID HOST_GID
+export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND TCP_CC COMPOSE_PROJECT_NAME HOST_UID HOST_GID
 
 COMPOSE := docker compose $(if $(filter ml,$(MODE)),--profile ml)
 # Roles that drive compose themselves (tests, experiments) get the socket and the repository at
@@ -35,6 +36,7 @@ help: ## list targets and variables
 	@echo
 	@echo "Variables: PROFILE=$(PROFILE) (netem/<PROFILE>.yaml)  MODE=$(MODE)  WORKERS=$(WORKERS)"
 	@echo "           CONFIG=$(CONFIG)  NETEM_BACKEND=$(NETEM_BACKEND) (auto|netem|userspace)"
+	@echo "           TCP_CC=$(TCP_CC) (empty: the preset's, default cubic; cubic|bbr|reno|host)"
 	@echo "           MATRIX=$(MATRIX) (experiments/<MATRIX>.yaml)  IMAGE=$(IMAGE)  BASE_IMAGE=$(BASE_IMAGE)"
 
 base-image: ## make sure a Debian 13 base image exists (pull, or build with debootstrap)
@@ -53,7 +55,8 @@ dirs:
 
 check: image ## validate CONFIG and netem/PROFILE.yaml before anything starts
 	@docker run --rm -v "$(CURDIR)/configs":/app/configs:ro -v "$(CURDIR)/netem":/app/netem:ro \
-		$(IMAGE) dist-llm-train check --config $(CONFIG) --profile $(PROFILE) --workers $(WORKERS)
+		$(IMAGE) dist-llm-train check --config $(CONFIG) --profile $(PROFILE) --workers $(WORKERS) \
+		$(if $(TCP_CC),--tcp-cc $(TCP_CC))
 
 up: check .env dirs ## start (or update) the stack: PROFILE, MODE, WORKERS, CONFIG
 	$(COMPOSE) up -d --remove-orphans

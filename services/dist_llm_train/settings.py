@@ -40,6 +40,7 @@ class Settings:
     netem_backend: str = "auto"  # NETEM_BACKEND: auto | netem | userspace (the sidecar's backend)
     compose_project: str | None = None  # COMPOSE_PROJECT: the compose project whose containers the sidecar shapes
     tcp_cc: str | None = None  # TCP_CC: replaces every preset entry's tcp.congestion_control (cubic, bbr, reno, host)
+    delayer_nice: int = 0  # DELAYER_NICE: niceness of the userspace delayers (-20..19; below 0 needs CAP_SYS_NICE)
 
 
 def check_token(token: str) -> str:
@@ -89,7 +90,20 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         netem_backend=env.get("NETEM_BACKEND") or "auto",
         compose_project=env.get("COMPOSE_PROJECT") or None,
         tcp_cc=_choice("TCP_CC", env.get("TCP_CC"), TCP_CC_CHOICES),
+        delayer_nice=_nice(env.get("DELAYER_NICE")),
     )
+
+
+def _nice(raw: str | None) -> int:
+    if raw in (None, ""):
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"DELAYER_NICE: expected a whole number from -20 to 19, got {raw!r}") from None
+    if not -20 <= value <= 19:
+        raise ConfigError(f"DELAYER_NICE: expected a whole number from -20 to 19, got {value}")
+    return value
 
 
 def _choice(name: str, raw: str | None, choices: tuple[str, ...]) -> str | None:

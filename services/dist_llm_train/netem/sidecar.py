@@ -77,11 +77,13 @@ class NamespaceLink:
     backend, the delayer process running there. Failure: `apply` raises LinkError after undoing
     what it did; `delayer_problem` says whether the delayer died; `remove` returns what failed."""
 
-    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = WORK_DIR):
+    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = WORK_DIR,
+                 nice: int = 0):
         self.backend = backend
         self.netns = netns
         self.label = label
         self.seed = seed
+        self.nice = nice  # the delayer's niceness (below 0 needs CAP_SYS_NICE; see DELAYER_NICE)
         self.spec_file = workdir / f"{label}.spec.json"
         self.stats_file = workdir / f"{label}.stats.json"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +132,11 @@ class NamespaceLink:
     def _start_delayer(self, spec: dict) -> None:
         atomic_write(self.spec_file, json.dumps(spec).encode())
         self.stats_file.unlink(missing_ok=True)
-        argv = delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file), self.seed)
-        self.delayer = subprocess.Popen(in_namespace(self.netns, argv), env=dict(os.environ, PYTHONPATH=SERVICES),
+        argv = in_namespace(self.netns, delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file),
+                                                     self.seed))
+        if self.nice:
+            argv = ["nice", "-n", str(self.nice), *argv]
+        self.delayer = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=SERVICES),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.delayer_output.clear()
         threading.Thread(target=self._forward, args=(self.delayer,), daemon=True).start()
@@ -309,24 +314,24 @@ class Sidecar:
         if old is not None:
             self.forget(target.id, "restarted")
         link = self.preset.link_at(target.role, target.index, self.now_t())
-        settings = self.apply_tcp(target, link)
-        if settings is None:
+        tcp_now = self.apply_tcp(target, link)
+        if tcp_now is None:
             return
         if all(l.is_identity for l in self.preset.links_over_time(target.role, target.index)):
-            self.applied[target.id] = Applied(target, link, None, settings)
+            self.applied[target.id] = Applied(target, link, None, tcp_now)
             log.info("%s (%s, %s): no impairment, nothing installed; TCP %s", target.name, target.label,
-                     target.address, settings["congestion_control"])
+                     target.address, tcp_now["congestion_control"])
             return
         seed = zlib.crc32(f"{self.seed}:{target.label}".encode()) & 0x7FFFFFFF
-        ns = NamespaceLink(self.backend, target.netns, target.label, seed)
+        ns = NamespaceLink(self.backend, target.netns, target.label, seed, nice=self.settings.delayer_nice)
         try:
             ns.apply(link)
         except LinkError as exc:
             self.problem(f"apply:{target.label}", f"cannot apply the link of {target.name}: {exc}")
             return
-        self.applied[target.id] = Applied(target, link, ns, settings)
+        self.applied[target.id] = Applied(target, link, ns, tcp_now)
         log.info("%s (%s, %s, pid %d): applied %s, TCP %s [%s]", target.name, target.label, target.address,
-                 target.pid, link_text(link), settings["congestion_control"], self.backend.name)
+                 target.pid, link_text(link), tcp_now["congestion_control"], self.backend.name)
 
     def apply_tcp(self, target: Target, link: LinkSpec) -> dict[str, str] | None:
         """Set the link's TCP settings in the container's namespace and read back what is in force; None
