@@ -21,13 +21,13 @@ COMPOSE := docker compose $(if $(filter ml,$(MODE)),--profile ml)
 # Roles that drive compose themselves (tests, experiments) get the socket and the repository at
 # its host path, so that the relative bind mounts of compose.yaml resolve on the host's daemon.
 DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
-	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND $(IMAGE)
+	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND -e TCP_CC $(IMAGE)
 # What the unit and integration tests need: real network namespaces for the delayer tests.
 TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
 	--security-opt no-new-privileges:true $(IMAGE)
 
 .PHONY: help base-image image .env dirs check up down logs ps verify test test-unit test-e2e \
-	experiments report bench bench-controller bench-netem bench-ps bench-ps-wan clean
+	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
 
 help: ## list targets and variables
 	@echo "make TARGET [PROFILE=lan] [MODE=basic|ml] [WORKERS=4] [CONFIG=configs/<mode>_demo.yaml]"
@@ -96,13 +96,16 @@ report: image dirs ## tables and plots from runs/ into runs/report/ (README=READ
 	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(IMAGE) \
 		dist-llm-train report --runs runs $(if $(README),--readme $(README))
 
-bench: bench-controller bench-netem bench-ps bench-ps-wan ## every benchmark
+bench: bench-controller bench-netem bench-tcp bench-ps bench-ps-wan ## every benchmark
 
 bench-controller: image ## controller API latency and scheduling-cycle time
 	docker run --rm $(IMAGE) dist-llm-train bench controller
 
 bench-netem: image ## emulation fidelity and cost per preset
 	$(DRIVER_RUN) dist-llm-train bench netem
+
+bench-tcp: image ## one TCP flow on lossy presets, cubic vs bbr, beside the Mathis bound (netem/README.md table)
+	$(DRIVER_RUN) dist-llm-train bench tcp
 
 bench-ps: image ## PS throughput and wire efficiency (local processes in one container)
 	docker run --rm $(IMAGE) dist-llm-train bench ps
