@@ -41,6 +41,7 @@ def test_good_config_loads_and_overrides_apply(tmp_path):
     ({"workers": {"count": 0}}, "workers.count", "greater than or equal to 1"),
     ({"tasks": {"count": -1}}, "tasks.count", "greater than or equal to 1"),
     ({"seed": -3}, "seed", "greater than or equal to 0"),
+    ({"seed": 2**53}, "seed", "less than or equal to 9007199254740991"),
     ({"controller": {"scheduler": "round-robin"}}, "controller.scheduler", "'gale-shapley'"),
     ({"mode": "turbo"}, "mode", "'basic' or 'ml'"),
     ({"tasks": {"tokens": [50, 10]}}, "tasks.tokens", "low 50 is above high 10"),
@@ -94,3 +95,25 @@ def test_missing_config_file_is_refused_naming_it(tmp_path):
 def test_bad_override_is_refused_naming_the_field(tmp_path):
     with pytest.raises(ConfigError, match="workers.count"):
         load_run_config(write(tmp_path, GOOD), {"workers.count": -2})
+
+
+@pytest.mark.parametrize("name", [
+    "../../x", "../../../etc/cron.d/x", "..", ".", "...", "a/b", "/abs", "a\\b", "", "x" * 65, "a b", "naïve",
+    "=cmd", "x\n", 7,
+], ids=["parent-twice", "parent-thrice", "dot-dot", "dot", "dots", "slash", "absolute", "backslash", "empty",
+        "65-chars", "space", "non-ascii", "formula", "newline", "number"])
+def test_a_name_that_cannot_name_files_is_refused(tmp_path, name):
+    path = write(tmp_path, {**GOOD, "name": name})
+
+    with pytest.raises(ConfigError) as refused:
+        load_run_config(path)
+
+    message = str(refused.value)
+    assert message.startswith(f"{path}: name: "), message
+    assert "cannot name files" in message or "valid string" in message, message
+
+
+@pytest.mark.parametrize("name", ["basic_ci", "a.b-c_1", "x" * 64, "-x", "..x", "x.."])
+def test_a_name_of_file_name_characters_loads(tmp_path, name):
+    assert load_run_config(write(tmp_path, {**GOOD, "name": name})).name == name
+

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ..results import atomic_write, read_rows, write_run
+from ..results import atomic_write, is_folder_name, read_rows, safe_run_id, write_run
 from ..schema import ConfigError
 from ..controller.health import GATE_TIMEOUT_S
 from ..controller.runstate import END_STATES, VERSIONED, package_versions
@@ -123,8 +123,8 @@ def read_done(runs_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def is_done(entry: dict[str, Any] | None, runs_dir: Path) -> bool:
-    return (entry is not None and entry.get("status") != FAILED_STATUS
-            and (runs_dir / entry.get("run_id", "") / "row.csv").is_file())
+    return (entry is not None and entry.get("status") != FAILED_STATUS and is_folder_name(entry.get("run_id"))
+            and (runs_dir / entry["run_id"] / "row.csv").is_file())
 
 
 # ---- rows of failed cells -----------------------------------------------------------------------
@@ -207,6 +207,22 @@ class CellFailed(Exception):
         self.run_id = run_id
 
 
+def read_watch(stdout: str, stderr: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """What watch_run printed last: (the whole line, the run id, the run state). CellFailed if it
+    printed nothing readable, or a run id that is not one: the id becomes a folder name under the
+    runs folder, so the controller's answer must not choose the path."""
+    try:
+        seen = json.loads(stdout.strip().splitlines()[-1])
+        run = seen["run"] or {}
+        run_id, state = run.get("id"), run.get("state")
+    except (IndexError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise CellFailed(f"could not watch the run: {last_line(stderr)}") from None
+    try:
+        return seen, None if run_id is None else safe_run_id(run_id), state
+    except ValueError as exc:
+        raise CellFailed(f"the controller answered a bad run id: {exc}") from None
+
+
 class Runner:
     def __init__(self, root: Path, runs_dir: Path, project: str, command: str):
         self.root, self.runs_dir, self.project, self.command = root, runs_dir, project, command
@@ -272,12 +288,7 @@ class Runner:
         code = f"from dist_llm_train.experiments.runner import watch_run; watch_run({deadline}, {ROW_GRACE_S})"
         watch = self.compose(cell, env, "exec", "-T", "controller", "python3", "-c", code,
                              timeout=GATE_TIMEOUT_S + deadline + ROW_GRACE_S + 60)
-        try:
-            seen = json.loads(watch.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            raise CellFailed(f"could not watch the run: {last_line(watch.stderr)}") from None
-        run = seen["run"] or {}
-        run_id, state = run.get("id"), run.get("state")
+        seen, run_id, state = read_watch(watch.stdout, watch.stderr)
         if state not in END_STATES:
             raise CellFailed(f"run did not end within timeout_s + {STOP_MARGIN_S + ROW_GRACE_S:.0f} s "
                              f"(last state {state}; {seen['error'] or 'controller answering'})", run_id)

@@ -77,8 +77,15 @@ class LinkChange(LinkSpec):
     tcp: TcpChange | None = Field(None, description="TCP settings over the base link's")
 
 
+# Bounds of a worker's compute-speed factor, here and in the sidecar's /links report (controller/
+# models.py): 1000x slower to 100x faster. A synthetic task's compute time is tokens / speed, so a
+# factor near 0 made it absurd (1e-300 overflowed the worker's wait).
+MIN_COMPUTE_SPEED = 0.001
+MAX_COMPUTE_SPEED = 100.0
+
+
 class WorkerEntry(LinkChange):
-    compute_speed: float = Field(1.0, gt=0, le=100, description="factor on the worker's compute speed (0.25 = 4x slower), multiplies workers.speed of the run config")
+    compute_speed: float = Field(1.0, ge=MIN_COMPUTE_SPEED, le=MAX_COMPUTE_SPEED, description="factor on the worker's compute speed (0.25 = 4x slower), multiplies workers.speed of the run config")
 
     def link_change(self) -> LinkChange:
         fields = {k: getattr(self, k) for k in self.model_fields_set if k != "compute_speed"}

@@ -43,7 +43,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import atomic_write
+from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
 from . import lateness, tcp
 from .backends import CHOICES, choose
@@ -520,9 +520,14 @@ class Sidecar:
     def write_link_json(self, body: dict) -> None:
         if self.run_id is None:
             try:
-                self.run_id = self.http.get("/status").json()["run"]["id"]
+                run_id = self.http.get("/status").json()["run"]["id"]
             except Exception as exc:  # noqa: BLE001 - retried at the next report
                 log.debug("no run id yet: %s", exc)
+                return
+            try:  # it names a folder under RUNS_DIR: the controller's answer must not choose the path
+                self.run_id = safe_run_id(run_id)
+            except ValueError as exc:
+                log.error("link.json not written: the controller's %s", exc)
                 return
         record = {**body, "t0": self.t0_wall}
         blob = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
