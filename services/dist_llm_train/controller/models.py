@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import MAX_SEED
-from ..netem.preset import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
+from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
 
 # Counts, sizes, indices and versions: SQLite stores integers as signed 64 bits (2**63 was a 500),
 # and below 2**53 a count is exact as a JSON number in every client.
