@@ -12,7 +12,8 @@ set -euo pipefail
 ENGINE_MIN=20.10
 COMPOSE_MIN=2.20
 ENGINE_HOW="install docker.io (Debian 12, Ubuntu 22.04 or newer) or Docker CE (docs.docker.com/engine/install)"
-COMPOSE_HOW="install the Compose v2 plugin: docker-compose-plugin (Docker's repository) or docker-compose from Debian 13 / Ubuntu 24.04"
+COMPOSE_HOW="install the Compose v2 plugin: docker-compose-plugin (Docker's repository)"
+COMPOSE_HOW+=" or docker-compose from Debian 13 / Ubuntu 24.04"
 
 fail() { echo "preflight: $*" >&2; exit 1; }
 
@@ -31,7 +32,7 @@ engine=$(number "$engine_out")
 at_least "$engine" "$ENGINE_MIN" || fail "Docker Engine $engine found, >= $ENGINE_MIN needed: $ENGINE_HOW"
 
 if ! compose_out=$(docker compose version --short 2>&1); then
-  fail "no Compose v2 plugin (\`docker compose\`; the old docker-compose v1 does not work), >= $COMPOSE_MIN needed: $COMPOSE_HOW"
+  fail "no Compose v2 plugin (\`docker compose\`; docker-compose v1 is not enough), >= $COMPOSE_MIN needed: $COMPOSE_HOW"
 fi
 compose=$(number "$compose_out")
 [ -n "$compose" ] || fail "unreadable Compose version '$compose_out'; needed: Compose >= $COMPOSE_MIN"
