@@ -201,8 +201,8 @@ def started(stack: Stack, service: str) -> list[str]:
 
 def test_make_up_with_a_new_profile_reapplies_links_and_keeps_every_training_container(make_stack, prober):
     # Prepare: `make up PROFILE=lan MODE=ml WORKERS=1` with DiLoCo (minutes of training, so the PS
-    # still serves at the change; 50 local steps between exchanges, so no multi-MB model transfer
-    # queues the echoes in the worker's delayer), then the worker -> controller RTT.
+    # still serves at the change; 50 local steps between exchanges keep the links quiet while the
+    # echoes run), then the worker -> controller RTT.
     stack = make_stack(config="configs/ml_diloco.yaml", profile="lan", workers=1, mode="ml")
     stack.make("up")
     stack.wait_for(lambda s: s["run"]["state"] == "running", 120, "the run to start under lan")
