@@ -44,7 +44,7 @@ help: ## list targets and variables
 	@echo "           to rotate it: make down, rm $(ENV_FILE), make up (a new token recreates every container)"
 
 # What must hold before compose is touched. More checks join as prerequisites of this target.
-preflight: ## check Docker Engine >= 20.10 and Compose >= 2.20 (every compose target runs it first)
+preflight: ## check Docker Engine >= 20.10 and Compose >= 2.20.2 (every compose target runs it first)
 	@docker/check-versions.sh
 
 base-image: ## make sure a Debian 13 base image exists (pull, or build with debootstrap)

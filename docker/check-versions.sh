@@ -6,11 +6,12 @@
 #   Engine  >= 20.10  the oldest engine the whole suite runs on (Debian 12's docker.io, 20.10.24);
 #                     compose.yaml uses no key a newer engine alone accepts (healthcheck
 #                     start_interval needs 25: it is not used).
-#   Compose >= 2.20   compose.yaml's `depends_on: {required: false}` (the PS exists only in ML mode).
+#   Compose >= 2.20.2 compose.yaml's `depends_on: {required: false}` (the PS exists only in ML mode),
+#                     which 2.20.2 brought (docker/compose release notes).
 set -euo pipefail
 
 ENGINE_MIN=20.10
-COMPOSE_MIN=2.20
+COMPOSE_MIN=2.20.2
 ENGINE_HOW="install docker.io (Debian 12, Ubuntu 22.04 or newer) or Docker CE (docs.docker.com/engine/install)"
 COMPOSE_HOW="install the Compose v2 plugin: docker-compose-plugin (Docker's repository)"
 COMPOSE_HOW+=" or docker-compose from Debian 13 / Ubuntu 24.04"

@@ -41,7 +41,7 @@ def make_with_docker(tmp_path, target: str, engine: str, compose: str) -> subpro
 
 @pytest.mark.parametrize("engine, compose, message", [
     ("19.03.13", "2.26.1", "Docker Engine 19.03.13 found, >= 20.10 needed: install docker.io"),
-    ("20.10.24+dfsg1", "v2.19.1", "Docker Compose 2.19.1 found, >= 2.20 needed: install the Compose v2 plugin"),
+    ("20.10.24+dfsg1", "v2.20.1", "Docker Compose 2.20.1 found, >= 2.20.2 needed: install the Compose v2 plugin"),
     ("24.0.7", "", "no Compose v2 plugin"),
     ("", "2.26.1", "cannot reach the Docker Engine (Cannot connect to the Docker daemon): start dockerd"),
 ])
@@ -57,6 +57,6 @@ def test_make_up_on_too_old_docker_names_the_minimum_and_starts_nothing(tmp_path
 
 
 def test_the_oldest_supported_versions_pass(tmp_path):
-    done = make_with_docker(tmp_path, "preflight", "20.10.0", "2.20.0")
+    done = make_with_docker(tmp_path, "preflight", "20.10.0", "2.20.2")
 
     assert done.returncode == 0 and done.stderr == "", done.stderr
