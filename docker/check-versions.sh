@@ -33,7 +33,7 @@ engine=$(number "$engine_out")
 at_least "$engine" "$ENGINE_MIN" || fail "Docker Engine $engine found, >= $ENGINE_MIN needed: $ENGINE_HOW"
 
 if ! compose_out=$(docker compose version --short 2>&1); then
-  fail "no Compose v2 plugin (\`docker compose\`; docker-compose v1 is not enough), >= $COMPOSE_MIN needed: $COMPOSE_HOW"
+  fail "no Compose v2 plugin (\`docker compose\`; v1 is not enough), >= $COMPOSE_MIN needed: $COMPOSE_HOW"
 fi
 compose=$(number "$compose_out")
 [ -n "$compose" ] || fail "unreadable Compose version '$compose_out'; needed: Compose >= $COMPOSE_MIN"
