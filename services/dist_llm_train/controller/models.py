@@ -106,10 +106,17 @@ class LinksIn(RequestBody):
     preset: dict[str, Any] | None = Field(None, description="the preset as written, for the run's provenance")
 
 
+CountKey = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
+
+
 class PsReportIn(RequestBody):
     version: int = Field(ge=0)
     updates_accepted: int = Field(ge=0)
     updates_rejected: int = Field(ge=0)
+    updates_refused: dict[CountKey, Annotated[int, Field(ge=0)]] = Field(
+        {}, max_length=32, description="the refused updates by reason (stale, second_in_round, norm)")
+    wire_errors: dict[CountKey, Annotated[int, Field(ge=0)]] = Field(
+        {}, max_length=32, description="messages the PS refused at its wire checks, by error code")
     mean_staleness: float = Field(ge=0)
     bytes_up: int = Field(ge=0)
     bytes_down: int = Field(ge=0)
