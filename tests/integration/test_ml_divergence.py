@@ -74,8 +74,9 @@ def test_a_poisoned_push_past_a_raised_bound_fails_the_run_within_seconds(tmp_pa
 
     assert answer.accepted
     # The PS's check after the step or a worker's own check, whichever sees the overflow first.
-    assert row["status"] == "failed" and re.match(r"failed: (the parameters are NaN or Inf after the step to "
-                                                  r"version \d+|worker '[^']+' diverged at version \d+: )", row["reason"]), row
+    assert row["status"] == "failed", row
+    assert re.match(r"failed: (the parameters are NaN or Inf after the step to version \d+|worker '[^']+' diverged "
+                    r"at version \d+: )", row["reason"]), row
     assert took < 15, took
     assert exits == {0: 0, 1: 0, 2: 0} and run.ps.returncode == 0
 

@@ -26,10 +26,10 @@ def test_rows_are_clipped_before_the_rule():
 
 def test_staleness_scales_each_row_when_asked():
     rows, staleness = [torch.tensor([2.0]), torch.tensor([4.0])], [0, 2]  # scales 1 and 1/2: mean of 2 and 2
-    assert torch.equal(combine(rows, staleness, ml(staleness={"scale_lr": True}), torch.Generator()), torch.tensor([2.0]))
+    scaled = ml(staleness={"scale_lr": True})
+    assert torch.equal(combine(rows, staleness, scaled, torch.Generator()), torch.tensor([2.0]))
     assert torch.equal(combine(rows, staleness, ml(), torch.Generator()), torch.tensor([3.0]))
-    assert torch.equal(combine([torch.tensor([4.0])], [4], ml(staleness={"scale_lr": True}), torch.Generator()),
-                       torch.tensor([1.0]))
+    assert torch.equal(combine([torch.tensor([4.0])], [4], scaled, torch.Generator()), torch.tensor([1.0]))
 
 
 def test_the_configured_rule_aggregates_the_window():

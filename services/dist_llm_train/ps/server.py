@@ -86,11 +86,6 @@ LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to worker
 POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
 RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
 IO_THREADS = 2  # ZeroMQ threads moving the PS's bytes (kernel copies), beside the loop's own thread
-REFUSALS = {  # why a valid PUSH is refused (answered by ACK, not accepted, with fresh parameters)
-    "stale": "staleness above the bound (sync: an update for an earlier round)",
-    "second_in_round": "sync: a second update from the same worker for one round",
-    "norm": "L2 norm above ml.max_update_norm",
-}
 
 
 def rule_window(config: RunConfig) -> tuple[int, int, str]:
@@ -153,7 +148,9 @@ class Counters:
     staleness_sum: int = 0  # over accepted updates
     staleness: Counter = field(default_factory=Counter)  # every valid push
     errors: Counter = field(default_factory=Counter)  # by wire error code
-    refused: Counter = field(default_factory=Counter)  # by REFUSALS reason
+    # by reason: stale (above the bound; sync: for an earlier round), second_in_round (sync), norm (above
+    # ml.max_update_norm); each answered by an ACK, not accepted, with fresh parameters
+    refused: Counter = field(default_factory=Counter)
     bytes_up: int = 0  # received before this process (a resumed run)
     bytes_down: int = 0
 
@@ -500,7 +497,8 @@ class ParameterServer:
         protocol = self.ml.staleness.protocol
         if protocol == "sync":
             if s != 0 or sess.id in self.barrier.arrived:  # late, or a second update for this round
-                return self.reject(sess, s, now, "stale" if s else "second_in_round", f"staleness {s}, round {self.version}")
+                reason = "stale" if s else "second_in_round"
+                return self.reject(sess, s, now, reason, f"staleness {s}, round of version {self.version}")
             row = self.row(sess, s, msg)
             if row is None:
                 return self.ack(sess, False, s, now)
