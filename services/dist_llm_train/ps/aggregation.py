@@ -13,10 +13,19 @@ and the numbers; it is never replaced by the mean.
 | trimmed_mean | n >= 2f+1                | f < n/2                      | coordinate-wise sort          | 30-45 / 120-140         |
 | krum         | n >= 2f+3                | f (Blanchard et al. 2017)    | n(n-1)/2 distances of d       | 6-15 / 20-40            |
 | multi_krum   | n >= 2f+3, 1 <= m <= n-f | f                            | distances + mean of m rows    | 11-20 / 22-35           |
-| bulyan       | n >= 4f+3                | f (El Mhamdi et al. 2018)    | distances + sort of n-2f rows | 65-100 / 100-135        |
+| bulyan       | n >= 4f+3                | f (El Mhamdi et al. 2018)    | distances + sort and pairwise | 80-120 / 100-180        |
+|              |                          |                              | ranks of n-2f rows            |                         |
 
 (Times: best of 9-11 runs, wall clock, f = 1 / 2, torch 2.13 on 2 cores shared with other jobs (load average
 2-10); the spread is the load's. Re-measure on a quiet machine before quoting them.)
+
+Bulyan's coordinate-wise phase ranks the selected rows per coordinate by (distance to the median, row index),
+one comparison per pair of rows, so each row counts once and ties are decided by row. It replaced a shortcut
+over runs of sorted values that counted a repeated value twice (ALIE's colluding rows) and missed the paper's
+value in every ALIE window of n = 11 and 15 tried. Cost, whole rule, measured in the same processes, interleaved (best of 11, load 3-5):
+1 thread (the PS's usual share when workers run on its host) 82-86 / 155 ms, the shortcut 80-114 / 143-188;
+2 threads 102-115 / 151-179, the shortcut 249-258 / 331-421 (its large temporaries suffer most under load;
+on a quiet machine it took 43 / 59 ms).
 
 Inputs must be finite (the PS refuses non-finite frames before they reach a window); with NaN or Inf the
 result is undefined but no rule raises. Ties are broken towards the lower row index, so results are
