@@ -22,10 +22,12 @@ and the numbers; it is never replaced by the mean.
 Bulyan's coordinate-wise phase ranks the selected rows per coordinate by (distance to the median, row index),
 one comparison per pair of rows, so each row counts once and ties are decided by row. It replaced a shortcut
 over runs of sorted values that counted a repeated value twice (ALIE's colluding rows) and missed the paper's
-value in every ALIE window of n = 11 and 15 tried. Cost, whole rule, measured in the same processes, interleaved (best of 11, load 3-5):
-1 thread (the PS's usual share when workers run on its host) 82-86 / 155 ms, the shortcut 80-114 / 143-188;
-2 threads 102-115 / 151-179, the shortcut 249-258 / 331-421 (its large temporaries suffer most under load;
-on a quiet machine it took 43 / 59 ms).
+value in every ALIE window of n = 11 and 15 tried. Cost of the whole rule, n = 8 / 11, both versions in the
+same processes, interleaved, best of 11: quiet machine (load 1), 1 thread (the PS's share when its workers
+run on its host) 79 / 112 ms, the shortcut 64 / 106; 2 threads 78 / 110, the shortcut 56 / 79. Under load
+3-5: 1 thread 82-86 / 155, the shortcut 80-114 / 143-188; 2 threads 102-115 / 151-179, the shortcut
+249-258 / 331-421 (its temporaries of d floats suffer most). Quiet, the exact rule costs 1.05-1.4x the
+shortcut; under load about the same or less.
 
 Inputs must be finite (the PS refuses non-finite frames before they reach a window); with NaN or Inf the
 result is undefined but no rule raises. Ties are broken towards the lower row index, so results are
