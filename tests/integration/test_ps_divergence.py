@@ -84,6 +84,14 @@ def test_a_workers_training_failed_report_ends_the_run_with_its_words(serve):
     assert isinstance(told, wire.Ack) and told.stop and not told.accepted
 
 
+def test_a_training_failed_text_becomes_one_bounded_line(serve):
+    server, connect = serve({})
+    worker = connect("w")
+    worker.ask(wire.Error("training_failed", "diverged\nFAKE LOG LINE\r\n" + "x" * 2000))
+    assert server.ended.startswith("failed: worker 'w' diverged FAKE LOG LINE xxx") and "\n" not in server.ended
+    assert len(server.ended) == len("failed: worker 'w' ") + 400
+
+
 def test_an_error_from_a_stranger_or_with_another_code_is_refused(serve):
     server, connect = serve({})
     member = connect("member")

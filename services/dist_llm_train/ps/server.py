@@ -86,6 +86,7 @@ LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to worker
 POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
 RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
 IO_THREADS = 2  # ZeroMQ threads moving the PS's bytes (kernel copies), beside the loop's own thread
+MAX_REPORT_TEXT = 400  # characters of a worker's training_failed text kept in the run's reason
 
 
 def rule_window(config: RunConfig) -> tuple[int, int, str]:
@@ -438,8 +439,9 @@ class ParameterServer:
             raise wire.WireError("unknown_session", "ERROR from a connection that has no session: say HELLO")
         if msg.code != "training_failed":
             raise wire.WireError("unexpected_type", f"the PS takes ERROR only as training_failed, not {msg.code}")
-        self.log.error("worker %r reports: %s", sess.name, msg.text)
-        self.finish(f"failed: worker {sess.name!r} {msg.text}", now)
+        text = " ".join(msg.text.split())[:MAX_REPORT_TEXT]  # one line in the log and the row, whatever was sent
+        self.log.error("worker %r reports: %s", sess.name, text)
+        self.finish(f"failed: worker {sess.name!r} {text}", now)
         return self.params_message(sess, now)
 
     def everyone_told(self) -> bool:
