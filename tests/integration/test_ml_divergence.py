@@ -7,11 +7,12 @@ validation loss of an older version.
 Now: that PUSH is refused by the norm bound and counted, and the run ends as it would have; with the bound
 raised out of its way it overflows the model and the run ends `failed` within seconds. A worker whose own
 training diverges (server lr x1e6, inner lr x1e6 with local steps, or a loss that overflows) reports it and
-the run ends `failed` with its words within seconds, instead of idling to its 90 s budget."""
+the run ends `failed` with its words within seconds of it, instead of idling to its 90 s budget."""
 
 import json
 import re
 import time
+from datetime import datetime
 
 import pytest
 import torch
@@ -94,7 +95,18 @@ def test_a_worker_that_diverges_ends_the_run_failed_within_seconds(tmp_path, pro
         exits = run.wait_workers_exit(30)
         run.ps.wait(timeout=30)
 
+    log = open(process_log.name).read()
+
     assert row["status"] == "failed", row
     assert re.match(rf"failed: worker '[^']+' diverged at version \d+: {why}$", row["reason"]), row
-    assert number(row, "duration_s") < 30, row  # not the 90 s budget
+    # from the first worker's divergence to the row (start-up is not counted: it takes 50 s on a loaded host)
+    assert seconds_between(log, "training diverged at version", "running -> failed") < 5
     assert exits == {0: 0, 1: 0, 2: 0} and run.ps.returncode == 0
+
+
+def seconds_between(log: str, first: str, then: str) -> float:
+    """Seconds from the first log line holding `first` to the first one holding `then` (logging's asctime)."""
+    def when(text: str) -> datetime:
+        line = next(line for line in log.splitlines() if text in line)
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return (when(then) - when(first)).total_seconds()
