@@ -140,10 +140,17 @@ class LinksIn(RequestBody):
                                         "far (netem/lateness.py); null when no delayer runs")
 
 
+CountKey = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
+
+
 class PsReportIn(RequestBody):
     version: Count
     updates_accepted: Count
     updates_rejected: Count
+    updates_refused: dict[CountKey, Count] = Field(
+        {}, max_length=32, description="the refused updates by reason (stale, second_in_round, norm)")
+    wire_errors: dict[CountKey, Count] = Field(
+        {}, max_length=32, description="messages the PS refused at its wire checks, by error code")
     mean_staleness: float = Field(ge=0, le=MAX_COUNT)
     bytes_up: Count
     bytes_down: Count
