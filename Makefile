@@ -30,7 +30,7 @@ DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$
 TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
 	--security-opt no-new-privileges:true $(IMAGE)
 
-.PHONY: help preflight base-image image dirs check up down logs ps verify test test-unit test-e2e \
+.PHONY: help preflight base-image image dirs check up down logs ps verify test test-e2e \
 	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
 
 help: ## list targets and variables
