@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
+from .metrics import Metrics, method_label
 
 
 class BodyLimit:
@@ -65,5 +65,5 @@ class RequestMetrics:
             await self.app(scope, receive, noted)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests[(scope["method"], route, status)] += 1
+            self.metrics.requests[(method_label(scope["method"]), route, status)] += 1
             self.metrics.request_seconds.observe(time.perf_counter() - started)
