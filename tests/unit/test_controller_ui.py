@@ -181,3 +181,16 @@ def status(state="running", elapsed=10.0, completed=5, total=20, version=None):
 def test_progress_estimates_the_time_left_by_the_soonest_end(config, st, eta, bound):
     out = progress(make_config(base=config), st)
     assert (out["eta_s"], out["bound"]) == (eta, bound)
+
+
+def test_a_stream_is_counted_but_not_timed_as_request_handling(tmp_path):
+    h = Harness(tmp_path)
+    h.client.post("/run/stop", json={}, headers=AUTH)
+    timed = h.ctl.metrics.request_seconds.count
+
+    with h.client.stream("GET", "/ui/events") as answer:
+        answer.read()
+    h.client.get("/ui/state")
+
+    assert h.ctl.metrics.requests[("GET", "/ui/events", 200)] == 1
+    assert h.ctl.metrics.request_seconds.count == timed + 1  # /ui/state only
