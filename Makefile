@@ -77,9 +77,10 @@ ps: ## list the stack's containers and their health
 verify: ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
 	$(COMPOSE) exec netem dist-llm-train verify --profile $(PROFILE)
 
-test: image ## the whole suite in containers: unit + integration, then e2e against the real stack
+test: image ## the whole suite in containers: unit + integration, then e2e against the real stack, then the browser
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
 	$(MAKE) --no-print-directory test-e2e
+	$(MAKE) --no-print-directory test-browser
 
 test-e2e: image .env dirs ## only the e2e tests (real compose stacks)
 	$(DRIVER_RUN) python3 -m pytest -q -p no:cacheprovider tests/e2e
@@ -110,3 +111,37 @@ bench-ps-wan: image .env dirs ## PS time to target and utilization under lan / h
 clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)
 	rm -f .env .base-image
+
+# ---- The browser: /ui, /docs and the report page in Chromium; Lighthouse; the report served -----------
+# docker/Dockerfile.browser builds BROWSER_IMAGE (Chromium, Playwright) and LIGHTHOUSE_IMAGE (also Node.js)
+# on top of IMAGE. EXTRA_CA: a PEM bundle that pip and npm in those builds trust (a TLS-intercepting
+# proxy); by default $$PIP_CERT, else the host's own bundle.
+BROWSER_IMAGE ?= $(IMAGE)-browser
+LIGHTHOUSE_IMAGE ?= $(IMAGE)-lighthouse
+EXTRA_CA ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
+REPORT_PORT ?= 8001
+# --network host: the browser reaches the stack where a user's does, at its port on the host's 127.0.0.1.
+BROWSER_RUN := docker run --rm --network host -v /var/run/docker.sock:/var/run/docker.sock \
+	-v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND $(BROWSER_IMAGE)
+# $(call browser_build,TARGET,TAG): one stage of docker/Dockerfile.browser, from a context of that file and the CA.
+browser_build = ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && cp docker/Dockerfile.browser "$$ctx/Dockerfile" \
+	&& if [ -n "$(EXTRA_CA)" ]; then cp "$(EXTRA_CA)" "$$ctx/extra-ca.pem"; else : > "$$ctx/extra-ca.pem"; fi \
+	&& docker build -q --build-arg IMAGE=$(IMAGE) --target $(1) -t $(2) "$$ctx"
+
+.PHONY: browser-image test-browser lighthouse report-serve
+
+browser-image: image ## IMAGE plus Debian's Chromium and Playwright, for the browser tests (EXTRA_CA=pem for pip)
+	@$(call browser_build,browser,$(BROWSER_IMAGE))
+
+test-browser: browser-image .env dirs ## browser tests: /ui during a real ML run (make up), /docs, the report offline
+	$(BROWSER_RUN) python3 -m pytest -q -p no:cacheprovider tests/browser
+
+lighthouse: image ## Lighthouse scores of runs/report (after make report); Lighthouse goes into .lighthouse/
+	@$(call browser_build,lighthouse,$(LIGHTHOUSE_IMAGE))
+	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(LIGHTHOUSE_IMAGE) \
+		dist-llm-train bench lighthouse --report-dir runs/report --lighthouse-dir .lighthouse
+
+report-serve: image ## serve runs/report at http://127.0.0.1:REPORT_PORT/ (opened there once, it installs and works offline)
+	@echo "runs/report at http://127.0.0.1:$(REPORT_PORT)/ (Ctrl-C stops the server; the installed page stays)"
+	docker run --rm -p 127.0.0.1:$(REPORT_PORT):8001 -v "$(CURDIR)/runs/report":/report:ro $(IMAGE) \
+		python3 -m http.server --directory /report 8001

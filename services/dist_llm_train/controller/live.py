@@ -74,7 +74,7 @@ class LiveFeed:
     def __init__(self, ctl: Controller):
         self.ctl = ctl
         self.cached: tuple[float, dict[str, Any], int] | None = None  # (built at, snapshot, its key)
-        self.tails: dict[str, CurveTail] = {}
+        self.followed: tuple[str, CurveTail] | None = None  # (run id, the follower of its curve.csv)
         self.streams = 0  # open /ui/events connections
         self.stopping: Callable[[], bool] = lambda: False  # the server is shutting down (main.py tells)
 
@@ -104,15 +104,15 @@ class LiveFeed:
         return snap, self.cached[2]
 
     def tail(self, run_id: str) -> CurveTail | None:
-        """The curve follower of this run (ML runs only; one per run id, the newest kept)."""
+        """The follower of this run's curve (ML runs only)."""
         if self.ctl.config.mode != "ml":
             return None
-        if run_id not in self.tails:
+        if self.followed is None or self.followed[0] != run_id:
             folder = run_dir(self.ctl.settings.runs_dir, run_id)
             if folder is None:
                 return None
-            self.tails = {run_id: CurveTail(folder / "curve.csv")}
-        return self.tails[run_id]
+            self.followed = (run_id, CurveTail(folder / "curve.csv"))
+        return self.followed[1]
 
     def curve(self, run_id: str, since: int) -> dict[str, Any]:
         tail = self.tail(run_id)
