@@ -39,14 +39,15 @@
     return node;
   }
 
-  // About `count` round ticks (steps of 1, 2 or 5 times a power of ten) covering [lo, hi].
+  // About `count` round ticks (steps of 1, 2 or 5 times a power of ten), from one at or below lo to one
+  // at or above hi: the axis ends on labelled ticks.
   function ticks(lo, hi, count) {
     if (!(hi > lo)) { hi = lo + 1; lo = lo - (lo === 0 ? 0 : 1); }
     var raw = (hi - lo) / count, mag = Math.pow(10, Math.floor(Math.log10(raw)));
     var step = [1, 2, 5, 10].map(function (m) { return m * mag; }).find(function (s) { return s >= raw; });
     var out = [];
-    for (var t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(Math.round(t / step) * step);
-    return out;
+    for (var i = Math.floor(lo / step + 1e-9); i <= Math.ceil(hi / step - 1e-9); i++) out.push(i * step);
+    return out.map(function (t) { return parseFloat(t.toPrecision(12)); });
   }
 
   function extent(values) {
@@ -88,7 +89,7 @@
 
   function scale(lo, hi, from, to, count) {
     var t = ticks(lo, hi, count);
-    lo = Math.min(lo, t[0]); hi = Math.max(hi, t[t.length - 1]);
+    lo = t[0]; hi = t[t.length - 1];
     var span = hi - lo || 1;
     return {ticks: t, at: function (v) { return from + (v - lo) / span * (to - from); }};
   }

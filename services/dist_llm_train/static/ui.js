@@ -32,6 +32,7 @@
     if (v === null || v === undefined || v === "") return "–";
     if (typeof v === "boolean") return v ? "yes" : "no";
     if (typeof v === "number") {
+      if (/^(since|time)$|_at$/.test(key) && v > 1e9) return new Date(v * 1000).toLocaleTimeString();  // Unix time
       if (/bytes/.test(key)) return mb(v);
       if (/utilization/.test(key)) return pct(v);
       return fmt(v);
@@ -167,7 +168,8 @@
       cell(tr, fmt(l.jitter_ms));
       cell(tr, fmt(l.loss_pct));
       cell(tr, l.rate_mbit ? fmt(l.rate_mbit) : "unlimited");
-      cell(tr, l.down ? "cut" : (l.installed === false ? "not applied" : "applied"));
+      var identity = !l.delay_ms && !l.jitter_ms && !l.loss_pct && !l.rate_mbit;
+      cell(tr, l.down ? "cut" : l.installed !== false ? "applied" : identity ? "nothing to emulate" : "not applied yet");
       cell(tr, l.delayer ? fmt(late.p50) + " / " + fmt(late.p99) : "no delayer");
       cell(tr, l.delayer ? "loss model " + show("n", d.dropped_loss) + ", overflow " + show("n", d.overflow_drops) +
                            (d.socket_drops ? ", socket " + show("n", d.socket_drops) : "") : "–");
