@@ -10,27 +10,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .controller.config import ControllerConfig
 from .ml.config import MLConfig
+from .results import check_name
 from .schema import ConfigError, Section, validate
 from .worker.config import TasksConfig, WorkersConfig
 
 
+# The seed travels as JSON (GET /config, the sidecar's /links report): below 2**53 it is exact in
+# every client, and seed + per-worker offsets stay inside torch's 64-bit seeds.
+MAX_SEED = 2**53 - 1
+
+
 class RunConfig(Section):
-    name: str = Field(min_length=1, description="short name of the run, used in file names and CSV rows")
+    name: str = Field(description="short name of the run, part of its run id (a folder under runs/) and of CSV rows: "
+                                  "letters, digits, '.', '_', '-'")
     mode: Literal["basic", "ml"] = Field(description="basic: synthetic tasks; ml: LSTM training through the PS")
-    seed: int = Field(0, ge=0, description="seed of every random choice of the run (tasks, data, init, netem)")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="seed of every random choice of the run (tasks, data, init, netem)")
     timeout_s: float = Field(600.0, gt=0, description="wall-clock budget of the run from its start (the wait for the links excluded); past it the run ends as 'timeout'")
     controller: ControllerConfig = ControllerConfig()
     workers: WorkersConfig = WorkersConfig()
     tasks: TasksConfig = TasksConfig()
     ml: MLConfig | None = Field(None, description="training settings; required when mode is ml")
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str) -> str:
+        return check_name(name)
 
     @model_validator(mode="after")
     def _mode_sections(self) -> "RunConfig":
@@ -49,10 +63,21 @@ class RunConfig(Section):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: `1e-5` is a number, as any reader of the file
+    expects (YAML 1.1, PyYAML's default, wants a dot: `1.0e-5`, and reads `1e-5` as a string)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping; refuse anything else with the file named."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as exc:

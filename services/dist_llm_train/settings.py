@@ -13,6 +13,7 @@ from pathlib import Path
 from .schema import ConfigError
 
 MIN_TOKEN_LENGTH = 16
+TCP_CC_CHOICES = ("cubic", "bbr", "reno", "host")  # netem.preset.CongestionControl (checked in its tests)
 KNOWN_WEAK_TOKENS = {"changeme", "change-me", "token", "secret", "password", "test"}
 
 
@@ -36,6 +37,10 @@ class Settings:
     torch_threads: int | None = None  # TORCH_THREADS: torch intra-op threads per process; unset = every core
     linger: bool = False  # WORKER_LINGER=1: a worker stays up, idle, after the run (its link stays measurable)
     health_file: Path | None = None  # WORKER_HEALTH_FILE: touched at each answered heartbeat (compose's healthcheck)
+    netem_backend: str = "auto"  # NETEM_BACKEND: auto | netem | userspace (the sidecar's backend)
+    compose_project: str | None = None  # COMPOSE_PROJECT: the compose project whose containers the sidecar shapes
+    tcp_cc: str | None = None  # TCP_CC: replaces every preset entry's tcp.congestion_control (cubic, bbr, reno, host)
+    delayer_nice: int = 0  # DELAYER_NICE: niceness of the userspace delayers (-20..19; below 0 needs CAP_SYS_NICE)
 
 
 def check_token(token: str) -> str:
@@ -82,7 +87,31 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         torch_threads=_int_or_none("TORCH_THREADS", env.get("TORCH_THREADS")),
         linger=env.get("WORKER_LINGER", "0") == "1",
         health_file=Path(env["WORKER_HEALTH_FILE"]) if env.get("WORKER_HEALTH_FILE") else None,
+        netem_backend=env.get("NETEM_BACKEND") or "auto",
+        compose_project=env.get("COMPOSE_PROJECT") or None,
+        tcp_cc=_choice("TCP_CC", env.get("TCP_CC"), TCP_CC_CHOICES),
+        delayer_nice=_nice(env.get("DELAYER_NICE")),
     )
+
+
+def _nice(raw: str | None) -> int:
+    if raw in (None, ""):
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"DELAYER_NICE: expected a whole number from -20 to 19, got {raw!r}") from None
+    if not -20 <= value <= 19:
+        raise ConfigError(f"DELAYER_NICE: expected a whole number from -20 to 19, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str | None, choices: tuple[str, ...]) -> str | None:
+    if raw in (None, ""):
+        return None
+    if raw not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def touch(path: Path | None) -> None:

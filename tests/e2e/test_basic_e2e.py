@@ -104,6 +104,28 @@ def test_killed_worker_task_is_requeued_once_and_the_run_completes(make_stack):
     assert read_row(stack, status["run"]["id"])["num_completed_tasks"] == str(CI_TASKS)
 
 
+def test_a_worker_lost_before_the_start_does_not_hold_the_run(make_stack):
+    """Killed while the sidecar applies and probes the links (the probe's first choice, worker 0), it
+    leaves the link set; after workers.start_wait_s (20 s in basic_ci) the run starts with the others,
+    completes every task exactly once, and the row says who was missing."""
+    stack = make_stack(config="configs/basic_ci.yaml", workers=4)
+    stack.up()
+    victim = f"{stack.project}-worker-1"  # index 0
+    assert stack.status()["run"]["state"] == "waiting"
+    subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+
+    started = wait_running(stack, timeout=150)
+    assert started["links"]["missing"] == ["worker-0"], started["links"]
+    status = stack.wait_end(timeout=240)
+    assert status["run"]["state"] == "finished", status["run"]
+    assert status["tasks"] == {"total": CI_TASKS, "pending": 0, "assigned": 0, "completed": CI_TASKS, "requeues": 0}
+    assert metric(stack, "dlt_completions_total") == CI_TASKS and metric(stack, "dlt_stale_completions_total") == 0
+    row = read_row(stack, status["run"]["id"])
+    assert row["status"] == "finished" and row["num_completed_tasks"] == str(CI_TASKS)
+    assert "started with 3 of 4 workers (no running container after workers.start_wait_s: worker-0)" in row["reason"]
+    assert "probe" not in " ".join(started["links"]["problems"]), started["links"]["problems"]
+
+
 def test_controller_restart_mid_run_loses_nothing(make_stack):
     stack = make_stack(config="configs/basic_ci.yaml", workers=4)
     stack.up()

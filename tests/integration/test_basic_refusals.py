@@ -85,3 +85,25 @@ def test_demo_data_is_refused_before_anything_starts(tmp_path):
     assert ml.returncode == 2 and f"data.path: {missing}: no such file" in ml.stderr
     assert basic.returncode == 2 and "--data: only demo-ml trains on text" in basic.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_worker_refuses_a_task_it_could_never_compute_and_stays_up(tmp_path, process_log):
+    """A task whose compute time (tokens / rate) is more than a day: at speed 1.5e-300 it used to
+    overflow the worker's wait (OverflowError, a traceback, exit 1); the config now refuses such a
+    speed, but slowest speed x 1 token/s still gives 0.001 tokens/s. The task is refused, the worker
+    holds it without computing, and the run ends `timeout` with it pending; the worker leaves cleanly."""
+    overrides = {"workers.count": 1, "workers.speed": [0.001], "workers.base_tokens_per_sec": 1.0,
+                 "tasks.count": 2, "timeout_s": 4.0}
+    with ci_run(tmp_path, process_log, overrides) as run:
+        run.start()
+        final = run.wait_end(timeout_s=60)
+        exits = run.wait_workers_exit(timeout_s=20)
+    process_log.flush()
+    log = (tmp_path / "processes.log").read_text()
+
+    assert final["run"]["state"] == "timeout"
+    assert (final["tasks"]["completed"], final["tasks"]["assigned"]) == (0, 1)
+    assert exits == {0: 0}
+    assert "task task-00000 refused: " in log and "would compute for" in log
+    assert "(workers.base_tokens_per_sec 1 x speed 0.001); holding it" in log
+    assert "Traceback" not in log

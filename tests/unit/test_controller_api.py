@@ -7,6 +7,8 @@ import json
 import pytest
 from controller_helpers import AUTH, Harness
 
+from dist_llm_train.results import read_rows
+
 
 @pytest.fixture
 def h(tmp_path):
@@ -105,6 +107,56 @@ def test_bad_telemetry_is_422_and_changes_nothing(h, telemetry):
 
     assert answer.status_code == 422
     assert h.ctl.store.telemetry(worker) == {}
+
+
+TOO_BIG_INT = 2**63  # one past SQLite's INTEGER: a 500 (OverflowError) before the bounds
+REGISTRATION = {"name": "w", "index": 0, "capacity": 1.0, "memory_mb": 1}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("index", TOO_BIG_INT), ("index", 2**53), ("memory_mb", TOO_BIG_INT), ("memory_mb", 10**30),
+    ("capacity", 1.7e308), ("capacity", 1e13),
+])
+def test_out_of_range_registration_is_422_naming_the_field(h, field, value):
+    answer = h.client.post("/workers/register", json={**REGISTRATION, field: value}, headers=AUTH)
+
+    assert answer.status_code == 422, answer.text
+    assert [e["loc"] for e in answer.json()["detail"]] == [["body", field]]
+    assert h.ctl.store.workers() == []
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epoch", TOO_BIG_INT), ("batch", TOO_BIG_INT), ("bytes_up", TOO_BIG_INT), ("bytes_down", TOO_BIG_INT),
+    ("epoch", 2**53), ("tokens_per_sec", 1.7e308), ("step_time_s", 1.7e308), ("rtt_ms", 1.7e308),
+    ("down_mbit", 1.7e308), ("staleness", 1.7e308), ("tokens_per_sec", 1e13),
+])
+@pytest.mark.parametrize("route", ["telemetry", "heartbeat"])
+def test_out_of_range_telemetry_is_422_naming_the_field(h, route, field, value):
+    worker = h.register()
+    body, where = ({field: value}, ["body", field]) if route == "telemetry" else \
+        ({"telemetry": {field: value}}, ["body", "telemetry", field])
+
+    answer = h.client.post(f"/workers/{worker}/{route}", json=body, headers=AUTH)
+
+    assert answer.status_code == 422, answer.text
+    assert [e["loc"] for e in answer.json()["detail"]] == [where]
+    assert h.ctl.store.telemetry(worker) == {}
+
+
+def test_figures_at_their_bounds_are_accepted_and_the_row_stays_finite(h, tmp_path):
+    workers = [h.register(f"w{i}", i, memory_mb=2**53 - 1) for i in range(2)]
+    biggest = {"tokens_per_sec": 1e12, "step_time_s": 1e12, "rtt_ms": 1e12, "down_mbit": 1e12, "epoch": 2**53 - 1,
+               "batch": 2**53 - 1, "bytes_up": 2**53 - 1, "bytes_down": 2**53 - 1, "staleness": 2**53 - 1}
+
+    answers = [h.client.post(f"/workers/{w}/telemetry", json=biggest, headers=AUTH) for w in workers]
+    stopped = h.client.post("/run/stop", json={}, headers=AUTH)
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert stopped.status_code == 200
+    assert h.status()["workers"][0]["epoch"] == 2**53 - 1
+    (row_file,) = (tmp_path / "runs").glob("*/row.csv")
+    (row,) = read_rows(row_file)
+    assert (float(row["mean_ewma_tokens_per_sec"]), float(row["mean_ewma_step_time_s"])) == (1e12, 1e12)
 
 
 def test_body_over_the_limit_is_413_by_content_length(h):

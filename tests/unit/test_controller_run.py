@@ -80,6 +80,38 @@ def test_bad_links_report_is_422_and_opens_nothing(tmp_path, body):
     assert h.status()["links"] is None
 
 
+@pytest.mark.parametrize("change, where", [
+    ({"compute_speed": [1e-300]}, ["body", "compute_speed", 0]),  # made basic workers' compute time overflow
+    ({"compute_speed": [1.0, 0.0005]}, ["body", "compute_speed", 1]),
+    ({"compute_speed": [101.0]}, ["body", "compute_speed", 0]),
+    ({"seed": 2**63}, ["body", "seed"]),
+    ({"seed": -1}, ["body", "seed"]),
+    ({"probe": {**LINKS["probe"], "rtt_ms": 1.7e308}}, ["body", "probe", "rtt_ms"]),
+    ({"probe": {**LINKS["probe"], "rtt_ms": -1.0}}, ["body", "probe", "rtt_ms"]),
+    ({"probe": {**LINKS["probe"], "loss_pct": 101.0}}, ["body", "probe", "loss_pct"]),
+    ({"probe": {**LINKS["probe"], "mbit": 1e300}}, ["body", "probe", "mbit"]),
+], ids=["speed-1e-300", "speed-below-bound", "speed-above-bound", "seed-2**63", "seed-negative", "rtt-huge",
+        "rtt-negative", "loss-over-100", "mbit-huge"])
+def test_out_of_range_links_report_is_422_naming_the_field(tmp_path, change, where):
+    h = Harness(tmp_path, link_gate=True)
+
+    answer = h.client.post("/links", json={**LINKS, **change}, headers=AUTH)
+
+    assert answer.status_code == 422, answer.text
+    assert [e["loc"] for e in answer.json()["detail"]] == [where]
+    assert h.status()["links"] is None and h.ctl.speed_factor(0) == 1.0
+
+
+@pytest.mark.parametrize("speeds", [[0.001], [100.0], [0.001, 1.0, 100.0]])
+def test_compute_speed_at_the_presets_bounds_is_accepted(tmp_path, speeds):
+    h = Harness(tmp_path, link_gate=True)
+
+    answer = h.client.post("/links", json={**LINKS, "compute_speed": speeds}, headers=AUTH)
+
+    assert answer.status_code == 200, answer.text
+    assert [h.ctl.speed_factor(i) for i in range(len(speeds))] == speeds
+
+
 def test_links_row_columns_and_unhealthy_links_make_the_run_degraded(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     worker = h.register()
@@ -244,6 +276,20 @@ def test_ps_failure_reason_ends_the_run_as_failed(tmp_path, reason):
 
     assert h.status()["run"]["state"] == "failed"
     assert the_row(tmp_path)["reason"] == reason
+
+
+@pytest.mark.parametrize("field, value", [
+    ("version", 2**63), ("updates_accepted", 2**63), ("updates_rejected", 2**63), ("bytes_up", 2**63),
+    ("bytes_down", 2**63), ("window", 2**63), ("version", 2**53), ("mean_staleness", 1.7e308),
+])
+def test_out_of_range_ps_report_is_422_naming_the_field(tmp_path, field, value):
+    h = Harness(tmp_path, config=make_config(base=ML))
+
+    answer = h.client.post("/ps/report", json={**PS, field: value}, headers=AUTH)
+
+    assert answer.status_code == 422, answer.text
+    assert [e["loc"] for e in answer.json()["detail"]] == [["body", field]]
+    assert (h.status()["ps"], h.status()["run"]["state"]) == (None, "running")
 
 
 def test_ps_report_in_a_basic_run_is_409(tmp_path):

@@ -14,13 +14,20 @@ from dist_llm_train.netem.probe import PROBE_WIRE_BITS, expected, judge, schedul
 def test_expected_by_hand():
     a = LinkSpec(delay_ms=40, jitter_ms=3, loss_pct=1, rate_mbit=10)
     b = LinkSpec(delay_ms=5, jitter_ms=4, loss_pct=2, rate_mbit=50)
+    # Mathis: 1448 B x 8 / 45 ms = 0.2574 Mbit/s, x sqrt(1.5) / sqrt(p): p = 2 % -> x 8.660, p = 1 % -> x 12.25
     assert expected(a, b) == pytest.approx({
         "rtt_ms": 45.0,
         "rtt_stdev_ms": 5.0,  # sqrt(9 + 16)
         "loss_pct": 100 * (1 - 0.99 * 0.98),  # 2.98 %
         "mbit": 10.0,
-    })
+        "mathis_up_mbit": 2.2293,  # userspace: a -> b meets b's loss (on b's ingress), 2 %
+        "mathis_down_mbit": 3.1527,  # b -> a meets a's, 1 %
+    }, rel=1e-4)
+    netem = expected(a, b, "netem")  # netem: a packet meets its sender's loss (egress)
+    assert netem["mathis_up_mbit"] == pytest.approx(3.1527, rel=1e-4)
+    assert netem["mathis_down_mbit"] == pytest.approx(2.2293, rel=1e-4)
     assert expected(LinkSpec(), LinkSpec())["mbit"] is None
+    assert expected(LinkSpec(delay_ms=5), LinkSpec())["mathis_up_mbit"] is None  # no loss: no bound
 
 
 def test_schedule_spaces_rtt_probes_by_twice_the_jitter_and_paces_to_a_tenth_of_the_cap():

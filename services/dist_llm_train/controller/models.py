@@ -1,6 +1,7 @@
 """Request and response bodies of the control plane (docs/architecture.md has the route table).
 
-Requests refuse unknown fields and non-finite numbers (422), so a typo in a client is loud.
+Requests refuse unknown fields and non-finite numbers (422), so a typo in a client is loud, and
+numbers out of their bounds (422 naming the field), so no figure overflows the store or the sums.
 """
 
 from __future__ import annotations
@@ -8,6 +9,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import MAX_SEED
+from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
+
+# Counts, sizes, indices and versions: SQLite stores integers as signed 64 bits (2**63 was a 500),
+# and below 2**53 a count is exact as a JSON number in every client.
+MAX_COUNT = 2**53 - 1
+# Rates and durations (tokens/s, Mbit/s, ms, s, capacity): 1e12 is far past anything a worker
+# measures, and sums over every worker (the row's means) and products of two (the schedulers'
+# cost model) stay finite; near float's 1.8e308 they became inf in the row.
+MAX_FIGURE = 1e12
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Figure = Annotated[float, Field(ge=0, le=MAX_FIGURE)]
 
 
 class RequestBody(BaseModel):
@@ -18,9 +32,9 @@ class RegisterIn(RequestBody):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                       description="stable worker name (compose container name); a new registration "
                                   "under the same name retires the previous incarnation")
-    index: int = Field(ge=0, description="compose container number - 1")
-    capacity: float = Field(gt=0, description="declared capacity (1.0 = nominal)")
-    memory_mb: int = Field(gt=0, description="declared memory, MiB")
+    index: Count = Field(description="compose container number - 1")
+    capacity: float = Field(gt=0, le=MAX_FIGURE, description="declared capacity (1.0 = nominal)")
+    memory_mb: int = Field(gt=0, le=MAX_COUNT, description="declared memory, MiB")
 
 
 class RegisterOut(BaseModel):
@@ -32,16 +46,16 @@ class RegisterOut(BaseModel):
 
 
 class TelemetryIn(RequestBody):
-    tokens_per_sec: float | None = Field(None, ge=0, description="tokens processed per second of compute")
-    step_time_s: float | None = Field(None, ge=0, description="wall time of one step")
-    epoch: int | None = Field(None, ge=0)
-    batch: int | None = Field(None, ge=0)
-    rtt_ms: float | None = Field(None, ge=0, description="round trip of the previous heartbeat")
-    down_mbit: float | None = Field(None, ge=0, description="measured download rate of the last task input")
+    tokens_per_sec: Figure | None = Field(None, description="tokens processed per second of compute")
+    step_time_s: Figure | None = Field(None, description="wall time of one step")
+    epoch: Count | None = None
+    batch: Count | None = None
+    rtt_ms: Figure | None = Field(None, description="round trip of the previous heartbeat")
+    down_mbit: Figure | None = Field(None, description="measured download rate of the last task input")
     compute_utilization: float | None = Field(None, ge=0, le=1, description="share of wall time spent computing")
-    bytes_up: int | None = Field(None, ge=0, description="bytes sent so far (results, updates)")
-    bytes_down: int | None = Field(None, ge=0, description="bytes received so far (inputs, parameters)")
-    staleness: float | None = Field(None, ge=0, description="ML: staleness of the last update")
+    bytes_up: Count | None = Field(None, description="bytes sent so far (results, updates)")
+    bytes_down: Count | None = Field(None, description="bytes received so far (inputs, parameters)")
+    staleness: float | None = Field(None, ge=0, le=MAX_COUNT, description="ML: staleness of the last update")
 
 
 class HeartbeatIn(RequestBody):
@@ -86,38 +100,65 @@ class CompleteOut(BaseModel):
 class Probe(BaseModel):
     """The sidecar's fidelity probe; a figure it could not measure (every echo lost) is null."""
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    rtt_ms: float | None
-    rtt_stdev_ms: float | None
-    loss_pct: float | None
-    mbit: float | None
+    rtt_ms: Figure | None
+    rtt_stdev_ms: Figure | None
+    loss_pct: float | None = Field(ge=0, le=100)
+    mbit: Figure | None
+
+
+class Emulation(BaseModel):
+    """How faithfully the userspace delayers kept the preset's delays (netem/lateness.py `Tally.summary`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # extra: the per-container figures, kept as sent
+    late_p99_ms: float | None = Field(ge=0)
+    packets: int = Field(ge=0, lt=2**53)
+    late_over_tolerance: int = Field(ge=0, lt=2**53)
+    drops: int = Field(ge=0, lt=2**53)
+    within_tolerance: bool
+    problems: list[Annotated[str, Field(max_length=500)]] = Field(max_length=256)
 
 
 class LinksIn(RequestBody):
     profile: str
     backend: Literal["netem", "userspace"]
-    seed: int
+    seed: int = Field(ge=0, le=MAX_SEED, description="the run config's seed, as the sidecar used it")
     ready: bool
     healthy: bool
     problems: list[str]
     links: dict[str, dict[str, Any]]
     probe: Probe | None
-    compute_speed: list[Annotated[float, Field(gt=0)]] = Field(
+    compute_speed: list[Annotated[float, Field(ge=MIN_COMPUTE_SPEED, le=MAX_COMPUTE_SPEED)]] = Field(
         [1.0], min_length=1, description="the preset's factor on worker i's compute speed, entry i mod len")
     preset: dict[str, Any] | None = Field(None, description="the preset as written, for the run's provenance")
+    failed: str | None = Field(None, max_length=2000, description="why the preset cannot be applied as written: a "
+                               "run that has not started ends failed with it")
+    tcp_cc: str | None = Field(None, max_length=100, description="TCP congestion control in force in the stack's "
+                               "namespaces ('cubic'; 'bbr+cubic' when entries differ)")
+    missing: list[Annotated[str, Field(max_length=100)]] = Field(
+        [], max_length=256, description="declared workers without a running container when the run started")
+    emulation: Emulation | None = Field(None, description="the delayers' release lateness and unasked-for drops so "
+                                        "far (netem/lateness.py); null when no delayer runs")
+
+
+CountKey = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
 
 
 class PsReportIn(RequestBody):
-    version: int = Field(ge=0)
-    updates_accepted: int = Field(ge=0)
-    updates_rejected: int = Field(ge=0)
-    mean_staleness: float = Field(ge=0)
-    bytes_up: int = Field(ge=0)
-    bytes_down: int = Field(ge=0)
+    version: Count
+    updates_accepted: Count
+    updates_rejected: Count
+    updates_refused: dict[CountKey, Count] = Field(
+        {}, max_length=32, description="the refused updates by reason (stale, second_in_round, norm)")
+    wire_errors: dict[CountKey, Count] = Field(
+        {}, max_length=32, description="messages the PS refused at its wire checks, by error code")
+    mean_staleness: float = Field(ge=0, le=MAX_COUNT)
+    bytes_up: Count
+    bytes_down: Count
     initial_val_loss: float | None
     final_val_loss: float | None
     final_train_loss: float | None
     time_to_target_s: float | None
-    window: int = Field(ge=1)
+    window: int = Field(ge=1, le=MAX_COUNT)
     done: bool
     reason: str | None
 

@@ -8,7 +8,9 @@ When the run ends the controller writes its row and provenance once (results.wri
 records that it did; a controller killed between the end and the write writes them on restart.
 
 Row status: the end state, except that a finished run during which the links were unhealthy
-(the sidecar said so, or fell silent) is `degraded`; the reason column says why.
+(the sidecar said so, or fell silent), or whose delayers released packets later than the
+tolerance of netem/README.md or lost packets the preset did not ask for (the sidecar's
+`emulation` summary, netem/lateness.py), is `degraded`; the reason column says why.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .store import Store
 from .tasks import generate_tasks
 
 END_STATES = ("finished", "timeout", "stopped", "failed")
+TCP_CC_FILE = Path("/proc/sys/net/ipv4/tcp_congestion_control")
 VERSIONED = ("fastapi", "starlette", "pydantic", "uvicorn", "httpx", "PyYAML", "numpy", "torch", "pyzmq")
 
 
@@ -126,11 +129,19 @@ class Run:
         counts = self.store.task_counts()
         latest = latest_incarnations(self.store.workers())
         ml = config.ml
+        emulation = links.get("emulation") or {}
         status = meta["state"]
         reason = meta["reason"]
         if meta["degraded_reason"]:
             status = "degraded" if status == "finished" else status
             reason = f"{reason}; links degraded: {meta['degraded_reason']}"
+        missing = self._report("links_at_start").get("missing")
+        if missing:
+            reason = (f"{reason}; started with {config.workers.count - len(missing)} of {config.workers.count} "
+                      f"workers (no running container after workers.start_wait_s: {', '.join(missing)})")
+        if emulation.get("within_tolerance") is False:
+            status = "degraded" if status == "finished" else status
+            reason = f"{reason}; emulation out of tolerance: {'; '.join(emulation.get('problems') or [])}"
         started = meta["started_at"] or meta["created_at"]
         return {
             "config": config.name,
@@ -149,9 +160,13 @@ class Run:
             "mean_ewma_step_time_s": mean(w["ewma_step_time_s"] for w in latest),
             "status": status,
             "backend": links.get("backend"),
+            # the sidecar's report; without a sidecar (local processes) this namespace's, which they share
+            "tcp_cc": links.get("tcp_cc") or (None if self.settings.link_gate else own_congestion_control()),
             "measured_rtt_ms": probe.get("rtt_ms"),
             "measured_loss_pct": probe.get("loss_pct"),
             "measured_mbit": probe.get("mbit"),
+            "emulation_late_p99_ms": emulation.get("late_p99_ms"),
+            "emulation_drops": emulation.get("drops"),
             "updates_accepted": ps.get("updates_accepted"),
             "updates_rejected": ps.get("updates_rejected"),
             "mean_staleness": ps.get("mean_staleness"),
@@ -201,6 +216,13 @@ class Run:
             return {}
         body, received = found
         return {**body, "received_at": iso(received)} if with_time else body
+
+
+def own_congestion_control() -> str | None:
+    try:
+        return TCP_CC_FILE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def latest_incarnations(workers: list) -> list:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
 import hashlib
+import html
 import json
 import math
 import statistics
@@ -34,7 +34,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ..results import atomic_write, read_rows  # noqa: E402
+from ..results import atomic_write, is_folder_name, read_rows  # noqa: E402
 from ..schema import ConfigError  # noqa: E402
 from . import webpage  # noqa: E402
 from .runner import OK_STATUS, read_done  # noqa: E402
@@ -128,13 +128,23 @@ def varying_fields(rows: list[dict[str, str]]) -> list[str]:
     return [f for f in VARIANT_FIELDS if len({r.get(f, "") for r in rows}) > 1]
 
 
+def run_file(runs_dir: Path, row: dict[str, str], name: str) -> Path | None:
+    """<runs>/<run_id>/<name> of a row; None when its run_id is not one folder name, so that no row
+    makes the report read outside the runs folder."""
+    run_id = row.get("run_id")
+    return runs_dir / run_id / name if is_folder_name(run_id) else None
+
+
 def variant(runs_dir: Path, row: dict[str, str]) -> str:
     """Digest of the run's resolved config (its run.json) without the seed: runs that differ only
     by seed are repeats of one variant; any other difference (a swept field the row has no column
     for) makes another variant. Without run.json, the row's config_hash (seed included)."""
+    path = run_file(runs_dir, row, "run.json")
     try:
-        config = json.loads((runs_dir / row.get("run_id", "") / "run.json").read_text())["config"]
+        config = json.loads(path.read_text())["config"] if path else None
     except (OSError, ValueError, KeyError, TypeError):
+        config = None
+    if config is None:
         return row.get("config_hash", "")
     blob = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
@@ -198,8 +208,8 @@ def failed_rows(groups: list[Group]) -> list[list[str]]:
 
 
 def markdown_table(headers: tuple[str, ...], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    def line(cells):  # a text cell stays in its cell: no column break, no line break
+        return "| " + " | ".join(" ".join(str(c).replace("|", "\\|").splitlines()) for c in cells) + " |"
     return "\n".join([line(headers), line(["---"] * len(headers))] + [line(r) for r in rows])
 
 
@@ -301,8 +311,8 @@ def val_curves(groups: list[Group], runs_dir: Path) -> dict[str, list[tuple[str,
     curves: dict[str, list[tuple[str, str, list[CurvePoint]]]] = defaultdict(list)
     for g in groups:
         for row in g.ok if g.mode == "ml" else []:
-            path = runs_dir / row.get("run_id", "") / "curve.csv"
-            points = read_curve(path) if path.is_file() else []
+            path = run_file(runs_dir, row, "curve.csv")
+            points = read_curve(path) if path and path.is_file() else []
             if points:
                 curves[g.profile].append((g.label, row.get("run_id", ""), points))
     return curves
@@ -366,8 +376,8 @@ def staleness_counts(groups: list[Group], runs_dir: Path) -> dict[str, dict[int,
     counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for g in groups:
         for row in g.ok if g.mode == "ml" else []:
-            path = runs_dir / row.get("run_id", "") / "staleness.csv"
-            if not path.is_file():
+            path = run_file(runs_dir, row, "staleness.csv")
+            if path is None or not path.is_file():
                 continue
             for r in read_rows(path):
                 s, c = number(r.get("staleness")), number(r.get("count"))
@@ -424,7 +434,8 @@ def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Gr
     notes = [f"no rows in runs_{m}.csv: nothing on {m} mode" for m in MODES if not rows_by_mode[m]]
     ml_ok = [r for g in groups if g.mode == "ml" for r in g.ok]
     for name in ("curve.csv", "staleness.csv"):
-        without = [r.get("run_id", "") for r in ml_ok if not (runs_dir / r.get("run_id", "") / name).is_file()]
+        without = [r.get("run_id", "") for r in ml_ok
+                   if not (path := run_file(runs_dir, r, name)) or not path.is_file()]
         if without:
             notes.append(f"{len(without)} of {len(ml_ok)} finished ML runs have no {name}: {', '.join(without[:5])}"
                          + (" ..." if len(without) > 5 else ""))

@@ -37,11 +37,13 @@ from typing import Any, Iterator
 
 import yaml
 
-from ..results import atomic_write, read_rows, write_run
+from ..results import atomic_write, is_folder_name, read_rows, safe_run_id, write_run
 from ..schema import ConfigError
 from ..controller.health import GATE_TIMEOUT_S
 from ..controller.runstate import END_STATES, VERSIONED, package_versions
+from ..netem import tcp
 from ..netem.preset import load_preset
+from ..settings import TCP_CC_CHOICES
 from .matrix import Cell, expand, load_matrix, with_overrides
 
 OK_STATUS = "finished"  # the row status of a run that ended as planned (controller/runstate.py)
@@ -84,6 +86,10 @@ def main(args: argparse.Namespace) -> int:
         for i, cell in enumerate(cells, 1):
             print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}")
         return 0
+    problem = tcp_problem({c.profile for c in cells}, root / "netem")
+    if problem is not None:
+        print(f"refused: {problem}", file=sys.stderr)
+        return 3
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_as_owner_of(runs_dir)
     command = "dist-llm-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -98,6 +104,19 @@ def main(args: argparse.Namespace) -> int:
             print("interrupted: the stack is down; run the same command again to resume", flush=True)
             return 130
     return 1 if failed else 0
+
+
+def tcp_problem(profiles: set[str], netem_dir: Path) -> str | None:
+    """Why a cell's containers could not use its preset's TCP congestion control on this host (TCP_CC, passed
+    on to every stack, overrides the presets), before any cell starts; None when every one can."""
+    override = os.environ.get("TCP_CC") or None
+    if override not in (None, *TCP_CC_CHOICES):
+        return f"TCP_CC: expected one of {', '.join(TCP_CC_CHOICES)}, got {override!r}"
+    for profile in sorted(profiles):
+        problem = tcp.preset_problem(load_preset(profile, netem_dir, override))
+        if problem is not None:
+            return problem
+    return None
 
 
 def clock(seconds: float) -> str:
@@ -123,8 +142,8 @@ def read_done(runs_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def is_done(entry: dict[str, Any] | None, runs_dir: Path) -> bool:
-    return (entry is not None and entry.get("status") != FAILED_STATUS
-            and (runs_dir / entry.get("run_id", "") / "row.csv").is_file())
+    return (entry is not None and entry.get("status") != FAILED_STATUS and is_folder_name(entry.get("run_id"))
+            and (runs_dir / entry["run_id"] / "row.csv").is_file())
 
 
 # ---- rows of failed cells -----------------------------------------------------------------------
@@ -207,6 +226,22 @@ class CellFailed(Exception):
         self.run_id = run_id
 
 
+def read_watch(stdout: str, stderr: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """What watch_run printed last: (the whole line, the run id, the run state). CellFailed if it
+    printed nothing readable, or a run id that is not one: the id becomes a folder name under the
+    runs folder, so the controller's answer must not choose the path."""
+    try:
+        seen = json.loads(stdout.strip().splitlines()[-1])
+        run = seen["run"] or {}
+        run_id, state = run.get("id"), run.get("state")
+    except (IndexError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise CellFailed(f"could not watch the run: {last_line(stderr)}") from None
+    try:
+        return seen, None if run_id is None else safe_run_id(run_id), state
+    except ValueError as exc:
+        raise CellFailed(f"the controller answered a bad run id: {exc}") from None
+
+
 class Runner:
     def __init__(self, root: Path, runs_dir: Path, project: str, command: str):
         self.root, self.runs_dir, self.project, self.command = root, runs_dir, project, command
@@ -272,12 +307,7 @@ class Runner:
         code = f"from dist_llm_train.experiments.runner import watch_run; watch_run({deadline}, {ROW_GRACE_S})"
         watch = self.compose(cell, env, "exec", "-T", "controller", "python3", "-c", code,
                              timeout=GATE_TIMEOUT_S + deadline + ROW_GRACE_S + 60)
-        try:
-            seen = json.loads(watch.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            raise CellFailed(f"could not watch the run: {last_line(watch.stderr)}") from None
-        run = seen["run"] or {}
-        run_id, state = run.get("id"), run.get("state")
+        seen, run_id, state = read_watch(watch.stdout, watch.stderr)
         if state not in END_STATES:
             raise CellFailed(f"run did not end within timeout_s + {STOP_MARGIN_S + ROW_GRACE_S:.0f} s "
                              f"(last state {state}; {seen['error'] or 'controller answering'})", run_id)

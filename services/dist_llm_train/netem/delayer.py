@@ -34,6 +34,9 @@ Process interface (what the sidecar uses):
     buffer full; same file), enobufs (such overflows we were told of), refused_verdicts,
     late_ms and timer_late_ms: {mean, p50, p99} of (actual release - due) and (actual release -
     scheduled release) over the last interval (each null when no packet left),
+    late_hist_counts: packets per bucket of timer lateness since start (buckets: lateness.EDGES_MS;
+    the sidecar sums them over the run, `lateness.Tally`), late_over_tolerance: releases since start
+    whose timer lateness exceeded lateness.tolerance_ms of the delay in force,
     cpu_pct, cpu_user_pct: % of one core over the last interval.
   Every *_drops, enobufs and refused_verdicts above 0 means packets were lost that the spec did
   not ask for: the run's figures are suspect.
@@ -73,7 +76,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from . import nfqueue
+from . import lateness, nfqueue
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_QUEUE = 0, 1, 2, 3
 STATS_INTERVAL_S = 1.0
@@ -189,6 +192,8 @@ class Delayer:
         self._stamps.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.late: list[float] = []  # actual release - due, this stats interval
         self.timer_late: list[float] = []  # actual release - scheduled release, this interval
+        self.late_hist = [0] * len(lateness.EDGES_MS)  # timer lateness since start
+        self.late_over_tolerance = 0
         self.spec_error: str | None = None
         self._stats_error: str | None = None
         self.started = time.monotonic()
@@ -229,10 +234,13 @@ class Delayer:
         pending = self.pending
         now = time.monotonic()
         last = None
+        tolerance_s = lateness.tolerance_ms(self.spec.delay_ms) / 1000
         while pending and pending[0][0] <= now:
             release, due, last = pending.popleft()
             self.late.append(now - due)
             self.timer_late.append(now - release)
+            self.late_hist[lateness.bucket(1000 * (now - release))] += 1
+            self.late_over_tolerance += now - release > tolerance_s
             self.released += 1
         if last is not None:
             self.queue.send(nfqueue.verdict(self.args.queue_num, last, nfqueue.NF_ACCEPT, batch=True))
@@ -297,6 +305,8 @@ class Delayer:
             "refused_verdicts": self.queue.refused,
             "late_ms": _summary_ms(self.late),
             "timer_late_ms": _summary_ms(self.timer_late),
+            "late_hist_counts": self.late_hist,
+            "late_over_tolerance": self.late_over_tolerance,
             "cpu_pct": (user - user0 + system - system0) * per_pct,
             "cpu_user_pct": (user - user0) * per_pct,
         }

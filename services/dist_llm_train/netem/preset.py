@@ -6,6 +6,10 @@ from `default`. Optional `phases` change links over time (an outage, a degradati
 container has at time t is a pure function, `Preset.link_at(role, index, t)`, and
 `Preset.next_change(t)` says when it next changes. netem/README.md says what each number means.
 
+Each link also carries the TCP settings of the container's namespace (`tcp`, a `TcpSpec`): the
+congestion control its sockets use. A top-level `tcp` block sets it for every container, an entry's
+own `tcp` overrides it; phases cannot change it (a socket's algorithm is fixed when it opens).
+
 Failure: `load_preset` raises `ConfigError` naming the file and the field, e.g.
 `netem/x.yaml: workers.1.delay_ms: input should be greater than or equal to 0 (got -5)` or
 `netem/x.yaml: workers.1: jitter_ms 20 is above delay_ms 10`.
@@ -23,10 +27,25 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import read_yaml_mapping
 from ..schema import ConfigError, Section, validate
+from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
 
 Role = Literal["controller", "ps", "worker"]
+# `host` applies nothing: the namespace keeps the algorithm it inherited from the host's default.
+CongestionControl = Literal["cubic", "bbr", "reno", "host"]
 TARGET = re.compile(r"^(all|controller|ps|workers|worker:\d+)$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class TcpSpec(Section):
+    """TCP settings applied in the container's network namespace before the run starts."""
+
+    congestion_control: CongestionControl = Field(
+        "cubic", description="algorithm of every TCP socket opened in the container (net.ipv4.tcp_congestion_control); "
+                             "cubic is the Linux default; host = keep the host's default, recorded")
+
+
+class TcpChange(TcpSpec):
+    """A partial `tcp` block: only the fields written replace those of the base link."""
 
 
 class LinkSpec(Section):
@@ -37,27 +56,36 @@ class LinkSpec(Section):
     loss_pct: float = Field(0.0, ge=0, le=100, description="share of packets dropped, %, once per container per round trip")
     rate_mbit: float | None = Field(None, gt=0, le=100_000, description="access-link capacity in each direction, Mbit/s; null = unlimited")
     down: bool = Field(False, description="the link is cut: nothing passes in either direction (used by outage phases)")
+    tcp: TcpSpec = Field(TcpSpec(), description="TCP settings of the container's namespace")
 
     @property
     def is_identity(self) -> bool:
-        """True when the link changes nothing: no rule is installed for it."""
-        return self == LinkSpec()
+        """True when the link shapes nothing: no rule is installed for it (TCP settings apply anyway)."""
+        return self == LinkSpec(tcp=self.tcp)
 
     def changed(self, change: "LinkChange") -> "LinkSpec":
-        """This link with the fields `change` sets replaced."""
-        return self.model_copy(update=change.model_dump(exclude_unset=True))
+        """This link with the fields `change` sets replaced (inside `tcp` too)."""
+        update = change.model_dump(exclude_unset=True, exclude={"tcp"})
+        if change.tcp is not None:
+            update["tcp"] = self.tcp.model_copy(update=change.tcp.model_dump(exclude_unset=True))
+        return self.model_copy(update=update)
 
 
 class LinkChange(LinkSpec):
     """A partial link: only the fields written in the file replace those of the base link
     (`rate_mbit: null` written out means unlimited; left out means inherited)."""
 
+    tcp: TcpChange | None = Field(None, description="TCP settings over the base link's")
+
+
+
 
 class WorkerEntry(LinkChange):
-    compute_speed: float = Field(1.0, gt=0, le=100, description="factor on the worker's compute speed (0.25 = 4x slower), multiplies workers.speed of the run config")
+    compute_speed: float = Field(1.0, ge=MIN_COMPUTE_SPEED, le=MAX_COMPUTE_SPEED, description="factor on the worker's compute speed (0.25 = 4x slower), multiplies workers.speed of the run config")
 
     def link_change(self) -> LinkChange:
-        return LinkChange(**self.model_dump(exclude_unset=True, exclude={"compute_speed"}))
+        fields = {k: getattr(self, k) for k in self.model_fields_set if k != "compute_speed"}
+        return LinkChange(**fields)
 
 
 class Phase(Section):
@@ -83,6 +111,9 @@ class Phase(Section):
     def _period(self) -> "Phase":
         if not self.link.model_fields_set:
             raise ValueError("link: names no field to change")
+        if "tcp" in self.link.model_fields_set:
+            raise ValueError("link.tcp: a phase cannot change TCP settings (a socket's congestion control is fixed "
+                             "when it opens); set tcp per entry instead")
         if self.period_s is not None:
             if self.duration_s is None:
                 raise ValueError("period_s needs duration_s (a phase without an end cannot repeat)")
@@ -122,6 +153,7 @@ class PresetFile(Section):
     """The YAML file as written."""
 
     description: str = Field("", description="one line shown by the sidecar and in provenance")
+    tcp: TcpChange = Field(TcpChange(), description="TCP settings of every container (an entry's own tcp overrides them)")
     default: LinkChange = Field(LinkChange(), description="the link of every container not listed below")
     controller: LinkChange | None = Field(None, description="the controller's link (fields over default)")
     ps: LinkChange | None = Field(None, description="the parameter server's link (fields over default)")
@@ -132,12 +164,20 @@ class PresetFile(Section):
 class Preset:
     """A validated preset: resolved links per role and worker entry, and the phases."""
 
-    def __init__(self, name: str, source: str, data: PresetFile):
+    def __init__(self, name: str, source: str, data: PresetFile, tcp_override: CongestionControl | None = None):
+        """`tcp_override` (TCP_CC) replaces the congestion control of every entry."""
+        if tcp_override is not None:
+            data = data.model_copy(update={
+                "tcp": TcpChange(congestion_control=tcp_override),
+                **{key: entry.model_copy(update={"tcp": None}) for key in ("default", "controller", "ps")
+                   if (entry := getattr(data, key)) is not None},
+                "workers": [entry.model_copy(update={"tcp": None}) for entry in data.workers]})
         self.name = name
         self.source = source
+        self.tcp_override = tcp_override
         self.file = data
         self.description = data.description
-        base = LinkSpec().changed(data.default)
+        base = LinkSpec(tcp=TcpSpec().model_copy(update=data.tcp.model_dump(exclude_unset=True))).changed(data.default)
         self.controller = base.changed(data.controller) if data.controller else base
         self.ps = base.changed(data.ps) if data.ps else base
         entries = data.workers or [WorkerEntry()]
@@ -221,6 +261,24 @@ class Preset:
             start = change
         return None
 
+    def tcp_choices(self) -> dict[str, str]:
+        """Each congestion control the preset asks for ('host' excluded), with the first place in the
+        file that sets it for some container (`tcp.congestion_control`, `workers.1.tcp.congestion_control`)."""
+        def sets_cc(entry: LinkChange | None) -> bool:
+            return entry is not None and entry.tcp is not None and "congestion_control" in entry.tcp.model_fields_set
+
+        entries = {"default": self.file.default, "controller": self.file.controller, "ps": self.file.ps,
+                   **{f"workers.{k}": e for k, e in enumerate(self.file.workers)}}
+        if self.tcp_override is not None:
+            return {} if self.tcp_override == "host" else {self.tcp_override: "TCP_CC (set for every container)"}
+        found: dict[str, str] = {}
+        for where, _, _, link in self._bases():
+            owner = where if sets_cc(entries[where]) else "default" if sets_cc(self.file.default) else None
+            found.setdefault(link.tcp.congestion_control,
+                             f"{owner}.tcp.congestion_control" if owner else "tcp.congestion_control")
+        found.pop("host", None)
+        return found
+
     def phases_active(self, t: float) -> list[str]:
         return [p.name for p in self.phases if p.active(t)]
 
@@ -245,11 +303,12 @@ def available(netem_dir: Path) -> list[str]:
     return sorted(p.stem for p in Path(netem_dir).glob("*.yaml"))
 
 
-def load_preset(name_or_path: str, netem_dir: Path) -> Preset:
-    """Read and validate a preset by name (netem_dir/<name>.yaml) or path; ConfigError if unusable."""
+def load_preset(name_or_path: str, netem_dir: Path, tcp_override: CongestionControl | None = None) -> Preset:
+    """Read and validate a preset by name (netem_dir/<name>.yaml) or path; ConfigError if unusable.
+    `tcp_override` (TCP_CC) sets every container's congestion control, whatever the file says."""
     path = preset_path(name_or_path, netem_dir)
     if not path.is_file():
         known = ", ".join(available(netem_dir)) or "none"
         raise ConfigError(f"{path}: no such preset (presets in {netem_dir}: {known})")
     data = validate(PresetFile, read_yaml_mapping(path), str(path))
-    return Preset(path.stem, str(path), data)
+    return Preset(path.stem, str(path), data, tcp_override)

@@ -8,13 +8,16 @@ target images need nothing but Python and this package, which the sidecar brings
           predecessor, skewing the mean up and the stdev down (simulated: 2 x jitter spacing
           costs < 1 % of the mean and ~5 % of the stdev).
   loss    2000 more UDP echoes, closer together; round-trip loss over all 2500.
-  rate    bulk TCP a -> b (up) and b -> a (down) after a warm-up of 10 RTTs (slow start).
+  rate    bulk TCP a -> b (up) and b -> a (down) after a warm-up of 10 RTTs (slow start), with each
+          sender's congestion control as its namespace sets it (`measure_tcp` can choose another).
 Probe traffic is paced to at most 10 % of the narrower rate cap, so it measures the link rather
 than queueing behind itself.
 
-`expected(link_a, link_b)` is the preset's promise (netem/README.md): RTT = d_a + d_b,
+`expected(link_a, link_b, backend)` is the preset's promise (netem/README.md): RTT = d_a + d_b,
 stdev = sqrt(j_a^2 + j_b^2), round-trip loss = 1 - (1 - p_a)(1 - p_b), throughput = the
-narrower rate cap. `judge` applies the tolerances of `make verify`.
+narrower rate cap, and on a lossy path the Mathis bound of one loss-based flow each way (its data
+meets the loss of the sender's link with the netem backend, of the receiver's with userspace).
+`judge` applies the tolerances of `make verify`.
 
 Failure: a server that cannot start or a client that fails raises ProbeError with its stderr.
 """
@@ -36,6 +39,7 @@ from pathlib import Path
 from . import traffic
 from .backends.base import in_namespace
 from .preset import LinkSpec
+from .tcp import mathis_mbit
 
 RTT_SAMPLES = 500
 LOSS_SAMPLES = 2000
@@ -64,13 +68,18 @@ class Endpoint:
     link: LinkSpec  # the link the preset gives it now
 
 
-def expected(a: LinkSpec, b: LinkSpec) -> dict:
+def expected(a: LinkSpec, b: LinkSpec, backend: str = "userspace") -> dict:
     caps = [r for r in (a.rate_mbit, b.rate_mbit) if r is not None]
+    rtt_ms = a.delay_ms + b.delay_ms
+    lost_at = (lambda sender, receiver: sender) if backend == "netem" else (lambda sender, receiver: receiver)
     return {
-        "rtt_ms": a.delay_ms + b.delay_ms,
+        "rtt_ms": rtt_ms,
         "rtt_stdev_ms": math.hypot(a.jitter_ms, b.jitter_ms),
         "loss_pct": 100 * (1 - (1 - a.loss_pct / 100) * (1 - b.loss_pct / 100)),
         "mbit": min(caps) if caps else None,
+        # one loss-based flow (cubic, reno) each way: MSS / RTT x 1.22 / sqrt(p); None on a loss-free path
+        "mathis_up_mbit": mathis_mbit(rtt_ms, lost_at(a, b).loss_pct),
+        "mathis_down_mbit": mathis_mbit(rtt_ms, lost_at(b, a).loss_pct),
     }
 
 
@@ -142,15 +151,38 @@ def measure_pair(a: Endpoint, b: Endpoint) -> dict:
                       "--rtt-interval", str(plan["rtt_interval_s"]), "--loss-interval", str(plan["loss_interval_s"]),
                       "--timeout", str(plan["timeout_s"]),
                       timeout_s=60 + RTT_SAMPLES * plan["rtt_interval_s"] + LOSS_SAMPLES * plan["loss_interval_s"])
-        tcp_args = ("--seconds", str(TCP_SECONDS), "--warmup", str(plan["tcp_warmup_s"]))
-        tcp_timeout = 60 + TCP_SECONDS + plan["tcp_warmup_s"]
-        up = run_client(a, "tcp", "--host", b.address, "--port", str(server_b.tcp_port), *tcp_args, timeout_s=tcp_timeout)
-        down = run_client(b, "tcp", "--host", a.address, "--port", str(server_a.tcp_port), *tcp_args, timeout_s=tcp_timeout)
+        up, down = tcp_both_ways(a, b, server_a, server_b, TCP_SECONDS, plan["tcp_warmup_s"])
     finally:
         server_b.close()
         server_a.close()
     return {**udp, "mbit_up": up["mbit"], "mbit_down": down["mbit"], "mbit": min(up["mbit"], down["mbit"]),
+            "tcp_cc_up": up["congestion_control"], "tcp_cc_down": down["congestion_control"],
             "plan": plan, "seconds": time.monotonic() - started}
+
+
+def tcp_both_ways(a: Endpoint, b: Endpoint, server_a: Server, server_b: Server, seconds: float, warmup_s: float,
+                  congestion_control: str | None = None) -> tuple[dict, dict]:
+    """One bulk TCP flow a -> b, then one b -> a: ({mbit, congestion_control} up, down)."""
+    args = ("--seconds", str(seconds), "--warmup", str(warmup_s),
+            *(("--congestion-control", congestion_control) if congestion_control else ()))
+    timeout = 60 + seconds + warmup_s
+    up = run_client(a, "tcp", "--host", b.address, "--port", str(server_b.tcp_port), *args, timeout_s=timeout)
+    down = run_client(b, "tcp", "--host", a.address, "--port", str(server_a.tcp_port), *args, timeout_s=timeout)
+    return up, down
+
+
+def measure_tcp(a: Endpoint, b: Endpoint, congestion_control: str | None, seconds: float) -> dict:
+    """One flow each way with the given algorithm on both senders (None: each namespace's own), after
+    a warm-up of 10 RTTs: {mbit_up, mbit_down, congestion_control, seconds}."""
+    warmup_s = schedule(a.link, b.link)["tcp_warmup_s"]
+    server_b, server_a = Server(b), Server(a)
+    try:
+        up, down = tcp_both_ways(a, b, server_a, server_b, seconds, warmup_s, congestion_control)
+    finally:
+        server_b.close()
+        server_a.close()
+    return {"mbit_up": up["mbit"], "mbit_down": down["mbit"], "congestion_control": up["congestion_control"],
+            "seconds": seconds, "warmup_s": warmup_s}
 
 
 def judge(measured: dict, exp: dict) -> dict[str, bool | None]:
@@ -226,13 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--warmup", type=float, required=True)
+    p.add_argument("--congestion-control", default=None)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "udp":
         print(json.dumps(_udp(args)))
     else:
-        print(json.dumps({"mbit": traffic.tcp_bulk_send(args.host, args.port, args.seconds, args.warmup)}))
+        print(json.dumps(traffic.tcp_bulk_send(args.host, args.port, args.seconds, args.warmup,
+                                               congestion_control=args.congestion_control)))
     return 0
 
 

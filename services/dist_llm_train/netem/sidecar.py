@@ -15,7 +15,12 @@ backend `NETEM_BACKEND` chooses. It then
   - on SIGTERM / SIGINT / any exit removes every rule and stops every process it started, in
     `finally`, within CLEANUP_S.
 `ready` becomes true once the controller, the PS (ML mode) and every worker have their link and
-the first fidelity probe (worker 0 <-> PS in ML mode, else worker 0 <-> controller) is done.
+the first fidelity probe (the lowest-numbered live worker <-> PS in ML mode, else <-> controller)
+is done. A declared worker without a running container (killed, crashed, never started) does not
+hold the run forever: `workers.start_wait_s` after the servers and a first worker had their links,
+the probe runs and the run starts with the workers present; the report's `missing` names the others
+(the row's reason says so). A container that dies is dropped from the link set at once (Docker's
+`die` event), so the probe never measures a namespace that is gone.
 
 `--dry-run --profile X` prints the exact commands for every container without Docker;
 `--health` answers the compose healthcheck (the sidecar's loop wrote its state recently).
@@ -38,8 +43,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import atomic_write
+from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
+from . import lateness, tcp
 from .backends import CHOICES, choose
 from .backends.base import Backend, LinkError, in_namespace, run_commands
 from .backends.userspace import delayer_argv
@@ -71,11 +77,13 @@ class NamespaceLink:
     backend, the delayer process running there. Failure: `apply` raises LinkError after undoing
     what it did; `delayer_problem` says whether the delayer died; `remove` returns what failed."""
 
-    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = WORK_DIR):
+    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = WORK_DIR,
+                 nice: int = 0):
         self.backend = backend
         self.netns = netns
         self.label = label
         self.seed = seed
+        self.nice = nice  # the delayer's niceness (below 0 needs CAP_SYS_NICE; see DELAYER_NICE)
         self.spec_file = workdir / f"{label}.spec.json"
         self.stats_file = workdir / f"{label}.stats.json"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -124,8 +132,11 @@ class NamespaceLink:
     def _start_delayer(self, spec: dict) -> None:
         atomic_write(self.spec_file, json.dumps(spec).encode())
         self.stats_file.unlink(missing_ok=True)
-        argv = delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file), self.seed)
-        self.delayer = subprocess.Popen(in_namespace(self.netns, argv), env=dict(os.environ, PYTHONPATH=SERVICES),
+        argv = in_namespace(self.netns, delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file),
+                                                     self.seed))
+        if self.nice:
+            argv = ["nice", "-n", str(self.nice), *argv]
+        self.delayer = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=SERVICES),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.delayer_output.clear()
         threading.Thread(target=self._forward, args=(self.delayer,), daemon=True).start()
@@ -217,6 +228,7 @@ class Applied:
     target: Target
     link: LinkSpec
     ns: NamespaceLink | None  # None: the preset never impairs this container, nothing installed
+    tcp: dict[str, str]  # the namespace's TCP settings in force once the preset's were set (tcp.SETTINGS)
     since: float = field(default_factory=time.time)
 
 
@@ -241,9 +253,14 @@ class Sidecar:
         self.seed = 0
         self.expect_ps = False
         self.expect_workers = 0
+        self.start_wait_s = 60.0  # workers.start_wait_s of the run config
+        self.servers_and_a_worker_at: float | None = None  # monotonic time both first had their links
         self._last_link_json: bytes | None = None
         self._waiting_for: set[str] = set()
         self.latest: dict | None = None  # the report the reporter thread sends next
+        self.failure: str | None = None  # the first reason the preset cannot be applied as written
+        self.missing_at_start: list[str] = []  # declared workers the run started without
+        self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -259,6 +276,7 @@ class Sidecar:
                 config = config.get("config", config)
                 self.expect_ps = config["mode"] == "ml"
                 self.expect_workers = int(config["workers"]["count"])
+                self.start_wait_s = float(config["workers"].get("start_wait_s", self.start_wait_s))
                 self.seed = int(config.get("seed", 0))
                 log.info("run config: mode %s, %d workers, seed %d", config["mode"], self.expect_workers, self.seed)
                 return
@@ -270,9 +288,23 @@ class Sidecar:
         labels = {"controller"} | {f"worker-{i}" for i in range(self.expect_workers)}
         return labels | ({"ps"} if self.expect_ps else set())
 
+    def missing(self) -> set[str]:
+        """Expected containers without a link now."""
+        return self.expected_labels() - {a.target.label for a in self.applied.values()}
+
+    def waited_enough(self) -> bool:
+        """The servers and at least one worker have links, and either every worker does or the run
+        config's start_wait_s has passed since the first of them had (it then starts without the others)."""
+        missing = self.missing()
+        if missing & {"controller", "ps"} or len(missing) == self.expect_workers:
+            self.servers_and_a_worker_at = None
+            return False
+        if self.servers_and_a_worker_at is None:
+            self.servers_and_a_worker_at = time.monotonic()
+        return not missing or time.monotonic() - self.servers_and_a_worker_at >= self.start_wait_s
+
     def ready(self) -> bool:
-        have = {a.target.label for a in self.applied.values()}
-        return self.probe_done and self.expected_labels() <= have
+        return self.t0 is not None or (self.probe_done and self.waited_enough())
 
     # -- applying -------------------------------------------------------------------------
     def apply(self, target: Target) -> None:
@@ -282,20 +314,43 @@ class Sidecar:
         if old is not None:
             self.forget(target.id, "restarted")
         link = self.preset.link_at(target.role, target.index, self.now_t())
+        tcp_now = self.apply_tcp(target, link)
+        if tcp_now is None:
+            return
         if all(l.is_identity for l in self.preset.links_over_time(target.role, target.index)):
-            self.applied[target.id] = Applied(target, link, None)
-            log.info("%s (%s, %s): no impairment, nothing installed", target.name, target.label, target.address)
+            self.applied[target.id] = Applied(target, link, None, tcp_now)
+            log.info("%s (%s, %s): no impairment, nothing installed; TCP %s", target.name, target.label,
+                     target.address, tcp_now["congestion_control"])
             return
         seed = zlib.crc32(f"{self.seed}:{target.label}".encode()) & 0x7FFFFFFF
-        ns = NamespaceLink(self.backend, target.netns, target.label, seed)
+        ns = NamespaceLink(self.backend, target.netns, target.label, seed, nice=self.settings.delayer_nice)
         try:
             ns.apply(link)
         except LinkError as exc:
             self.problem(f"apply:{target.label}", f"cannot apply the link of {target.name}: {exc}")
             return
-        self.applied[target.id] = Applied(target, link, ns)
-        log.info("%s (%s, %s, pid %d): applied %s [%s]", target.name, target.label, target.address,
-                 target.pid, link_text(link), self.backend.name)
+        self.applied[target.id] = Applied(target, link, ns, tcp_now)
+        log.info("%s (%s, %s, pid %d): applied %s, TCP %s [%s]", target.name, target.label, target.address,
+                 target.pid, link_text(link), tcp_now["congestion_control"], self.backend.name)
+
+    def apply_tcp(self, target: Target, link: LinkSpec) -> dict[str, str] | None:
+        """Set the link's TCP settings in the container's namespace and read back what is in force; None
+        (and a problem that fails a run not yet started) when the kernel refuses them."""
+        try:
+            run_commands(target.netns, tcp.commands(link.tcp))
+            settings = tcp.read_settings(target.netns)
+        except LinkError as exc:
+            allowed, _ = tcp.host_lists()
+            self.fail(f"tcp:{target.label}", f"cannot set TCP congestion control {link.tcp.congestion_control} in "
+                      f"{target.name}: {exc} (the host allows: {' '.join(allowed) or 'unknown'}; "
+                      "`make up` checks this first and prints the host command that allows it)")
+            return None
+        want = link.tcp.congestion_control
+        if want != "host" and settings["congestion_control"] != want:
+            self.fail(f"tcp:{target.label}", f"{target.name}: TCP congestion control is "
+                      f"{settings['congestion_control']} after setting {want}")
+            return None
+        return settings
 
     def forget(self, container_id: str, why: str) -> None:
         """The container stopped or restarted: its rules went with its namespace; stop its delayer."""
@@ -359,17 +414,31 @@ class Sidecar:
             log.error("PROBLEM: %s", message)
         self.problems[key] = message
 
+    def fail(self, key: str, message: str) -> None:
+        """A problem that makes the preset impossible to apply: a run that has not started ends `failed`."""
+        self.problem(key, message)
+        self.failure = self.failure or message
+
     # -- the probe ------------------------------------------------------------------------
     def probe_pair(self) -> tuple[Applied, Applied] | None:
-        by_label = {a.target.label: a for a in self.applied.values()}
-        peer = by_label.get("ps" if self.expect_ps else "controller")
-        worker = by_label.get("worker-0")
-        return (worker, peer) if worker and peer else None
+        """The lowest-numbered worker with a running container, and the PS (ML) or the controller."""
+        applied = list(self.applied.values())  # the main thread changes the dict
+        peer = next((a for a in applied if a.target.role == ("ps" if self.expect_ps else "controller")), None)
+        workers = sorted((a for a in applied if a.target.role == "worker"), key=lambda a: a.target.index)
+        live = [a for a in workers if Path(a.target.netns).exists()]
+        return (live[0], peer) if live and peer else None
 
-    def run_probe(self, pair: tuple[Applied, Applied]) -> None:
-        worker, peer = pair
-        a, b = (Endpoint(x.target.name, x.target.netns, x.target.address, x.link) for x in pair)
-        for attempt in range(1, PROBE_ATTEMPTS + 1):
+    def run_probe(self) -> None:
+        """The fidelity probe before the run, on a pair picked afresh for each attempt: a container that
+        died meanwhile is replaced by the next live worker (waiting for one does not count as an attempt)."""
+        attempt = 0
+        while not self.stop.is_set():
+            pair = self.probe_pair()
+            if pair is None:
+                self.stop.wait(1.0)
+                continue
+            attempt += 1
+            a, b = (Endpoint(x.target.name, x.target.netns, x.target.address, x.link) for x in pair)
             try:
                 log.info("probe %s <-> %s: started (attempt %d)", a.name, b.name, attempt)
                 measured = measure_pair(a, b)
@@ -382,7 +451,9 @@ class Sidecar:
                     self.problem("probe", f"the fidelity probe failed {attempt} times: {exc}")
                     self.probe_done = True
                     return
-        exp = expected(a.link, b.link)
+        else:
+            return
+        exp = expected(a.link, b.link, self.backend.name)
         verdict = judge(measured, exp)
         misses = [k for k, ok in verdict.items() if ok is False]
         self.probe = {**measured, "pair": [a.name, b.name], "expected": exp, "verdict": verdict,
@@ -399,18 +470,29 @@ class Sidecar:
         out = {}
         for item in self.applied.values():
             entry = {"role": item.target.role, "index": item.target.index, "address": item.target.address,
-                     **item.link.model_dump(), "installed": item.ns is not None, "since": item.since}
+                     **item.link.model_dump(), "installed": item.ns is not None, "since": item.since,
+                     "tcp_in_force": item.tcp}
             if item.ns is not None and item.ns.delayer is not None:
                 stats = item.ns.delayer_stats() or {}
+                self.lateness.record(item.target.label, stats)
                 entry["delayer"] = {k: stats.get(k) for k in ("pid", "packets_seen", "dropped_loss", "queued",
-                                                               "overflow_drops", "cpu_pct", "late_ms")}
+                                                               "overflow_drops", "socket_drops", "refused_verdicts",
+                                                               "cpu_pct", "late_ms", "timer_late_ms")}
             out[item.target.name] = entry
         return out
 
+    def tcp_summary(self) -> str | None:
+        """The congestion controls in force across the stack ('cubic', or 'bbr+cubic' when entries differ)."""
+        found = sorted({item.tcp["congestion_control"] for item in self.applied.values()})
+        return "+".join(found) or None
+
     def report(self) -> dict:
+        links = self.links_report()  # first: it records the delayers' latest stats in the tally
         return {"profile": self.preset.name, "backend": self.backend.name, "seed": self.seed,
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
-                "links": self.links_report(), "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
+                "failed": self.failure, "tcp_cc": self.tcp_summary(), "missing": self.missing_at_start,
+                "links": links, "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
+                "emulation": self.lateness.summary(),
                 "preset": self.preset.as_dict()}
 
     def snapshot(self) -> None:
@@ -438,9 +520,14 @@ class Sidecar:
     def write_link_json(self, body: dict) -> None:
         if self.run_id is None:
             try:
-                self.run_id = self.http.get("/status").json()["run"]["id"]
+                run_id = self.http.get("/status").json()["run"]["id"]
             except Exception as exc:  # noqa: BLE001 - retried at the next report
                 log.debug("no run id yet: %s", exc)
+                return
+            try:  # it names a folder under RUNS_DIR: the controller's answer must not choose the path
+                self.run_id = safe_run_id(run_id)
+            except ValueError as exc:
+                log.error("link.json not written: the controller's %s", exc)
                 return
         record = {**body, "t0": self.t0_wall}
         blob = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
@@ -493,19 +580,20 @@ class Sidecar:
                 next_scan = now + RESCAN_EVERY_S
             self.watch_delayers()
             self.follow_phases()
-            missing = self.expected_labels() - {a.target.label for a in self.applied.values()}
+            missing = self.missing()
             if missing != self._waiting_for and self.t0 is None:
                 if missing:
                     log.info("waiting for the links of: %s", ", ".join(sorted(missing)))
                 self._waiting_for = missing
-            if self.probe_thread is None and not missing:
-                pair = self.probe_pair()
-                if pair is not None:
-                    self.probe_thread = threading.Thread(target=self.run_probe, args=(pair,), daemon=True)
-                    self.probe_thread.start()
+            if self.probe_thread is None and self.t0 is None and self.waited_enough():
+                self.probe_thread = threading.Thread(target=self.run_probe, daemon=True)
+                self.probe_thread.start()
             if self.t0 is None and self.ready():
                 self.t0, self.t0_wall = time.monotonic(), time.time()
-                log.info("ready: every link applied, probe done; t = 0 for the phases")
+                self.missing_at_start = sorted(missing)
+                log.info("ready: links applied, probe done; t = 0 for the phases%s",
+                         f"; starting without {', '.join(self.missing_at_start)} (no running container after "
+                         f"workers.start_wait_s = {self.start_wait_s:g} s)" if missing else "")
                 next_report = 0.0  # the controller holds the run until it hears this
             if now >= next_report:
                 self.snapshot()
@@ -544,6 +632,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="dry run: how many workers")
     parser.add_argument("--ps", action="store_true", help="dry run: include a parameter server (ML mode)")
     parser.add_argument("--backend", choices=CHOICES, default=None, help="default: NETEM_BACKEND, else auto")
+    parser.add_argument("--tcp-cc", choices=("cubic", "bbr", "reno", "host"), default=None,
+                        help="congestion control of every container, whatever the preset says (default: TCP_CC)")
     parser.add_argument("--health", action="store_true", help="exit 0 if the sidecar is watching (compose healthcheck)")
 
 
@@ -570,6 +660,9 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
         label = role if role != "worker" else f"worker-{index}"
         link = preset.link_at(role, index, 0.0)
         print(f"\n## {label}: {link_text(link)}")
+        print(f"# TCP congestion control {link.tcp.congestion_control}, in {label}'s network namespace:")
+        for argv in tcp.commands(link.tcp) or [("# (host: nothing set; the inherited default is recorded)",)]:
+            print(" ".join(argv))
         if all(l.is_identity for l in preset.links_over_time(role, index)):
             print("# nothing to install")
             continue
@@ -605,23 +698,22 @@ def main(args: argparse.Namespace) -> int:
     from .. import settings as settings_module
 
     try:
-        if args.dry_run:
-            netem_dir = Path(args.netem_dir or os.environ.get("NETEM_DIR", "netem"))
-            preset = load_preset(args.profile or os.environ.get("NETEM_PROFILE", "lan"), netem_dir)
-            backend, why = choose(args.backend or os.environ.get("NETEM_BACKEND", "auto"))
+        if args.dry_run:  # no stack, no token: everything from the command line
+            preset = load_preset(args.profile or "lan", Path(args.netem_dir or "netem"), args.tcp_cc)
+            backend, why = choose(args.backend or "auto")
             dry_run(preset, backend, why, args.workers, args.ps)
             return 0
         settings = settings_module.from_env()
         if not (args.profile or settings.profile):
             raise ConfigError("NETEM_PROFILE: not set (make up passes PROFILE)")
-        preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir))
-        backend, why = choose(args.backend or os.environ.get("NETEM_BACKEND", "auto"))
-        project = os.environ["COMPOSE_PROJECT"]
+        if settings.compose_project is None:
+            raise ConfigError("COMPOSE_PROJECT: not set (compose.yaml passes the project name)")
+        preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir),
+                             args.tcp_cc or settings.tcp_cc)
+        backend, why = choose(args.backend or settings.netem_backend)
+        project = settings.compose_project
     except (ConfigError, ValueError, LinkError) as exc:
         print(f"netem: refused: {exc}", file=sys.stderr)
-        return 2
-    except KeyError:
-        print("netem: refused: COMPOSE_PROJECT is not set (compose.yaml passes the project name)", file=sys.stderr)
         return 2
     import docker
     import httpx

@@ -116,12 +116,19 @@ def _delivered(sock: socket.socket, written: int) -> int:
 
 
 def tcp_bulk_send(host: str, port: int, seconds: float, warmup_s: float = 1.0,
-                  pace_mbit: float | None = None) -> float:
+                  pace_mbit: float | None = None, congestion_control: str | None = None) -> dict:
     """Send as fast as TCP allows (or at most `pace_mbit`, paced by the kernel) for
-    `warmup_s + seconds`; return Mbit/s acknowledged by the peer during the last `seconds` (the
-    warm-up leaves slow start out of the figure)."""
+    `warmup_s + seconds`; return {mbit: acknowledged by the peer during the last `seconds` (the
+    warm-up leaves slow start out of the figure), congestion_control: the socket's algorithm}.
+    `congestion_control` chooses it for this socket (the namespace's default otherwise); an
+    algorithm outside the host's allowed list needs CAP_NET_ADMIN (OSError EPERM without)."""
     payload = b"\0" * CHUNK
-    with socket.create_connection((host, port), timeout=10) as sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if congestion_control is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion_control.encode())
+        sock.settimeout(10)
+        sock.connect((host, port))
+        algorithm = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0").decode()
         if pace_mbit is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, round(pace_mbit * 1e6 / 8))
         sock.settimeout(0.2)
@@ -133,7 +140,8 @@ def tcp_bulk_send(host: str, port: int, seconds: float, warmup_s: float = 1.0,
             if mark is None and now >= start + warmup_s:
                 mark = (now, _delivered(sock, written))
             if mark is not None and now >= mark[0] + seconds:
-                return (_delivered(sock, written) - mark[1]) * 8 / (now - mark[0]) / 1e6
+                mbit = (_delivered(sock, written) - mark[1]) * 8 / (now - mark[0]) / 1e6
+                return {"mbit": mbit, "congestion_control": algorithm}
             try:
                 written += sock.send(payload)
             except TimeoutError:  # a stalled link still ends on time; the figure shows the stall
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--pace-mbit", type=float, default=None, help="pace the stream to this rate")
+    p.add_argument("--congestion-control", default=None, help="TCP algorithm of this socket (default: the namespace's)")
     args = parser.parse_args(argv)
     if args.command == "udp-echo":
         udp_echo_server(args.port, args.host, _ready)
@@ -174,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         out = rtt_summary(rtts) | ({"rtts_ms": rtts} if args.samples else {})
         print(json.dumps(out))
     else:
-        print(json.dumps({"mbit": tcp_bulk_send(args.host, args.port, args.seconds, args.warmup, args.pace_mbit)}))
+        print(json.dumps(tcp_bulk_send(args.host, args.port, args.seconds, args.warmup, args.pace_mbit,
+                                       args.congestion_control)))
     return 0
 
 

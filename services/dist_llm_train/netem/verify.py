@@ -6,7 +6,11 @@ is one) and the controller, it measures RTT, jitter, round-trip loss and TCP thr
 ways (probe.py) and prints them beside what the preset promises, with the tolerance. Pairs whose
 two links equal a pair already measured are not measured again (the table says which pair stood
 for them); instead every impaired container's rules and delayer are checked directly. A
-measurement is timed to fall between two phase changes of the preset.
+measurement is timed to fall between two phase changes of the preset. It also prints the TCP
+settings in force in every container (congestion control, buffers, ECN, SACK) beside what the
+preset asks for, and, on lossy pairs, the Mathis bound of one loss-based flow beside the measured
+TCP figures; `--congestion-control cubic,bbr` measures one flow each way again with each algorithm
+(chosen per socket), to show what the choice does on these links.
 
 Exit status: 0 all within tolerance; 1 a figure out of tolerance or a rule missing; 2 cannot run
 (sidecar not running, another profile applied, no containers).
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +29,8 @@ from ..schema import ConfigError
 from .backends.base import in_namespace
 from .preset import Preset, load_preset
 from .probe import (LOSS_SAMPLES, LOSS_TOLERANCE_PP, RATE_JUDGED_UP_TO_MBIT, RATE_RANGE, RTT_SAMPLES, RTT_TOLERANCE,
-                    STDEV_TOLERANCE, TCP_SECONDS, Endpoint, ProbeError, expected, judge, measure_pair, schedule)
+                    STDEV_TOLERANCE, TCP_SECONDS, Endpoint, ProbeError, expected, judge, measure_pair, measure_tcp,
+                    schedule)
 from .sidecar import STATE_FILE, Target, find_targets
 
 
@@ -34,6 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, help="the preset the stack should be running (default: NETEM_PROFILE)")
     parser.add_argument("--netem-dir", default=None, help="folder of the presets (default: NETEM_DIR)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    parser.add_argument("--congestion-control", default=None,
+                        help="comma-separated algorithms: measure one TCP flow each way with each, per pair")
+    parser.add_argument("--tcp-seconds", type=float, default=None,
+                        help="length of those flows after their warm-up (default: max(10 s, 30 RTTs))")
 
 
 def measurement_seconds(plan: dict) -> float:
@@ -87,6 +95,10 @@ def table_rows(pair: str, measured: dict, exp: dict, verdict: dict) -> list[list
     cap = exp["mbit"]
     low, high = RATE_RANGE
     rate_tol = "-" if verdict["mbit"] is None else f"{low * cap:.1f}-{high * cap:.1f} Mbit/s"
+    mathis = [
+        ["", "TCP Mathis bound up / down", f"{fmt(exp['mathis_up_mbit'], 'Mbit/s')} / {fmt(exp['mathis_down_mbit'], 'Mbit/s')}",
+         f"{measured['mbit_up']:.1f} ({measured.get('tcp_cc_up')}) / {measured['mbit_down']:.1f} ({measured.get('tcp_cc_down')})",
+         "shown", "not judged"]] if exp.get("mathis_up_mbit") or exp.get("mathis_down_mbit") else []
     return [
         [pair, "RTT mean", fmt(exp["rtt_ms"], "ms"), fmt(measured["rtt_ms"], "ms"),
          f"±{max(rel * exp['rtt_ms'], floor):.2f} ms", ok("rtt_ms")],
@@ -96,6 +108,7 @@ def table_rows(pair: str, measured: dict, exp: dict, verdict: dict) -> list[list
          f"±{LOSS_TOLERANCE_PP:g} pp", ok("loss_pct")],
         ["", "TCP up / down", "unlimited" if cap is None else f"{cap:g} Mbit/s",
          f"{measured['mbit_up']:.1f} / {measured['mbit_down']:.1f} Mbit/s", rate_tol, ok("mbit")],
+        *mathis,
     ]
 
 
@@ -106,11 +119,31 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def tcp_lines(preset: Preset, targets: list[Target], links: dict) -> tuple[list[str], list[str]]:
+    """(one line per container: the TCP settings in force beside the preset's, problems where they differ)."""
+    lines, problems = [], []
+    for target in targets:
+        want = preset.link_for(target.role, target.index).tcp.congestion_control
+        got = (links.get(target.name) or {}).get("tcp_in_force")
+        if got is None:
+            lines.append(f"  {target.name}: not set yet (preset: {want})")
+            continue
+        lines.append(f"  {target.name}: {got['congestion_control']} (preset: {want}); rmem {got['rmem']}, "
+                     f"wmem {got['wmem']}, ecn {got['ecn']}, sack {got['sack']}")
+        if want != "host" and got["congestion_control"] != want:
+            problems.append(f"{target.name}: TCP congestion control {got['congestion_control']}, preset {want}")
+    return lines, problems
+
+
 def main(args: argparse.Namespace) -> int:
-    profile = args.profile or os.environ.get("NETEM_PROFILE", "lan")
+    from .. import settings as settings_module
+
     try:
-        preset = load_preset(profile, Path(args.netem_dir or os.environ.get("NETEM_DIR", "netem")))
+        settings = settings_module.from_env()
+        preset = load_preset(args.profile or settings.profile or "lan", Path(args.netem_dir or settings.netem_dir),
+                             settings.tcp_cc)
         state = json.loads(STATE_FILE.read_text())
+        algorithms = [a for a in (args.congestion_control or "").split(",") if a]
     except ConfigError as exc:
         print(f"verify: refused: {exc}", file=sys.stderr)
         return 2
@@ -131,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         print("verify: no worker or no controller/PS is running in this stack", file=sys.stderr)
         return 2
 
-    problems = []
+    tcp_summary, problems = tcp_lines(preset, targets, state["links"])
     for target in targets:
         entry = state["links"].get(target.name)
         if entry is None:
@@ -160,19 +193,34 @@ def main(args: argparse.Namespace) -> int:
             except ProbeError as exc:
                 problems.append(f"{pair}: {exc}")
                 continue
-            exp = expected(a_link, b_link)
+            exp = expected(a_link, b_link, state["backend"])
             verdict = judge(measured, exp)
+            a_end, b_end = (Endpoint(worker.name, worker.netns, worker.address, a_link),
+                            Endpoint(peer.name, peer.netns, peer.address, b_link))
+            by_algorithm = {}
+            for algorithm in algorithms:
+                seconds = args.tcp_seconds or max(10.0, 30 * exp["rtt_ms"] / 1000)
+                try:
+                    by_algorithm[algorithm] = measure_tcp(a_end, b_end, algorithm, seconds)
+                except ProbeError as exc:
+                    problems.append(f"{pair}: TCP with {algorithm}: {exc}")
             results.append({"pair": [worker.name, peer.name], "links": [a_link.model_dump(), b_link.model_dump()],
-                            "expected": exp, "measured": measured, "verdict": verdict})
+                            "expected": exp, "measured": measured, "verdict": verdict, "tcp_by_algorithm": by_algorithm})
             rows += table_rows(pair, measured, exp, verdict)
+            for algorithm, got in by_algorithm.items():
+                rows.append(["", f"TCP up / down, {algorithm}, {got['seconds']:.0f} s", "-",
+                             f"{got['mbit_up']:.2f} / {got['mbit_down']:.2f} Mbit/s", "shown", "not judged"])
     failed = problems or any(v is False for r in results for v in r["verdict"].values())
     if args.json:
         print(json.dumps({"profile": preset.name, "backend": state["backend"], "results": results,
+                          "tcp": {t.name: state["links"].get(t.name, {}).get("tcp_in_force") for t in targets},
                           "problems": problems, "ok": not failed}))
     else:
         print(f"\nprofile {preset.name}, backend {state['backend']}; RTT from {RTT_SAMPLES} UDP echoes, loss from "
               f"{RTT_SAMPLES + LOSS_SAMPLES}, TCP judged for loss-free caps up to {RATE_JUDGED_UP_TO_MBIT:g} Mbit/s")
         print_table(rows)
+        print("\nTCP in force (netem/README.md, 'TCP'):")
+        print("\n".join(tcp_summary))
         print("(a run in progress sends its own traffic through these links: on capped links it queues with the "
               "probes and raises the RTT; the sidecar's probe before the run, in runs/<run_id>/link.json, is quiet)")
         for line in skipped:

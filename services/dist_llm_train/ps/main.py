@@ -67,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
     if args.health:
         return health(settings)
     from ..config import RunConfig  # past the health check, which stays light (no pydantic models, httpx, torch)
+    from ..results import safe_run_id
     from ..schema import validate
     from ..worker.client import ControlClient, ControlError, TokenRefused, Unreachable
     from .report import END_STATES
@@ -87,14 +88,19 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ps: refused: {exc}", file=sys.stderr)
         return 2
+    try:  # the run id names the PS's folders under RUNS_DIR and CHECKPOINT_DIR
+        run_id = safe_run_id(run["id"])
+    except ValueError as exc:
+        print(f"ps: refused: {settings.controller_url}/status: {exc}", file=sys.stderr)
+        return 2
     if config.mode != "ml":
         print(f"ps: refused: the run's config {config.name!r} is mode {config.mode!r}; the PS serves ML runs",
               file=sys.stderr)
         return 2
     if run["state"] in END_STATES:
-        log.info("run %s is already over (%s): nothing to serve", run["id"], run["state"])
+        log.info("run %s is already over (%s): nothing to serve", run_id, run["state"])
         return 0
-    return serve(settings, config, run["id"], client, log)
+    return serve(settings, config, run_id, client, log)
 
 
 def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlClient, log: logging.Logger) -> int:

@@ -12,18 +12,24 @@ router = APIRouter(tags=["links"], dependencies=[Authorized])
 
 @router.post("/links", response_model=Empty)
 async def links(body: LinksIn, ctl: Ctl) -> Empty:
-    """Store the latest report. `ready` starts a waiting run; `healthy: false` while the run is
-    running marks its row degraded, with the sidecar's problems as the reason."""
+    """Store the latest report. `ready` starts a waiting run, `failed` ends it (the preset cannot be
+    applied); `healthy: false` while the run is running marks its row degraded, with the sidecar's
+    problems as the reason."""
     now = ctl.clock()
     previous = ctl.store.report("links")
     with ctl.store.transaction():
         ctl.store.save_report("links", body.model_dump(mode="json"), now)
         if body.ready and ctl.run.state == "waiting":
             ctl.store.save_report("links_at_start", body.model_dump(mode="json"), now)
-        if body.ready:
-            ctl.run.start(f"netem sidecar reports the links ready: profile {body.profile}, backend {body.backend}")
+        if body.failed and ctl.run.state == "waiting":
+            ctl.run.end("failed", f"the links cannot be applied as the preset says: {body.failed}")
+        elif body.ready:
+            ctl.run.start(f"netem sidecar reports the links ready: profile {body.profile}, backend {body.backend}, "
+                          f"TCP {body.tcp_cc}")
         if not body.healthy and ctl.run.state == "running":
             ctl.run.degrade("links unhealthy: " + ("; ".join(body.problems) or "no detail given"))
+    if body.failed:
+        ctl.run.write_row_once()
     ctl.liveness.sidecar_heard = now
     ctl.compute_speed = tuple(body.compute_speed)
     if previous is None or previous[0].get("healthy") != body.healthy:

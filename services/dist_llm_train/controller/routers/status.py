@@ -58,7 +58,9 @@ def build_status(ctl: Controller) -> dict[str, Any]:
         "tasks": {"total": tasks["pending"] + tasks["assigned"] + tasks["completed"], **tasks},
         "workers": [worker_row(w, ctl, now) for w in ctl.store.workers()],
         "links": None if links is None else {
-            **{k: links[0].get(k) for k in ("profile", "backend", "seed", "ready", "healthy", "problems", "probe")},
+            **{k: links[0].get(k) for k in ("profile", "backend", "seed", "ready", "healthy", "problems", "probe",
+                                             "failed", "missing", "tcp_cc", "emulation")},
+            "containers": links[0].get("links"),  # per container: its link, TCP in force, its delayer's figures
             "age_s": round(now - links[1], 3)},
         "ps": None if ps is None else {**ps[0], "age_s": round(now - ps[1], 3)},
     }

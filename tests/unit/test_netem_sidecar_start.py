@@ -1,0 +1,62 @@
+"""When the sidecar lets the run start: every declared container has its link, or, after
+workers.start_wait_s, the servers and the workers that are there; and the probe's pair is always live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dist_llm_train.netem.backends.userspace import UserspaceBackend
+from dist_llm_train.netem.preset import LinkSpec, load_preset
+from dist_llm_train.netem.sidecar import Applied, Sidecar, Target
+
+NETEM_DIR = Path(__file__).resolve().parents[2] / "netem"
+GONE_PID = 2**22 + 12345  # above the kernel's pid_max: never a live process
+
+
+def sidecar(workers: int, wait_s: float) -> Sidecar:
+    car = Sidecar(load_preset("lan", NETEM_DIR), UserspaceBackend(), None, "p", client=None, http=None)
+    car.expect_workers, car.start_wait_s = workers, wait_s
+    return car
+
+
+def add(car: Sidecar, role: str, index: int = 0, pid: int | None = None) -> None:
+    target = Target(f"id-{role}-{index}", f"p-{role}-{index}", role, index, pid or os.getpid(), "10.0.0.1")
+    car.applied[target.id] = Applied(target, LinkSpec(), None, {"congestion_control": "cubic"})
+
+
+def test_waits_for_every_worker_until_start_wait_s_then_starts_with_those_present(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("dist_llm_train.netem.sidecar.time.monotonic", lambda: now[0])
+    car = sidecar(workers=3, wait_s=30.0)
+    car.probe_done = True
+    add(car, "worker", 0)
+    assert not car.ready()  # no controller yet
+    add(car, "controller")
+    add(car, "worker", 2)
+    assert not car.ready() and car.missing() == {"worker-1"}
+    now[0] += 29.0
+    assert not car.ready()
+    now[0] += 1.0
+    assert car.ready()
+
+
+def test_every_worker_present_starts_at_once_and_servers_are_never_waived():
+    car = sidecar(workers=2, wait_s=3600.0)
+    car.expect_ps, car.probe_done = True, True
+    add(car, "controller")
+    add(car, "worker", 0)
+    add(car, "worker", 1)
+    assert not car.ready()  # the PS is never left out, whatever the wait
+    add(car, "ps")
+    assert car.ready()
+
+
+def test_the_probe_takes_the_lowest_numbered_live_worker():
+    car = sidecar(workers=3, wait_s=1.0)
+    add(car, "controller")
+    add(car, "worker", 0, pid=GONE_PID)  # died; its die event not handled yet
+    add(car, "worker", 2)
+    add(car, "worker", 1)
+    worker, peer = car.probe_pair()
+    assert (worker.target.index, peer.target.role) == (1, "controller")
