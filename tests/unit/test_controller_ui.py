@@ -14,11 +14,15 @@ from dist_llm_train.controller.routers import ui
 
 ML = {k: v for k, v in BASIC.items() if k != "tasks"} | {
     "mode": "ml", "ml": {"budget": {"max_versions": 600, "max_time_s": 90}, "compression": {"codec": "topk"}}}
+EMULATION = {"late_p99_ms": 1.5, "packets": 900, "late_over_tolerance": 0, "drops": 0, "within_tolerance": True,
+             "problems": [], "containers": {"worker-0": {"late_p99_ms": 1.5, "packets": 900}}}
 LINKS = {"profile": "lan", "backend": "userspace", "seed": 1, "ready": True, "healthy": True, "problems": [],
-         "links": {"dlt-worker-1": {"role": "worker", "delay_ms": 5.0, "tcp_cc": "cubic",
+         "links": {"dlt-worker-1": {"role": "worker", "index": 0, "delay_ms": 5.0, "ecn_seen": 3,
+                                    "tcp_in_force": {"congestion_control": "cubic"},
                                     "delayer": {"late_ms": {"p50": 0.1, "p99": 1.5}}}},
-         "probe": None}
-PS = {"version": 300, "updates_accepted": 310, "updates_rejected": 4, "mean_staleness": 1.5, "bytes_up": 10,
+         "probe": None, "tcp_cc": "cubic", "missing": ["dlt-worker-2"], "emulation": EMULATION}
+PS = {"version": 300, "updates_accepted": 310, "updates_rejected": 4, "updates_refused": {"stale": 3, "norm": 1},
+      "mean_staleness": 1.5, "bytes_up": 10,
       "bytes_down": 20, "initial_val_loss": 5.5, "final_val_loss": None, "final_train_loss": 2.0,
       "time_to_target_s": None, "window": 1, "done": False, "reason": None}
 
@@ -86,8 +90,11 @@ def test_state_has_the_status_the_links_and_the_progress(tmp_path):
     state = h.client.get("/ui/state").json()
 
     assert state["status"]["workers"][0]["name"] == "w0" and state["status"]["run"]["state"] == "running"
-    assert state["links"]["dlt-worker-1"]["tcp_cc"] == "cubic"  # a field the page does not know passes through
-    assert state["links_report"]["profile"] == "lan" and "links" not in state["links_report"]
+    link = state["status"]["links"]["containers"]["dlt-worker-1"]
+    assert link["ecn_seen"] == 3 and link["tcp_in_force"] == {"congestion_control": "cubic"}  # unknown fields pass
+    report = state["links_report"]
+    assert report["tcp_cc"] == "cubic" and report["missing"] == ["dlt-worker-2"] and report["emulation"] == EMULATION
+    assert "links" not in report and "preset" not in report and "links" not in state  # per container once, in status
     assert state["progress"]["unit"] == "tasks" and state["progress"]["total"] == 3
     assert state["curve"] == {"rows": [], "last_seq": 0, "skipped": 0} and state["codec"] is None
 
@@ -100,7 +107,7 @@ def test_nan_in_a_report_becomes_null_not_an_error(tmp_path):
     state = h.client.get("/ui/state")
 
     assert posted.status_code == 200
-    assert state.status_code == 200 and state.json()["links"]["dlt-worker-1"]["delay_ms"] is None
+    assert state.status_code == 200 and state.json()["status"]["links"]["containers"]["dlt-worker-1"]["delay_ms"] is None
 
 
 def test_an_ml_run_shows_its_curve_incrementally_and_its_codec(tmp_path):
@@ -123,6 +130,7 @@ def test_an_ml_run_shows_its_curve_incrementally_and_its_codec(tmp_path):
     assert [r["version"] for r in first["curve"]["rows"]] == [0, 1] and first["curve"]["rows"][0]["val_loss"] == 5.5
     assert [r["version"] for r in later["curve"]["rows"]] == [2]
     assert first["codec"] == {"codec": "topk", "ratio": 0.01, "downlink": "same"}
+    assert first["status"]["ps"]["updates_refused"] == {"stale": 3, "norm": 1}
     assert first["progress"] == {"unit": "versions", "done": 300, "total": 600, "fraction": 0.5, "eta_s": 30.0,
                                  "bound": "rate so far (versions)", "note": None}
 

@@ -1,9 +1,10 @@
 """What the live view (/ui) shows: one snapshot of the run, built at most every MIN_PERIOD_S however
 many browsers watch, and the loss curve the PS writes, followed incrementally (curve_tail.py).
 
-A snapshot is /status (routers/status.build_status) plus what /status leaves out: the sidecar's whole
-report (per-container links with their delayer figures, and any field it adds), the run's configured
-codec, progress with an estimate of the time left, and the staleness histogram once the PS wrote it.
+A snapshot is /status (routers/status.build_status, which carries each container's link, TCP in force
+and delayer figures) plus what /status leaves out: the rest of the sidecar's report (any field it
+adds), the run's configured codec, progress with an estimate of the time left, and the staleness
+histogram once the PS wrote it.
 Fields this module does not know pass through untouched, so the page shows them as they land.
 """
 
@@ -21,7 +22,7 @@ from .routers.status import build_status
 from .runstate import END_STATES
 
 MIN_PERIOD_S = 0.5  # at most two snapshots a second, shared by every viewer
-LINKS_HIDDEN = ("links", "preset")  # shown apart (per container) or too large to be useful on the page
+LINKS_HIDDEN = ("links", "preset")  # in /status already (per container), or too large to be useful on the page
 
 
 def clean(value: Any) -> Any:
@@ -91,7 +92,6 @@ class LiveFeed:
         snap = clean({
             "status": status,
             "links_report": None if links is None else {k: v for k, v in links[0].items() if k not in LINKS_HIDDEN},
-            "links": None if links is None else links[0].get("links"),
             "codec": run_codec(ctl.config),
             "progress": progress(ctl.config, status),
             "staleness": None if folder is None else read_staleness(folder / "staleness.csv"),

@@ -109,8 +109,11 @@
     return parts.join(", ");
   }
 
+  // Each container's link, TCP in force and delayer figures, by container name (/status's links.containers).
+  function containers(snap) { return (snap.status.links || {}).containers || {}; }
+
   function renderWorkers(snap) {
-    var links = snap.links || {}, codec = snap.codec;
+    var links = containers(snap), codec = snap.codec;
     fill($("workers").tBodies[0], snap.status.workers, function (tr, w) {
       var th = document.createElement("th");
       th.scope = "row";
@@ -135,13 +138,20 @@
   }
 
   // ---- links -----------------------------------------------------------------------------------
-  var LINK_SHOWN = ["role", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "down", "installed", "delayer"];
+  var LINK_SHOWN = ["role", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "down", "installed", "delayer", "tcp",
+                    "tcp_in_force"];
   var DELAYER_SHOWN = ["late_ms", "dropped_loss", "overflow_drops", "socket_drops", "cpu_pct"];
 
   function renderLinks(snap) {
     var report = snap.links_report || {}, probe = report.probe;
-    var fields = {};
-    Object.keys(report).forEach(function (k) { if (k !== "probe") fields[k] = report[k]; });
+    var fields = {}, emulation = report.emulation, overRun = (emulation && emulation.containers) || {};
+    Object.keys(report).forEach(function (k) { if (k !== "probe" && k !== "emulation") fields[k] = report[k]; });
+    // The delayers over the whole run (the row's emulation_* figures); per container in the table below.
+    if (emulation) {
+      Object.keys(emulation).forEach(function (k) { if (k !== "containers") fields["emulation." + k] = emulation[k]; });
+    } else if (snap.links_report) {
+      fields.emulation = "no delayer runs (nothing emulated in userspace)";
+    }
     if (probe) {
       Object.keys(probe).forEach(function (k) {
         if (["expected", "verdict"].indexOf(k) < 0 && !(probe.expected && k in probe.expected)) fields["probe." + k] = probe[k];
@@ -156,9 +166,10 @@
       cell(tr, show(k, probe[k]));
       cell(tr, show(k, probe.verdict ? probe.verdict[k] : null));
     });
-    var links = snap.links || {};
+    var links = containers(snap);
     fill($("links").tBodies[0], Object.keys(links).sort(), function (tr, name) {
-      var l = links[name] || {}, d = l.delayer || {}, late = d.late_ms || {};
+      var l = links[name] || {}, d = l.delayer || {}, late = d.late_ms || {}, tcp = l.tcp_in_force || {};
+      var run = overRun[l.role === "worker" ? "worker-" + l.index : l.role];
       var th = document.createElement("th");
       th.scope = "row";
       th.textContent = name;
@@ -170,7 +181,10 @@
       cell(tr, l.rate_mbit ? fmt(l.rate_mbit) : "unlimited");
       var identity = !l.delay_ms && !l.jitter_ms && !l.loss_pct && !l.rate_mbit;
       cell(tr, l.down ? "cut" : l.installed !== false ? "applied" : identity ? "nothing to emulate" : "not applied yet");
+      cell(tr, show("congestion_control", tcp.congestion_control), l.tcp_in_force ? "in force: " + show("tcp", tcp) : "");
       cell(tr, l.delayer ? fmt(late.p50) + " / " + fmt(late.p99) : "no delayer");
+      cell(tr, run ? fmt(run.late_p99_ms) + " / " + show("drops", run.drops) : "–",
+           run ? run.packets + " packets, " + run.late_over_tolerance + " later than the tolerance" : "");
       cell(tr, l.delayer ? "loss model " + show("n", d.dropped_loss) + ", overflow " + show("n", d.overflow_drops) +
                            (d.socket_drops ? ", socket " + show("n", d.socket_drops) : "") : "–");
       cell(tr, l.delayer ? fmt(d.cpu_pct) : "–");
