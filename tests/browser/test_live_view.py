@@ -24,7 +24,6 @@ from e2e.stack import REPO, Stack
 from .chromium import CHROMIUM, FLAGS
 
 WORKERS = 3
-VARIABLES = ("MODE=ml", "CONFIG=configs/ml_ci.yaml", f"WORKERS={WORKERS}", "PROFILE=lan")
 VIEWPORT = {"width": 1280, "height": 900}
 # Installed in the page right after it loads: every value the state badge and the loss chart's point count take.
 WATCH = """() => {
@@ -40,22 +39,16 @@ WATCH = """() => {
 }"""
 
 
-def make(target: str, stack: Stack, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", target, *VARIABLES], cwd=REPO, env=stack.env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def run():
     """`make up` of a short ML run (its own project, token, port and runs folder); `make down` after."""
     stack = Stack(project=f"e2e-browser-{uuid.uuid4().hex[:6]}", config="configs/ml_ci.yaml", workers=WORKERS, mode="ml")
     try:
-        up = make("up", stack, timeout=600)
-        assert up.returncode == 0, f"make up failed:\n{up.stdout}\n{up.stderr}"
+        stack.make("up")  # raises with make's output and the stack's logs if it fails
         address = stack.compose("port", "controller", "8000").stdout.strip()  # 127.0.0.1:<port>, as published
         yield stack, f"http://{address}"
     finally:
-        down = make("down", stack, timeout=300)
+        down = stack.make("down", timeout=300, check=False)
         print(down.stdout, down.stderr)
         shutil.rmtree(stack.runs_dir.parent, ignore_errors=True)
 
