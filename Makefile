@@ -147,7 +147,9 @@ BROWSER_RUN := docker run --rm --network host -v /var/run/docker.sock:/var/run/d
 	-v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND -e TCP_CC $(BROWSER_IMAGE)
 # $(call browser_build,TARGET,TAG): one stage of docker/Dockerfile.browser, from a context of that file and the CA.
 browser_build = ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && cp docker/Dockerfile.browser "$$ctx/Dockerfile" \
-	&& if [ -n "$(EXTRA_CA)" ]; then cp "$(EXTRA_CA)" "$$ctx/extra-ca.pem"; else : > "$$ctx/extra-ca.pem"; fi \
+	&& if [ -z "$(EXTRA_CA)" ]; then : > "$$ctx/extra-ca.pem"; \
+	   elif [ -r "$(EXTRA_CA)" ]; then cp "$(EXTRA_CA)" "$$ctx/extra-ca.pem"; \
+	   else echo "EXTRA_CA=$(EXTRA_CA) (or PIP_CERT): no such file; give a PEM bundle, or EXTRA_CA= for none" >&2; exit 1; fi \
 	&& docker build -q --build-arg IMAGE=$(IMAGE) --target $(1) -t $(2) "$$ctx"
 
 browser-image: image ## IMAGE plus Debian's Chromium and Playwright, for the browser tests (EXTRA_CA=pem for pip)

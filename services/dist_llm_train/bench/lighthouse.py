@@ -50,8 +50,9 @@ def install(folder: Path) -> Path:
     if not package.is_file() or json.loads(package.read_text()).get("version") != LIGHTHOUSE_VERSION:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"lighthouse: npm install lighthouse@{LIGHTHOUSE_VERSION} into {folder}", flush=True)
-        subprocess.run(["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--no-save",
-                        f"lighthouse@{LIGHTHOUSE_VERSION}"], check=True)
+        # npm's cache in the folder too: `make lighthouse` runs as the caller's uid, whose HOME may not exist here
+        subprocess.run(["npm", "install", "--prefix", str(folder), "--cache", str(folder / "npm-cache"), "--no-audit",
+                        "--no-fund", "--no-save", f"lighthouse@{LIGHTHOUSE_VERSION}"], check=True)
     return cli
 
 
