@@ -31,7 +31,8 @@ TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW
 	--security-opt no-new-privileges:true $(IMAGE)
 
 .PHONY: help preflight base-image image dirs check up down logs ps verify test test-e2e \
-	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
+	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean \
+	browser-image test-browser lighthouse report-serve
 
 help: ## list targets and variables
 	@echo "make TARGET [PROFILE=lan] [MODE=basic|ml] [WORKERS=4] [CONFIG=configs/<mode>_demo.yaml]"
@@ -74,6 +75,7 @@ up: preflight check $(ENV_FILE) dirs ## start (or update) the stack: PROFILE, MO
 	$(COMPOSE) $(ML_PROFILE) up -d --remove-orphans
 	@echo
 	@echo "Stack up: mode=$(MODE) profile=$(PROFILE) workers=$(WORKERS) config=$(CONFIG)"
+	@echo "  http://localhost:$${CONTROLLER_PORT:-8000}/ui          the run live in a browser"
 	@echo "  docker compose logs -f controller      one line per event"
 	@echo "  curl -s localhost:$${CONTROLLER_PORT:-8000}/status          run state; /metrics for Prometheus, /docs for the API"
 	@echo "  ls runs/                               the CSV row and JSON provenance when the run ends"
@@ -92,9 +94,10 @@ ps: preflight $(ENV_FILE) ## list the stack's containers and their health
 verify: preflight $(ENV_FILE) ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
 	$(COMPOSE) $(ML_PROFILE) exec netem dist-llm-train verify --profile $(PROFILE)
 
-test: preflight image ## the whole suite in containers: unit + integration, then e2e against the real stack
+test: preflight image ## the whole suite in containers: unit + integration, then e2e against the real stack, then the browser
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
 	$(MAKE) --no-print-directory test-e2e
+	$(MAKE) --no-print-directory test-browser
 
 test-e2e: preflight image dirs ## only the e2e tests (real compose stacks)
 	@# the TCP congestion controls the e2e presets use (cubic, and bbr in tcp_mix) must be allowed here
@@ -130,3 +133,37 @@ bench-ps-wan: preflight image dirs ## PS time to target and utilization under la
 clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)
 	rm -f $(ENV_FILE) .base-image
+
+# ---- The browser: /ui, /docs and the report page in Chromium; Lighthouse; the report served -----------
+# docker/Dockerfile.browser builds BROWSER_IMAGE (Chromium, Playwright) and LIGHTHOUSE_IMAGE (also Node.js)
+# on top of IMAGE. EXTRA_CA: a PEM bundle that pip and npm in those builds trust (a TLS-intercepting
+# proxy); by default $$PIP_CERT, else the host's own bundle.
+BROWSER_IMAGE ?= $(IMAGE)-browser
+LIGHTHOUSE_IMAGE ?= $(IMAGE)-lighthouse
+EXTRA_CA ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
+REPORT_PORT ?= 8001
+# --network host: the browser reaches the stack where a user's does, at its port on the host's 127.0.0.1.
+BROWSER_RUN := docker run --rm --network host -v /var/run/docker.sock:/var/run/docker.sock \
+	-v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND -e TCP_CC $(BROWSER_IMAGE)
+# $(call browser_build,TARGET,TAG): one stage of docker/Dockerfile.browser, from a context of that file and the CA.
+browser_build = ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && cp docker/Dockerfile.browser "$$ctx/Dockerfile" \
+	&& if [ -z "$(EXTRA_CA)" ]; then : > "$$ctx/extra-ca.pem"; \
+	   elif [ -r "$(EXTRA_CA)" ]; then cp "$(EXTRA_CA)" "$$ctx/extra-ca.pem"; \
+	   else echo "EXTRA_CA=$(EXTRA_CA) (or PIP_CERT): no such file; give a PEM bundle, or EXTRA_CA= for none" >&2; exit 1; fi \
+	&& docker build -q --build-arg IMAGE=$(IMAGE) --target $(1) -t $(2) "$$ctx"
+
+browser-image: image ## IMAGE plus Debian's Chromium and Playwright, for the browser tests (EXTRA_CA=pem for pip)
+	@$(call browser_build,browser,$(BROWSER_IMAGE))
+
+test-browser: preflight browser-image dirs ## browser tests: /ui during a real ML run (make up), /docs, the report offline
+	$(BROWSER_RUN) python3 -m pytest -q -p no:cacheprovider tests/browser
+
+lighthouse: image ## Lighthouse scores of runs/report (after make report); Lighthouse goes into .lighthouse/
+	@$(call browser_build,lighthouse,$(LIGHTHOUSE_IMAGE))
+	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(LIGHTHOUSE_IMAGE) \
+		dist-llm-train bench lighthouse --report-dir runs/report --lighthouse-dir .lighthouse
+
+report-serve: image ## serve runs/report at http://127.0.0.1:REPORT_PORT/ (opened there once, it installs and works offline)
+	@echo "runs/report at http://127.0.0.1:$(REPORT_PORT)/ (Ctrl-C stops the server; the installed page stays)"
+	docker run --rm -p 127.0.0.1:$(REPORT_PORT):8001 -v "$(CURDIR)/runs/report":/report:ro $(IMAGE) \
+		python3 -m http.server --directory /report 8001
