@@ -4,14 +4,15 @@ workers.start_wait_s, the servers and the workers that are there; and the probe'
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from dist_llm_train.netem.backends.userspace import UserspaceBackend
+from dist_llm_train.netem.nshandle import NamespaceHandle
 from dist_llm_train.netem.preset import LinkSpec, load_preset
 from dist_llm_train.netem.sidecar import Applied, Sidecar, Target
 
 NETEM_DIR = Path(__file__).resolve().parents[2] / "netem"
-GONE_PID = 2**22 + 12345  # above the kernel's pid_max: never a live process
 
 
 def sidecar(workers: int, wait_s: float) -> Sidecar:
@@ -20,9 +21,18 @@ def sidecar(workers: int, wait_s: float) -> Sidecar:
     return car
 
 
-def add(car: Sidecar, role: str, index: int = 0, pid: int | None = None) -> None:
-    target = Target(f"id-{role}-{index}", f"p-{role}-{index}", role, index, pid or os.getpid(), "10.0.0.1")
-    car.applied[target.id] = Applied(target, LinkSpec(), None, {"congestion_control": "cubic"})
+def exited_handle() -> NamespaceHandle:
+    """A handle whose process has exited (taken while it ran, as the sidecar does)."""
+    proc = subprocess.Popen(["true"])
+    pidfd = os.pidfd_open(proc.pid)
+    proc.wait()
+    return NamespaceHandle(proc.pid, pidfd, os.open("/proc/self/ns/net", os.O_RDONLY))
+
+
+def add(car: Sidecar, role: str, index: int = 0, exited: bool = False) -> None:
+    handle = exited_handle() if exited else NamespaceHandle.open(os.getpid(), lambda: True)
+    target = Target(f"id-{role}-{index}", f"p-{role}-{index}", role, index, handle.pid, "10.0.0.1")
+    car.applied[target.id] = Applied(target, LinkSpec(), None, {"congestion_control": "cubic"}, handle)
 
 
 def test_waits_for_every_worker_until_start_wait_s_then_starts_with_those_present(monkeypatch):
@@ -55,7 +65,7 @@ def test_every_worker_present_starts_at_once_and_servers_are_never_waived():
 def test_the_probe_takes_the_lowest_numbered_live_worker():
     car = sidecar(workers=3, wait_s=1.0)
     add(car, "controller")
-    add(car, "worker", 0, pid=GONE_PID)  # died; its die event not handled yet
+    add(car, "worker", 0, exited=True)  # died; its die event not handled yet
     add(car, "worker", 2)
     add(car, "worker", 1)
     worker, peer = car.probe_pair()
