@@ -70,3 +70,16 @@ def test_the_probe_takes_the_lowest_numbered_live_worker():
     add(car, "worker", 1)
     worker, peer = car.probe_pair()
     assert (worker.target.index, peer.target.role) == (1, "controller")
+
+
+def test_a_sidecar_started_into_a_running_run_resumes_its_clock_and_says_so(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("dist_llm_train.netem.sidecar.time.monotonic", lambda: now[0])
+    car = sidecar(workers=2, wait_s=60.0)
+    car.resume_if_running({"state": "waiting", "elapsed_s": None})
+    car.resume_if_running({"state": "finished", "elapsed_s": 80.0})
+    assert car.t0 is None and not car.problems  # a run not under way starts the usual way
+    car.resume_if_running({"state": "running", "elapsed_s": 42.5})
+    assert car.now_t() == 42.5 and car.ready()  # phases resume at the run's time; no probe, no wait
+    assert "restarted 42 s into the run" in car.problems["restarted"]
+    assert not car.report()["healthy"]  # the controller marks the run degraded

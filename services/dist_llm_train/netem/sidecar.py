@@ -13,7 +13,11 @@ backend `NETEM_BACKEND` chooses. It then
     black-holed, never silently undelayed (the NFQUEUE rule has no --queue-bypass),
   - reports to the controller every 2 s (POST /links) and writes runs/<run_id>/link.json,
   - on SIGTERM / SIGINT / any exit removes every rule and stops every process it started, in
-    `finally`, within CLEANUP_S.
+    `finally`, within CLEANUP_S,
+  - when it starts while the run is already running (it crashed, was killed, and compose's
+    `restart: unless-stopped` brought it back): clears what the dead one left, applies every link
+    again, resumes the phases at the run's elapsed time (no probe: the run is under way) and reports
+    itself unhealthy, so the row says `degraded` and why.
 `ready` becomes true once the controller, the PS (ML mode) and every worker have their link and
 the first fidelity probe (the lowest-numbered live worker <-> PS in ML mode, else <-> controller)
 is done. A declared worker without a running container (killed, crashed, never started) does not
@@ -292,10 +296,25 @@ class Sidecar:
                 self.start_wait_s = float(config["workers"].get("start_wait_s", self.start_wait_s))
                 self.seed = int(config.get("seed", 0))
                 log.info("run config: mode %s, %d workers, seed %d", config["mode"], self.expect_workers, self.seed)
+                self.resume_if_running(self.http.get("/status").json()["run"])
                 return
             except Exception as exc:  # noqa: BLE001 - the controller may still be starting
                 log.warning("waiting for the controller's /config: %s", exc)
                 self.stop.wait(2.0)
+
+    def resume_if_running(self, run: dict) -> None:
+        """A sidecar started into a running run: its clock is the run's, and the run is told the links
+        were not as the preset says between the old sidecar's death and now."""
+        if run.get("state") != "running" or self.t0 is not None:
+            return
+        elapsed = float(run.get("elapsed_s") or 0.0)
+        self.t0, self.t0_wall = time.monotonic() - elapsed, time.time() - elapsed
+        self.probe_done = True
+        self.problem("restarted", f"the netem sidecar restarted {elapsed:.0f} s into the run: from the previous "
+                     "one's death until every link was applied again, the links were black-holed (userspace) or "
+                     "left as they were (netem), then briefly unimpaired; the delayers' lateness before the "
+                     "restart is lost")
+        log.warning("started into a running run (t = %.1f s): re-applying every link, phases resume there", elapsed)
 
     def expected_labels(self) -> set[str]:
         labels = {"controller"} | {f"worker-{i}" for i in range(self.expect_workers)}
