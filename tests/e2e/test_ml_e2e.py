@@ -16,7 +16,7 @@ def test_ml_run_trains_and_leaves_row_curve_and_checkpoints(make_stack):
     status = stack.wait_end(timeout=300)
 
     run = status["run"]
-    assert run["state"] == "finished" and run["reason"] == "max_versions 600 reached", run
+    assert run["state"] == "finished" and run["reason"] == "budget: max_versions 600 reached at version 600", run
     assert status["ps"]["version"] == 600 and status["ps"]["done"] is True
     run_dir = stack.runs_dir / run["id"]
     (row,) = csv.DictReader(open(run_dir / "row.csv", newline=""))

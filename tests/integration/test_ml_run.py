@@ -37,7 +37,7 @@ def test_three_workers_train_below_the_threshold(tmp_path, process_log, protocol
 
     assert final["run"]["state"] == "finished", final["run"]
     assert exits == {0: 0, 1: 0, 2: 0} and run.ps.returncode == 0
-    assert row["status"] == "finished" and row["reason"] == "max_versions 600 reached"
+    assert row["status"] == "finished" and row["reason"] == "budget: max_versions 600 reached at version 600"
     initial, final_loss = number(row, "initial_val_loss"), number(row, "final_val_loss")
     assert initial == pytest.approx(5.51, abs=0.05)
     assert final_loss < THRESHOLD, row
