@@ -321,8 +321,9 @@ def save(fig, out_dir: Path, name: str) -> str:
 
 
 def grouped_bars(ax, groups: list[Group], value: Callable[[Group], float | None],
-                 error: Callable[[Group], float] | None = None) -> bool:
-    """Bars by profile (x), one colour per config label; False when no group has a value."""
+                 error: Callable[[Group], float] | None = None, legend: bool = True) -> bool:
+    """Bars by profile (x), one colour per config label, the legend beside the axes (`legend`); False when no
+    group has a value."""
     profiles = list(dict.fromkeys(g.profile for g in groups))
     labels = list(dict.fromkeys(g.label for g in groups))
     width = 0.8 / len(labels)
@@ -341,7 +342,7 @@ def grouped_bars(ax, groups: list[Group], value: Callable[[Group], float | None]
             drawn = True
     ax.set_xticks(range(len(profiles)), profiles, rotation=30, ha="right")
     ax.set_xlabel("WAN profile")
-    if drawn:
+    if drawn and legend:
         ax.legend(**LEGEND_OUTSIDE)  # beside the axes: a legend inside covered a bar
     return drawn
 
@@ -452,13 +453,16 @@ def plot_to_target(groups: list[Group], out_dir: Path) -> Plot | None:
     if not ml:
         return None
     fig, (time_ax, bytes_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
-    grouped_bars(time_ax, ml, lambda g: g.mean("time_to_target_s"), lambda g: g.half("time_to_target_s"))
+    grouped_bars(time_ax, ml, lambda g: g.mean("time_to_target_s"), lambda g: g.half("time_to_target_s"), legend=False)
     time_ax.set_ylabel("time to target (s)")
     time_ax.set_title("ml mode: time to the target validation loss (mean, 95 % CI)", fontsize=9)
     grouped_bars(bytes_ax, ml, lambda g: None if g.mean("bytes_to_target") is None else g.mean("bytes_to_target") / 1e6,
-                 lambda g: g.half("bytes_to_target") / 1e6)
+                 lambda g: g.half("bytes_to_target") / 1e6, legend=False)
     bytes_ax.set_ylabel("bytes to target, up + down (MB)")
     bytes_ax.set_title("ml mode: bytes sent until the target (mean, 95 % CI)", fontsize=9)
+    handles, labels = time_ax.get_legend_handles_labels()  # one legend under both panels: the same colours
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(len(labels), 2), fontsize=7,
+               frameon=False)
     return Plot(save(fig, out_dir, "to_target.png"), "Time and bytes to the target loss")
 
 
