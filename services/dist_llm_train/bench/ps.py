@@ -56,7 +56,8 @@ TOKEN = "bench-ps-token-0123456789"
 THROUGHPUT_CONFIG = {
     "name": "bench_ps", "mode": "ml", "seed": 0, "workers": {"count": 8},
     "ml": {"staleness": {"protocol": "async", "bound": 1000}, "aggregation": {"rule": "mean", "window": 1},
-           "budget": {"max_versions": 10**9, "max_time_s": 10**6, "eval_every": 10**9, "eval_every_s": 1e9, "checkpoint_every": 10**9}},
+           "budget": {"max_versions": 10**9, "max_time_s": 10**6, "eval_every": 10**9, "eval_every_s": 1e9,
+                      "checkpoint_every": 10**9}},
 }
 WAN_MATRIX = "experiments/bench_ps.yaml"
 PARITY_CONFIG = REPO / "configs" / "ml_ci.yaml"

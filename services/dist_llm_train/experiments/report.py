@@ -249,7 +249,8 @@ def work_row(group: Group) -> list[str]:
     ends = [end_kind(r) for r in group.ok]
     reached = len(group.values("time_to_target_s"))
     seeds = ", ".join(sorted({r.get("seed", "") for r in group.rows} - {""}, key=lambda v: (len(v), v))) or DASH
-    return [group.profile, group.label, seeds, "/".join(str(ends.count(k)) for k in ("target", "budget", "cap", "other")),
+    counts = "/".join(str(ends.count(k)) for k in ("target", "budget", "cap", "other"))
+    return [group.profile, group.label, seeds, counts,
             fmt_interval(group.interval("tokens_trained"), 2, 1e-6),
             fmt_interval(group.interval("time_to_target_s")) + f" ({reached}/{len(group.ok)})",
             fmt_interval(group.interval("bytes_to_target"), 1, 1e-6) + f" ({reached}/{len(group.ok)})",
