@@ -106,6 +106,7 @@ def test_markdown_lists_failed_runs_and_what_is_missing(runs, report):
     text = (runs / "report" / "results.md").read_text()
     assert "| b3 | basic | lan | basic_demo | failed | stack never healthy |" in text
     assert "1 of 4 finished ML runs have no curve.csv: m4" in text
+    assert "3 of 4 finished ML runs have fewer than 50 curve points (one per version applied): m1 (5), m2 (5)" in text
     assert "dist-llm-train report --runs runs" in text
     for name in PLOTS:
         assert f"]({name})" in text

@@ -591,6 +591,18 @@ class Report:
         return ", ".join(f"{n} rows of runs_{mode}.csv" for mode, n in self.counts.items())
 
 
+MIN_CURVE_POINTS = 50  # what a curve needs to be read as one, not as a few points joined by lines
+
+
+def curve_rows(runs_dir: Path, row: dict[str, str]) -> int:
+    """Rows of a run's curve.csv (0 without one)."""
+    path = run_file(runs_dir, row, "curve.csv")
+    if path is None or not path.is_file():
+        return 0
+    with open(path, newline="") as fh:
+        return sum(1 for _ in csv.DictReader(fh))
+
+
 def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Group], runs_dir: Path,
                   plots: list[Plot]) -> list[str]:
     notes = [f"no rows in runs_{m}.csv: nothing on {m} mode" for m in MODES if not rows_by_mode[m]]
@@ -601,6 +613,10 @@ def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Gr
         if without:
             notes.append(f"{len(without)} of {len(ml_ok)} finished ML runs have no {name}: {', '.join(without[:5])}"
                          + (" ..." if len(without) > 5 else ""))
+    sparse = [f"{r.get('run_id', '')} ({n})" for r in ml_ok if (n := curve_rows(runs_dir, r)) and n < MIN_CURVE_POINTS]
+    if sparse:
+        notes.append(f"{len(sparse)} of {len(ml_ok)} finished ML runs have fewer than {MIN_CURVE_POINTS} curve points "
+                     f"(one per version applied): {', '.join(sparse[:5])}" + (" ..." if len(sparse) > 5 else ""))
     drawn = {p.file for p in plots}
     for file, what, modes in (("duration.png", "run durations", MODES),
                               ("completion_acceptance.png", "completed tasks or updates", MODES),
