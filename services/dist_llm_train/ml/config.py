@@ -102,7 +102,7 @@ class BudgetConfig(Section):
     eval_every_s: float = Field(5.0, gt=0, description="... or at the first version this many seconds after the "
                                 "last evaluation, whichever comes first")
     eval_slice_batches: int = Field(1, ge=1, description="batches of the fixed validation slice evaluated along the "
-                                    "run (one batch of the default model: about 4 % of the PS's time at the default "
+                                    "run (one batch of the default model: at most 3.5 % of the PS's time at the default "
                                     "schedule, ps/evaluation.py)")
     eval_batches: int = Field(4, ge=1, description="validation batches of the final evaluation (final_val_loss)")
     checkpoint_every: int = Field(50, ge=1, description="write a checkpoint every this many versions")
