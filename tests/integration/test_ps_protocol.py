@@ -56,7 +56,7 @@ def serve():
     servers, context = [], zmq.Context()
 
     def start(overrides):
-        config = load_run_config(ML_CI, {"ml.budget.eval_every": 10**6, **overrides})
+        config = load_run_config(ML_CI, {"ml.budget.eval_every": 10**6, "ml.budget.eval_every_s": 1e9, **overrides})
         address = f"tcp://127.0.0.1:{free_port()}"
         server = ParameterServer(config, TOKEN, address, logging.getLogger("ps-test"))
         thread = threading.Thread(target=server.serve, daemon=True)

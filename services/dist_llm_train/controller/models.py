@@ -158,6 +158,9 @@ class PsReportIn(RequestBody):
     final_val_loss: float | None
     final_train_loss: float | None
     time_to_target_s: float | None
+    bytes_to_target: int | None = Field(None, ge=0, le=MAX_COUNT,
+                                        description="bytes up + down when the target was reached")
+    tokens_trained: int = Field(0, ge=0, le=MAX_COUNT, description="training tokens behind the applied updates")
     window: int = Field(ge=1, le=MAX_COUNT)
     done: bool
     reason: str | None

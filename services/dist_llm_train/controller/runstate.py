@@ -186,6 +186,11 @@ class Run:
             "aggregation": ml.aggregation.rule if ml else None,
             "reason": reason,
             "started_at": iso(started),
+            "seed": config.seed,
+            "target_val_loss": ml.budget.target_val_loss if ml else None,
+            "max_tokens": ml.budget.max_tokens if ml else None,
+            "tokens_trained": ps.get("tokens_trained"),
+            "bytes_to_target": ps.get("bytes_to_target"),
         }
 
     def provenance(self) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="repeats of every combination instead of each study's")
     parser.add_argument("--runs", default="runs", help="the runs folder, inside the repository")
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="COMPOSE_PROJECT_NAME of the stacks")
-    parser.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and the work planned for each, and exit")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.matrix}: {len(cells)} cells; at most {clock(bound)} if every run reached its timeout")
     if args.dry_run:
         for i, cell in enumerate(cells, 1):
-            print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}")
+            print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}\n      {cell.planned_work()}")
         return 0
     problem = tcp_problem({c.profile for c in cells}, root / "netem")
     if problem is not None:
