@@ -118,6 +118,17 @@ class Emulation(BaseModel):
     problems: list[Annotated[str, Field(max_length=500)]] = Field(max_length=256)
 
 
+class InterfaceCounts(BaseModel):
+    """The sidecar's interface counters (netem/counters.py `InterfaceTally.summary`): per role and per container,
+    rx/tx bytes and packets since the run started."""
+
+    model_config = ConfigDict(extra="forbid")
+    interface: str = Field(max_length=16)
+    roles: dict[Literal["controller", "ps", "worker"], dict[Literal["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"], Count]]
+    containers: dict[Annotated[str, Field(max_length=100)], dict[Literal["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"], Count]] = Field(
+        max_length=1024)
+
+
 class LinksIn(RequestBody):
     profile: str
     backend: Literal["netem", "userspace"]
@@ -138,6 +149,8 @@ class LinksIn(RequestBody):
         [], max_length=256, description="declared workers without a running container when the run started")
     emulation: Emulation | None = Field(None, description="the delayers' release lateness and unasked-for drops so "
                                         "far (netem/lateness.py); null when no delayer runs")
+    interfaces: InterfaceCounts | None = Field(None, description="bytes and packets every container's eth0 carried "
+                                               "since the run started (netem/counters.py); null before")
 
 
 class PsReportIn(RequestBody):
