@@ -12,21 +12,25 @@ NETEM_BACKEND ?= auto
 TCP_CC ?=
 MATRIX ?= matrix
 COMPOSE_PROJECT_NAME ?= dlt
+# ml.trainer: hivemind runs its PS and worker roles from a second image (docker/Dockerfile.hivemind), FROM IMAGE
+HIVEMIND_IMAGE ?= $(firstword $(subst :, ,$(IMAGE)))-hivemind:$(lastword $(subst :, ,$(IMAGE)))
+# A CA for pip behind a TLS-intercepting proxy (the hivemind image's build only); never committed
+EXTRA_CA ?= $(PIP_CERT)
 HOST_UID := $(shell id -u)
 HOST_GID := $(shell id -g)
 
-export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND TCP_CC COMPOSE_PROJECT_NAME HOST_UID HOST_GID
+export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND TCP_CC COMPOSE_PROJECT_NAME HOST_UID HOST_GID HIVEMIND_IMAGE
 
 COMPOSE := docker compose $(if $(filter ml,$(MODE)),--profile ml)
 # Roles that drive compose themselves (tests, experiments) get the socket and the repository at
 # its host path, so that the relative bind mounts of compose.yaml resolve on the host's daemon.
 DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
-	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND -e TCP_CC $(IMAGE)
+	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e HIVEMIND_IMAGE -e NETEM_BACKEND -e TCP_CC $(IMAGE)
 # What the unit and integration tests need: real network namespaces for the delayer tests.
 TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
 	--security-opt no-new-privileges:true $(IMAGE)
 
-.PHONY: help base-image image .env dirs check up down logs ps verify test test-unit test-e2e \
+.PHONY: help base-image image image-hivemind docker/extra-ca.pem .env dirs check up down logs ps verify test test-unit test-e2e \
 	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
 
 help: ## list targets and variables
@@ -46,6 +50,21 @@ base-image: ## make sure a Debian 13 base image exists (pull, or build with debo
 image: base-image ## build the one image every role runs
 	docker build -q --build-arg BASE_IMAGE=$$(cat .base-image) -f docker/Dockerfile -t $(IMAGE) .
 
+# ---- the hivemind trainer (ml.trainer: hivemind) ----
+# The trainer CONFIG names, read by the main image once `check` has built it (a recipe expands after its
+# prerequisites are made): `up` then builds the hivemind image and runs the PS and workers from it.
+TRAINER = $(shell docker run --rm -v "$(CURDIR)/configs":/app/configs:ro $(IMAGE) python3 -c \
+	'import sys; from dist_llm_train.config import load_run_config as load; c = load(sys.argv[1]); \
+	print(c.ml.trainer if c.ml else "builtin")' $(CONFIG) 2>/dev/null)
+
+image-hivemind: image docker/extra-ca.pem ## build the hivemind image (hivemind pinned by hash; EXTRA_CA=ca.pem for a TLS proxy)
+	docker build -q --build-arg MAIN_IMAGE=$(IMAGE) -f docker/Dockerfile.hivemind -t $(HIVEMIND_IMAGE) .
+
+# The build context's CA file: EXTRA_CA's content when given, else kept as it is (empty when new), so a
+# rebuild without EXTRA_CA (e.g. from the test container) reuses the cached layers.
+docker/extra-ca.pem:
+	@if [ -n "$(EXTRA_CA)" ]; then cmp -s "$(EXTRA_CA)" $@ || cp "$(EXTRA_CA)" $@; elif [ ! -e $@ ]; then : > $@; fi
+
 .env: ## a random run token (the controller refuses workers without it)
 	@echo "RUN_TOKEN=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > .env
 	@echo "wrote .env with a fresh RUN_TOKEN"
@@ -59,7 +78,8 @@ check: image ## validate CONFIG and netem/PROFILE.yaml before anything starts
 		$(if $(TCP_CC),--tcp-cc $(TCP_CC))
 
 up: check .env dirs ## start (or update) the stack: PROFILE, MODE, WORKERS, CONFIG
-	$(COMPOSE) up -d --remove-orphans
+	$(if $(filter hivemind,$(TRAINER)),$(MAKE) --no-print-directory image-hivemind && TRAINER_IMAGE=$(HIVEMIND_IMAGE)) \
+		$(COMPOSE) up -d --remove-orphans
 	@echo
 	@echo "Stack up: mode=$(MODE) profile=$(PROFILE) workers=$(WORKERS) config=$(CONFIG)"
 	@echo "  docker compose logs -f controller      one line per event"
@@ -84,10 +104,11 @@ test: image ## the whole suite in containers: unit + integration, then e2e again
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
 	$(MAKE) --no-print-directory test-e2e
 
-test-e2e: image .env dirs ## only the e2e tests (real compose stacks)
+test-e2e: image image-hivemind .env dirs ## only the e2e tests (real compose stacks)
 	$(DRIVER_RUN) python3 -m pytest -q -p no:cacheprovider tests/e2e
 
 experiments: image .env dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, GLOB, REPEATS override it)
+	$(if $(shell grep -ls hivemind experiments/$(MATRIX).yaml $(CONFIGS)),$(MAKE) --no-print-directory image-hivemind)
 	$(DRIVER_RUN) dist-llm-train run-experiments --matrix experiments/$(MATRIX).yaml \
 		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(GLOB),--glob "$(GLOB)") \
 		$(if $(REPEATS),--repeats $(REPEATS))
@@ -115,4 +136,5 @@ bench-ps-wan: image .env dirs ## PS time to target and utilization under lan / h
 
 clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)
-	rm -f .env .base-image
+	-docker image rm $(HIVEMIND_IMAGE)
+	rm -f .env .base-image docker/extra-ca.pem

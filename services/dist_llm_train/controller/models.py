@@ -154,12 +154,14 @@ class LinksIn(RequestBody):
 
 
 class PsReportIn(RequestBody):
+    """The PS's report; in a hivemind run worker 0's (hive/peer.py), which has no updates, staleness or socket
+    bytes to count: those are null there, and empty in the row."""
     version: Count
-    updates_accepted: Count
-    updates_rejected: Count
-    mean_staleness: float = Field(ge=0, le=MAX_COUNT)
-    bytes_up: Count
-    bytes_down: Count
+    updates_accepted: Count | None
+    updates_rejected: Count | None
+    mean_staleness: float | None = Field(ge=0, le=MAX_COUNT)
+    bytes_up: Count | None
+    bytes_down: Count | None
     initial_val_loss: float | None
     final_val_loss: float | None
     final_train_loss: float | None
