@@ -58,7 +58,8 @@ TRAINER = $(shell docker run --rm -v "$(CURDIR)/configs":/app/configs:ro $(IMAGE
 	print(c.ml.trainer if c.ml else "builtin")' $(CONFIG) 2>/dev/null)
 
 image-hivemind: image docker/extra-ca.pem ## build the hivemind image (hivemind pinned by hash; EXTRA_CA=ca.pem for a TLS proxy)
-	docker build -q --build-arg MAIN_IMAGE=$(IMAGE) -f docker/Dockerfile.hivemind -t $(HIVEMIND_IMAGE) .
+	docker build -q --build-arg MAIN_IMAGE=$(IMAGE) --build-arg BASE_IMAGE=$$(cat .base-image) \
+		-f docker/Dockerfile.hivemind -t $(HIVEMIND_IMAGE) .
 
 # The build context's CA file: EXTRA_CA's content when given, else kept as it is (empty when new), so a
 # rebuild without EXTRA_CA (e.g. from the test container) reuses the cached layers.

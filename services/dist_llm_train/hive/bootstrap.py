@@ -35,7 +35,7 @@ def serve(settings: Settings, run_id: str, client: ControlClient, log: logging.L
     key_path = os.path.join(folder, "initial-peer.key")
     with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "wb") as fh:
         fh.write(identity.key_file(key_seed))
-    dht = start_dht([], identity_path=key_path)
+    dht = start_dht(identity.PORT, [], identity_path=key_path)
     if str(dht.peer_id) != identity.peer_id(key_seed):  # the derivation and the daemon disagree: nobody could join
         log.error("the DHT runs as %s, the derived identity is %s", dht.peer_id, identity.peer_id(key_seed))
         dht.shutdown()

@@ -5,7 +5,7 @@ builds, from the same config: the model (`ml/model.py`, the run's seed: every pe
 parameters), shard `task["shard"]` of `task["num_shards"]` of the training text and its batches (same sampler
 seed), then joins the collaboration:
 
-    DHT     listens on 0.0.0.0:identity.PORT, announces this container's own address (its compose network
+    DHT     listens on 0.0.0.0:identity.PORT + 1 + index, announces this container's own address (its compose network
             address, so other peers dial it through the emulated links), and bootstraps from the PS
             container's peer, whose id every worker derives from the run token and run id (hive/identity.py)
     step    loss of one batch -> backward -> hivemind.Optimizer.step(): the recipe of hive/recipe.py
@@ -61,8 +61,8 @@ def own_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-def start_dht(initial_peers: list[str], identity_path: str | None = None, log=None, wait_s: float = 0.0):
-    """A DHT node on every interface at identity.PORT, announcing this container's own address. hivemind's daemon
+def start_dht(port: int, initial_peers: list[str], identity_path: str | None = None, log=None, wait_s: float = 0.0):
+    """A DHT node on every interface at `port`, announcing this container's own address. hivemind's daemon
     refuses to start while no initial peer answers (the PS container may still be starting): retried for `wait_s`."""
     import hivemind
 
@@ -70,8 +70,8 @@ def start_dht(initial_peers: list[str], identity_path: str | None = None, log=No
     while True:
         try:
             return hivemind.DHT(start=True, initial_peers=initial_peers or None, identity_path=identity_path,
-                                host_maddrs=[f"/ip4/0.0.0.0/tcp/{identity.PORT}"],
-                                announce_maddrs=[f"/ip4/{own_address()}/tcp/{identity.PORT}"])
+                                host_maddrs=[f"/ip4/0.0.0.0/tcp/{port}"],
+                                announce_maddrs=[f"/ip4/{own_address()}/tcp/{port}"])
         except Exception as exc:  # noqa: BLE001 - hivemind raises its daemon's failure as a plain error
             if time.monotonic() > deadline:
                 raise
@@ -228,7 +228,7 @@ class HivemindPeer:
         self.batches = BatchSampler(text, ml.data.batch_size, ml.data.seq_len, seed=config.seed * 1009 + task["shard"])
         host = agent.settings.ps_address.removeprefix("tcp://").rpartition(":")[0]
         initial = identity.initial_peer(host, identity.seed(agent.settings.run_token, self.run_id))
-        self.dht = start_dht([initial], log=self.log, wait_s=DHT_START_S)
+        self.dht = start_dht(identity.PORT + 1 + agent.index, [initial], log=self.log, wait_s=DHT_START_S)
         self.opt = build_optimizer(self.plan, self.dht, self.model)
         seen = wait_for_peers(self.dht, self.plan.run_prefix, config.workers.count, config.workers.start_wait_s)
         self.log.info("%d of %d peers in the swarm: training", seen, config.workers.count)

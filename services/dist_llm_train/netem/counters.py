@@ -23,11 +23,14 @@ another's down.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 INTERFACE = "eth0"
 FIELDS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+SERIES_COLUMNS = ("t_s", "worker_tx_bytes", "worker_rx_bytes", "ps_tx_bytes", "ps_rx_bytes")
 
 
 def parse_net_dev(text: str, interface: str = INTERFACE) -> dict[str, int] | None:
@@ -104,3 +107,20 @@ class InterfaceTally:
                 total[k] += delta[k]
                 mine[k] += delta[k]
         return {"interface": INTERFACE, "roles": roles, "containers": containers}
+
+
+def append_series(path: Path, t_s: float, summary: dict | None) -> None:
+    """One line of runs/<run_id>/interfaces.csv (SERIES_COLUMNS): the workers' and the PS's bytes since the start
+    at t_s seconds after it (the report draws validation loss against bytes from it). Nothing before the start."""
+    if summary is None:
+        return
+    roles = summary["roles"]
+    cells = [f"{t_s:.3f}"] + [str(roles.get(role, {}).get(k, 0)) for role in ("worker", "ps")
+                              for k in ("tx_bytes", "rx_bytes")]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if not path.exists():
+        writer.writerow(SERIES_COLUMNS)
+    writer.writerow(cells)
+    with open(path, "a") as fh:
+        fh.write(out.getvalue())

@@ -542,6 +542,9 @@ class Sidecar:
         if blob != self._last_link_json:
             atomic_write(self.settings.runs_dir / self.run_id / "link.json", blob)
             self._last_link_json = blob
+        if self.t0_wall is not None:
+            counters.append_series(self.settings.runs_dir / self.run_id / "interfaces.csv",
+                                   time.time() - self.t0_wall, body.get("interfaces"))
 
     # -- the loop -------------------------------------------------------------------------
     def watch_events(self) -> None:
