@@ -16,12 +16,16 @@ COMPOSE_PROJECT_NAME ?= dlt
 HIVEMIND_IMAGE ?= $(firstword $(subst :, ,$(IMAGE)))-hivemind:$(lastword $(subst :, ,$(IMAGE)))
 # A CA for pip behind a TLS-intercepting proxy (the hivemind image's build only); never committed
 EXTRA_CA ?= $(PIP_CERT)
-HOST_UID := $(shell id -u)
-HOST_GID := $(shell id -g)
+# The file compose reads RUN_TOKEN from (the controller refuses workers without it).
+ENV_FILE ?= .env
+# Whoever runs make; a driver container (DRIVER_RUN) is root but passes the caller's ids on.
+HOST_UID ?= $(shell id -u)
+HOST_GID ?= $(shell id -g)
 
 export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND TCP_CC COMPOSE_PROJECT_NAME HOST_UID HOST_GID HIVEMIND_IMAGE
 
-COMPOSE := docker compose $(if $(filter ml,$(MODE)),--profile ml)
+COMPOSE := docker compose --env-file $(ENV_FILE)
+ML_PROFILE := $(if $(filter ml,$(MODE)),--profile ml)
 # Roles that drive compose themselves (tests, experiments) get the socket and the repository at
 # its host path, so that the relative bind mounts of compose.yaml resolve on the host's daemon.
 DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
@@ -30,7 +34,7 @@ DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$
 TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
 	--security-opt no-new-privileges:true $(IMAGE)
 
-.PHONY: help base-image image image-hivemind docker/extra-ca.pem .env dirs check up down logs ps verify test test-unit test-e2e \
+.PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-unit test-e2e \
 	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
 
 help: ## list targets and variables
@@ -42,6 +46,12 @@ help: ## list targets and variables
 	@echo "           CONFIG=$(CONFIG)  NETEM_BACKEND=$(NETEM_BACKEND) (auto|netem|userspace)"
 	@echo "           TCP_CC=$(TCP_CC) (empty: the preset's, default cubic; cubic|bbr|reno|host)"
 	@echo "           MATRIX=$(MATRIX) (experiments/<MATRIX>.yaml)  IMAGE=$(IMAGE)  BASE_IMAGE=$(BASE_IMAGE)"
+	@echo "           ENV_FILE=$(ENV_FILE): the RUN_TOKEN, written by the first make up (mode 600) and then kept;"
+	@echo "           to rotate it: make down, rm $(ENV_FILE), make up (a new token recreates every container)"
+
+# What must hold before compose is touched. More checks join as prerequisites of this target.
+preflight: ## check Docker Engine >= 20.10 and Compose >= 2.20.2 (every compose target runs it first)
+	@docker/check-versions.sh
 
 base-image: ## make sure a Debian 13 base image exists (pull, or build with debootstrap)
 	@docker/build-base-image.sh $(BASE_IMAGE) > .base-image
@@ -66,9 +76,11 @@ image-hivemind: image docker/extra-ca.pem ## build the hivemind image (hivemind 
 docker/extra-ca.pem:
 	@if [ -n "$(EXTRA_CA)" ]; then cmp -s "$(EXTRA_CA)" $@ || cp "$(EXTRA_CA)" $@; elif [ ! -e $@ ]; then : > $@; fi
 
-.env: ## a random run token (the controller refuses workers without it)
-	@echo "RUN_TOKEN=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > .env
-	@echo "wrote .env with a fresh RUN_TOKEN"
+# A random run token, written only when the file is missing and never rotated by a target: a new
+# token changes every service's environment, and compose then recreates every container.
+$(ENV_FILE):
+	@umask 077 && echo "RUN_TOKEN=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
+	@echo "wrote $@ with a new RUN_TOKEN (kept until you delete it)"
 
 dirs:
 	@mkdir -p runs checkpoints
@@ -78,37 +90,39 @@ check: image ## validate CONFIG and netem/PROFILE.yaml before anything starts
 		$(IMAGE) dist-llm-train check --config $(CONFIG) --profile $(PROFILE) --workers $(WORKERS) \
 		$(if $(TCP_CC),--tcp-cc $(TCP_CC))
 
-up: check .env dirs ## start (or update) the stack: PROFILE, MODE, WORKERS, CONFIG
+up: preflight check $(ENV_FILE) dirs ## start (or update) the stack: PROFILE, MODE, WORKERS, CONFIG
 	$(if $(filter hivemind,$(TRAINER)),$(MAKE) --no-print-directory image-hivemind && TRAINER_IMAGE=$(HIVEMIND_IMAGE)) \
-		$(COMPOSE) up -d --remove-orphans
+		$(COMPOSE) $(ML_PROFILE) up -d --remove-orphans
 	@echo
 	@echo "Stack up: mode=$(MODE) profile=$(PROFILE) workers=$(WORKERS) config=$(CONFIG)"
 	@echo "  docker compose logs -f controller      one line per event"
-	@echo "  curl -s localhost:8000/status          run state; /metrics for Prometheus, /docs for the API"
+	@echo "  curl -s localhost:$${CONTROLLER_PORT:-8000}/status          run state; /metrics for Prometheus, /docs for the API"
 	@echo "  ls runs/                               the CSV row and JSON provenance when the run ends"
 	@echo "  make verify PROFILE=$(PROFILE)          measure the emulated links against the preset"
 	@echo "  make down                              stop, remove the emulation rules, clear run state"
 
-down: ## stop the stack, remove every emulation rule and the controller state (runs/ stays)
-	docker compose --profile ml down -v --remove-orphans --timeout 30
+down: preflight $(ENV_FILE) ## stop the stack, remove every emulation rule and the controller state (runs/ stays)
+	$(COMPOSE) --profile ml down -v --remove-orphans --timeout 30
 
-logs: ## follow every service's log
-	$(COMPOSE) logs -f
+logs: preflight $(ENV_FILE) ## follow every service's log
+	$(COMPOSE) $(ML_PROFILE) logs -f
 
-ps: ## list the stack's containers and their health
-	$(COMPOSE) ps
+ps: preflight $(ENV_FILE) ## list the stack's containers and their health
+	$(COMPOSE) $(ML_PROFILE) ps
 
-verify: ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
-	$(COMPOSE) exec netem dist-llm-train verify --profile $(PROFILE)
+verify: preflight $(ENV_FILE) ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
+	$(COMPOSE) $(ML_PROFILE) exec netem dist-llm-train verify --profile $(PROFILE)
 
-test: image ## the whole suite in containers: unit + integration, then e2e against the real stack
+test: preflight image ## the whole suite in containers: unit + integration, then e2e against the real stack
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
 	$(MAKE) --no-print-directory test-e2e
 
-test-e2e: image image-hivemind .env dirs ## only the e2e tests (real compose stacks)
+test-e2e: preflight image image-hivemind dirs ## only the e2e tests (real compose stacks)
+	@# the TCP congestion controls the e2e presets use (cubic, and bbr in tcp_mix) must be allowed here
+	@docker run --rm $(IMAGE) dist-llm-train check --config configs/basic_ci.yaml --profile tcp_mix >/dev/null
 	$(DRIVER_RUN) python3 -m pytest -q -p no:cacheprovider tests/e2e
 
-experiments: image .env dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, GLOB, REPEATS override it)
+experiments: preflight image dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, GLOB, REPEATS override it)
 	$(if $(shell grep -ls hivemind experiments/$(MATRIX).yaml $(CONFIGS)),$(MAKE) --no-print-directory image-hivemind)
 	$(DRIVER_RUN) dist-llm-train run-experiments --matrix experiments/$(MATRIX).yaml \
 		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(GLOB),--glob "$(GLOB)") \
@@ -123,19 +137,19 @@ bench: bench-controller bench-netem bench-tcp bench-ps bench-ps-wan ## every ben
 bench-controller: image ## controller API latency and scheduling-cycle time
 	docker run --rm $(IMAGE) dist-llm-train bench controller
 
-bench-netem: image ## emulation fidelity and cost per preset
+bench-netem: preflight image ## emulation fidelity and cost per preset
 	$(DRIVER_RUN) dist-llm-train bench netem
 
-bench-tcp: image ## one TCP flow on lossy presets, cubic vs bbr, beside the Mathis bound (netem/README.md table)
+bench-tcp: preflight image ## one TCP flow on lossy presets, cubic vs bbr, beside the Mathis bound (netem/README.md table)
 	$(DRIVER_RUN) dist-llm-train bench tcp
 
 bench-ps: image ## PS throughput and wire efficiency (local processes in one container)
 	docker run --rm $(IMAGE) dist-llm-train bench ps
 
-bench-ps-wan: image .env dirs ## PS time to target and utilization under lan / high_rtt (compose stacks, <= 46 min)
+bench-ps-wan: preflight image dirs ## PS time to target and utilization under lan / high_rtt (compose stacks, <= 46 min)
 	$(DRIVER_RUN) dist-llm-train bench ps --skip throughput wire parity --wan
 
 clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)
 	-docker image rm $(HIVEMIND_IMAGE)
-	rm -f .env .base-image docker/extra-ca.pem
+	rm -f $(ENV_FILE) .base-image docker/extra-ca.pem

@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    problem = tcp.host_problem(preset.tcp_choices(), preset.source, *tcp.host_lists())
+    problem = tcp.preset_problem(preset)
     if problem is not None:
         print(f"refused: {problem}", file=sys.stderr)
         return 3

@@ -11,7 +11,6 @@ reaped (also on Ctrl-C and SIGTERM). The integration tests drive runs through `L
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -76,7 +75,7 @@ class LocalRun:
         self.tmp = Path(tempfile.mkdtemp(prefix="dlt-demo-"))
         self.output = output  # children's stdout and stderr; None = this process's
         config_path = self.tmp / "config.yaml"
-        config_path.write_text(json.dumps(config.model_dump(mode="json"), indent=2))  # JSON is YAML
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         self.db_path = self.tmp / "state" / "controller.db"
         self.runs_dir = Path(runs_dir).resolve()
         self.url = f"http://127.0.0.1:{free_port()}"

@@ -17,7 +17,7 @@ A message is one multipart ZeroMQ message:
 | PARAMS  | PS     | version; DELTA, STOP                                | parameters (dense or delta)     |
 | PUSH    | worker | session, base version; train loss, compute s, samples | the update, codec as configured |
 | ACK     | PS     | version now, staleness; ACCEPTED, DELTA, STOP       | the worker's new parameters     |
-| ERROR   | PS     | code; text                                          | -                               |
+| ERROR   | both   | code; text (a worker sends only training_failed)    | -                               |
 | PING    | anyone | -                                                   | -                               |
 | PONG    | PS     | version; updates accepted, rejected, errors         | -                               |
 | BYE     | worker | session                                             | -                               |
@@ -95,6 +95,8 @@ ERROR_CODES: dict[str, int] = {
     "wrong_codec": 14,  # an update not in the run's codec
     "session_mismatch": 15,  # a session used from another connection than the one that opened it
     "server_error": 16,  # the PS could not handle a valid message (logged with the traceback)
+    # a worker's report (worker -> PS): its own training cannot go on; the PS ends the run failed with the text
+    "training_failed": 17,
 }
 ERROR_NAMES = {number: name for name, number in ERROR_CODES.items()}
 

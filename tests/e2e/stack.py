@@ -1,8 +1,10 @@
-"""Drive a real compose stack from a test: up, poll the controller, exec, down.
+"""Drive a real compose stack from a test: up (through compose, or `make up` as users type it),
+poll the controller, exec, down.
 
 Tests run in a container that has the Docker socket and the repository mounted at its host path
 (`make test-e2e`), or on a host with Docker; either way the relative bind mounts of compose.yaml
-resolve on the daemon's side. Each stack gets its own project name, token and runs folder.
+resolve on the daemon's side. Each stack gets its own project name, token file, runs folder and a
+free controller port, so it never meets a user's stack (nor the user's .env).
 """
 
 from __future__ import annotations
@@ -29,17 +31,21 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.runs_dir = REPO / ".e2e" / self.project / "runs"
+        home = REPO / ".e2e" / self.project
+        self.runs_dir = home / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        (REPO / ".e2e" / self.project / "checkpoints").mkdir(parents=True, exist_ok=True)
-        self.token = secrets.token_hex(16)
+        (home / "checkpoints").mkdir(parents=True, exist_ok=True)
+        # The stack's RUN_TOKEN, in a file of its own that compose reads (ENV_FILE for make):
+        # written by `make up` itself, or by `up` below as make would.
+        self.env_file = home / ".env"
 
     @property
     def env(self) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k != "RUN_TOKEN"}  # it would override the file
         return {
-            **os.environ,
+            **inherited,
             "COMPOSE_PROJECT_NAME": self.project,
-            "RUN_TOKEN": self.token,
+            "ENV_FILE": str(self.env_file),
             "CONFIG": self.config,
             "PROFILE": self.profile,
             "WORKERS": str(self.workers),
@@ -50,16 +56,31 @@ class Stack:
         }
 
     def compose(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "--project-directory", str(REPO), "-f", str(REPO / "compose.yaml")]
+        cmd = ["docker", "compose", "--env-file", str(self.env_file), "--project-directory", str(REPO),
+               "-f", str(REPO / "compose.yaml")]
         if self.mode == "ml":
             cmd += ["--profile", "ml"]
         return subprocess.run(cmd + list(args), env=self.env, cwd=REPO, check=check,
                               capture_output=True, text=True, timeout=timeout)
 
     def up(self) -> None:
+        """`docker compose up -d`: the stack without the Makefile's image build and checks."""
+        if not self.env_file.exists():
+            self.env_file.touch(mode=0o600)
+            self.env_file.write_text(f"RUN_TOKEN={secrets.token_hex(16)}\n")
         result = self.compose("up", "-d", check=False)
         if result.returncode != 0:
             raise RuntimeError(f"compose up failed:\n{result.stdout}\n{result.stderr}\n{self.logs()}")
+
+    def make(self, target: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """`make TARGET PROFILE=.. MODE=.. WORKERS=.. CONFIG=..`, as a user types it in the repository;
+        the project, token file, runs folder and port come from `env`. With `check`, a failure raises."""
+        result = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target, f"PROFILE={self.profile}",
+                                 f"MODE={self.mode}", f"WORKERS={self.workers}", f"CONFIG={self.config}"],
+                                env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"make {target} failed:\n{result.stdout}\n{result.stderr}\n{self.logs()}")
+        return result
 
     def down(self) -> None:
         self.compose("--profile", "ml", "down", "-v", "--remove-orphans", "--timeout", "30", check=False)
@@ -94,5 +115,4 @@ class Stack:
         return self.wait_for(lambda s: s["run"]["state"] in END_STATES, timeout, "the end of the run")
 
     def containers(self, service: str) -> list[str]:
-        out = self.compose("ps", "-q", service).stdout.split()
-        return out
+        return self.compose("ps", "-q", service).stdout.split()

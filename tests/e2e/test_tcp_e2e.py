@@ -1,8 +1,9 @@
 """TCP congestion control through the real stack: the preset's choice is in force in each container's
 namespace, and it decides what one flow gets on a lossy link.
 
-`netem/tcp_mix.yaml` gives every container 15 ms and 2.5 % loss, and worker 1 bbr where the others
-use cubic. One TCP flow from each worker to the controller is sent by a throwaway container that joins
+`make up PROFILE=tcp_mix`, as a user types it: every container 15 ms and 2.5 % loss, and worker 1 bbr
+where the others use cubic; `make verify` prints what is in force. One TCP flow from each worker to the
+controller is then sent by a throwaway container that joins
 the worker's namespace (so it inherits the namespace's default algorithm, as every process there does,
 and the sidecar is not its own judge). Mathis' bound for one loss-based flow is 3.0 Mbit/s there:
 cubic stays within 3x of it, bbr (which ignores random loss) goes well past it.
@@ -22,7 +23,7 @@ SECONDS = 8.0
 
 def test_the_presets_congestion_control_is_in_force_and_decides_lossy_throughput(make_stack):
     stack = make_stack(config="configs/basic_demo.yaml", profile="tcp_mix", workers=2)
-    stack.up()
+    stack.make("up")
     status = stack.wait_for(lambda s: s["run"]["state"] != "waiting", 180, "the links of tcp_mix to be ready")
     links = status["links"]
     assert links["ready"] and links["healthy"] and links["tcp_cc"] == "bbr+cubic", links
@@ -31,6 +32,11 @@ def test_the_presets_congestion_control_is_in_force_and_decides_lossy_throughput
     in_force = {name: entry["tcp_in_force"]["congestion_control"] for name, entry in links["containers"].items()}
     assert in_force == {f"{stack.project}-controller-1": "cubic", f"{stack.project}-worker-1": "cubic",
                         f"{stack.project}-worker-2": "bbr"}, in_force
+
+    verify = stack.make("verify", timeout=300, check=False)
+    for name, cc in in_force.items():  # its verdicts on RTT and loss are the netem tests' business
+        assert f"  {name}: {cc} (preset: {cc}); rmem " in verify.stdout, verify.stdout + verify.stderr
+    assert "TCP Mathis bound up / down" in verify.stdout, verify.stdout
 
     prober = Prober()
     try:

@@ -88,10 +88,12 @@ def test_demo_data_is_refused_before_anything_starts(tmp_path):
 
 
 def test_a_worker_refuses_a_task_it_could_never_compute_and_stays_up(tmp_path, process_log):
-    """workers.speed 1.5e-300: the compute time (tokens / speed) used to overflow the worker's wait
-    (OverflowError, a traceback, exit 1). Now the task is refused, the worker holds it without
-    computing, and the run ends `timeout` with it pending; the worker leaves cleanly."""
-    overrides = {"workers.count": 1, "workers.speed": [1.5e-300], "tasks.count": 2, "timeout_s": 4.0}
+    """A task whose compute time (tokens / rate) is more than a day: at speed 1.5e-300 it used to
+    overflow the worker's wait (OverflowError, a traceback, exit 1); the config now refuses such a
+    speed, but slowest speed x 1 token/s still gives 0.001 tokens/s. The task is refused, the worker
+    holds it without computing, and the run ends `timeout` with it pending; the worker leaves cleanly."""
+    overrides = {"workers.count": 1, "workers.speed": [0.001], "workers.base_tokens_per_sec": 1.0,
+                 "tasks.count": 2, "timeout_s": 4.0}
     with ci_run(tmp_path, process_log, overrides) as run:
         run.start()
         final = run.wait_end(timeout_s=60)
@@ -103,5 +105,5 @@ def test_a_worker_refuses_a_task_it_could_never_compute_and_stays_up(tmp_path, p
     assert (final["tasks"]["completed"], final["tasks"]["assigned"]) == (0, 1)
     assert exits == {0: 0}
     assert "task task-00000 refused: " in log and "would compute for" in log
-    assert "(workers.base_tokens_per_sec 50000 x speed 1.5e-300); holding it" in log
+    assert "(workers.base_tokens_per_sec 1 x speed 0.001); holding it" in log
     assert "Traceback" not in log

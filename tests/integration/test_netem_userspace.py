@@ -104,7 +104,8 @@ def test_rate_cap_without_loss_is_met_both_ways(pair, tmp_path):
     finally:
         assert link.remove() == []
     exp = expected(LinkSpec(delay_ms=5, rate_mbit=10), LinkSpec())
-    assert exp == {"rtt_ms": 5.0, "rtt_stdev_ms": 0.0, "loss_pct": 0.0, "mbit": 10.0}
+    assert exp == {"rtt_ms": 5.0, "rtt_stdev_ms": 0.0, "loss_pct": 0.0, "mbit": 10.0,
+                   "mathis_up_mbit": None, "mathis_down_mbit": None}  # no loss: no Mathis bound
     verdict = judge(measured, exp)
     assert verdict["mbit"] is True, measured
     # The median, within the verdict's tolerance (max(10 %, 2 ms)): quiet, the mean is 5.2 ms with a

@@ -19,6 +19,7 @@ from dist_llm_train.ps.aggregation import (
     sort_rows,
     trimmed_mean,
 )
+from dist_llm_train.worker.attacks import alie, alie_z_max
 
 # Five points in 2-D; columns sorted: x = 0, 1, 2, 6, 100 and y = -100, 0, 1, 4, 8.
 FIVE = torch.tensor([[0.0, 0.0], [1.0, 4.0], [2.0, 8.0], [6.0, 1.0], [100.0, -100.0]])
@@ -109,11 +110,82 @@ def test_iterated_krum_scores_the_last_picks_by_their_nearest_neighbour():
 
 
 def test_closest_to_median_is_not_the_middle_by_rank():
-    # Column 0 sorted 2, 2.5, 3, 6, 9: median 3; the runs of three reach 1, 3 and 6 from it -> 2, 2.5, 3 (mean 2.5),
-    # where trimming one value off each end would give 2.5, 3, 6. Column 1: 0, 5, 6, 7, 8: median 6; runs
-    # reach 6, 1, 2 -> 5, 6, 7. Column 2: 1, 2, 3, 4, 5: runs reach 2, 1, 2 -> the middle run.
-    ordered = torch.tensor([[2.0, 0.0, 1.0], [2.5, 5.0, 2.0], [3.0, 6.0, 3.0], [6.0, 7.0, 4.0], [9.0, 8.0, 5.0]])
-    assert torch.allclose(closest_to_median_mean(ordered, 3), torch.tensor([2.5, 6.0, 3.0]))
+    # Column 0: 2, 2.5, 3, 6, 9: median 3, distances 1, 0.5, 0, 3, 6 -> 2, 2.5, 3 (mean 2.5), where trimming one
+    # value off each end would give 2.5, 3, 6. Column 1: 0, 5, 6, 7, 8: median 6 -> 5, 6, 7. Column 2: 1..5 ->
+    # 2, 3, 4.
+    updates = torch.tensor([[2.0, 0.0, 1.0], [2.5, 5.0, 2.0], [3.0, 6.0, 3.0], [6.0, 7.0, 4.0], [9.0, 8.0, 5.0]])
+    assert torch.allclose(closest_to_median_mean(updates, range(5), 3), torch.tensor([2.5, 6.0, 3.0]))
+
+
+def test_a_repeated_value_counts_once_per_row_that_is_among_the_nearest():
+    # Two colluding rows send -4. Sorted -5, -4, -4, 0, 3, 9, 9.5: median 0, distances 5, 4, 4, 0, 3, 9, 9.5.
+    # The three nearest rows are 0, 3 and one of the -4s: mean -1/3. Both runs -4, -4, 0 and -4, 0, 3 reach 4
+    # from the median; taking the first of them counted -4 twice (mean -8/3).
+    updates = torch.tensor([[-4.0], [-4.0], [9.0], [-5.0], [0.0], [9.5], [3.0]])
+    assert torch.allclose(closest_to_median_mean(updates, range(7), 3), torch.tensor([-1 / 3]))
+
+
+def test_a_tie_in_distance_goes_to_the_lower_row_whatever_the_values():
+    # Median 0; rows 0 and 1 are both 1 away: with beta = 2 the lower row joins the median's row.
+    updates = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0], [10.0, 10.0], [-10.0, -10.0]])
+    assert torch.equal(closest_to_median_mean(updates, range(5), 2), torch.tensor([0.5, -0.5]))
+    # Only the rows given take part, and their order in `rows` does not matter (only their index does).
+    assert torch.equal(closest_to_median_mean(updates, [4, 1, 2, 0, 3], 2), torch.tensor([0.5, -0.5]))
+    assert torch.equal(closest_to_median_mean(updates, [3, 2, 1], 2), torch.tensor([-0.5, 0.5]))
+
+
+def reference_closest_to_median_mean(updates: torch.Tensor, rows, beta: int) -> torch.Tensor:
+    """Bulyan's coordinate-wise phase as the paper states it, one coordinate at a time: the median of the
+    selected rows' values, the rows sorted by (|value - median|, row index), the mean of the first beta.
+    Values and distances in float32 like the rule's, so a distance tie is the same tie here and there."""
+    rows = sorted(rows)
+    out = []
+    for k in range(updates.shape[1]):
+        column = updates[rows, k]
+        ordered = column.sort().values
+        median = (ordered[(len(rows) - 1) // 2] + ordered[len(rows) // 2]) / 2
+        distance = {row: (column[i] - median).abs().item() for i, row in enumerate(rows)}
+        nearest = sorted(rows, key=lambda row: (distance[row], row))[:beta]
+        out.append(sum(updates[row, k].item() for row in nearest) / beta)
+    return torch.tensor(out)
+
+
+def alie_window(n: int, f: int, d: int, seed: int) -> torch.Tensor:
+    """n - f honest rows and f identical rows mu - z sigma of them (ALIE with exact collusion, z = Baruch et
+    al.'s z_max), shuffled so the colluders sit anywhere in the window."""
+    generator = torch.Generator().manual_seed(seed)
+    honest = torch.randn(n - f, d, generator=generator)
+    colluding = alie(honest[0], honest, alie_z_max(n, f), generator).expand(f, d)
+    return torch.cat([honest, colluding])[torch.randperm(n, generator=generator)]
+
+
+@pytest.mark.parametrize(("n", "f"), [(7, 1), (11, 2), (15, 3)])
+@pytest.mark.parametrize("seed", range(4))
+def test_bulyan_matches_the_per_coordinate_reference_under_alie(n, f, seed):
+    updates = alie_window(n, f, 300, seed)
+    result = bulyan(updates, f)
+    theta = n - 2 * f
+    assert result.selected == tuple(iterated_krum(pairwise_sq_distances(updates), f, theta))  # phase 1 unchanged
+    expected = reference_closest_to_median_mean(updates, result.selected, theta - 2 * f)
+    assert torch.allclose(result.value, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("n", "f"), [(7, 1), (11, 2), (15, 3)])
+def test_bulyan_matches_the_reference_when_most_values_repeat(n, f):
+    # Integers in -3..3: every coordinate holds repeated values and ties in distance on both sides.
+    updates = torch.randint(-3, 4, (n, 400), generator=torch.Generator().manual_seed(n)).float()
+    result = bulyan(updates, f)
+    expected = reference_closest_to_median_mean(updates, result.selected, n - 4 * f)
+    assert torch.allclose(result.value, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("theta", "beta", "block"), [(5, 3, 7), (6, 2, 16), (130, 100, 64)])
+def test_closest_to_median_mean_across_blocks_even_windows_and_long_ones(theta, beta, block):
+    # Blocks that do not divide d, an even count (median between two values), and more rows than int8 ranks.
+    updates = torch.randint(-5, 6, (theta + 3, 37), generator=torch.Generator().manual_seed(theta)).float()
+    rows = list(range(3, theta + 3))
+    expected = reference_closest_to_median_mean(updates, rows, beta)
+    assert torch.allclose(closest_to_median_mean(updates, rows, beta, block), expected, atol=1e-5, rtol=0)
 
 
 def test_bulyan_with_f_zero_is_the_mean():

@@ -47,7 +47,13 @@ def test_good_config_loads_and_overrides_apply(tmp_path):
     ({"tasks": {"tokens": [50, 10]}}, "tasks.tokens", "low 50 is above high 10"),
     ({"tasks": {"input_kb": [1]}}, "tasks.input_kb", "[low, high]"),
     ({"tasks": {"memory_mb": [0, 10]}}, "tasks.memory_mb", "must be positive"),
-    ({"workers": {"speed": [1.0, -0.5]}}, "workers.speed", "> 0"),
+    ({"workers": {"speed": [1.0, -0.5]}}, "workers.speed", "from 0.001 to 100"),
+    ({"workers": {"speed": [1e-300]}}, "workers.speed", "from 0.001 to 100"),
+    ({"workers": {"capacity": [0.0]}}, "workers.capacity", "> 0"),
+    ({"workers": {"memory_mb": [2**63]}}, "workers.memory_mb", "at most"),
+    ({"workers": {"base_tokens_per_sec": 1e300}}, "workers.base_tokens_per_sec", "less than or equal to"),
+    ({"tasks": {"tokens": [1, 2**63]}}, "tasks.tokens", "is above"),
+    ({"tasks": {"input_kb": [1, 2**40]}}, "tasks.input_kb", "is above"),
     ({"workers": {"speed": []}}, "workers.speed", "at least 1 item"),
     ({"controller": {"ewma_alpha": 0}}, "controller.ewma_alpha", "greater than 0"),
     ({"controller": {"ewma_alpha": 1.5}}, "controller.ewma_alpha", "less than or equal to 1"),
@@ -117,3 +123,11 @@ def test_a_name_that_cannot_name_files_is_refused(tmp_path, name):
 def test_a_name_of_file_name_characters_loads(tmp_path, name):
     assert load_run_config(write(tmp_path, {**GOOD, "name": name})).name == name
 
+
+
+def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
+    """`1e-5` is a float in YAML 1.2 and to any reader; PyYAML's default (1.1) read it as a string."""
+    path = tmp_path / "run.yaml"
+    path.write_text("name: t\nmode: ml\nml:\n  local: {steps: 4, inner_lr: 1e-4}\n  optimizer: {lr: 5E-1}\n")
+    config = load_run_config(path)
+    assert config.ml.local.inner_lr == 1e-4 and config.ml.optimizer.lr == 0.5

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import MAX_SEED
-from ..netem.preset import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
+from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
 
 # Counts, sizes, indices and versions: SQLite stores integers as signed 64 bits (2**63 was a 500),
 # and below 2**53 a count is exact as a JSON number in every client.
@@ -153,12 +153,19 @@ class LinksIn(RequestBody):
                                                "since the run started (netem/counters.py); null before")
 
 
+CountKey = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
+
+
 class PsReportIn(RequestBody):
     """The PS's report; in a hivemind run worker 0's (hive/peer.py), which has no updates, staleness or socket
     bytes to count: those are null there, and empty in the row."""
     version: Count
     updates_accepted: Count | None
     updates_rejected: Count | None
+    updates_refused: dict[CountKey, Count] = Field(
+        {}, max_length=32, description="the refused updates by reason (stale, second_in_round, norm)")
+    wire_errors: dict[CountKey, Count] = Field(
+        {}, max_length=32, description="messages the PS refused at its wire checks, by error code")
     mean_staleness: float | None = Field(ge=0, le=MAX_COUNT)
     bytes_up: Count | None
     bytes_down: Count | None

@@ -41,7 +41,9 @@ from ..results import atomic_write, is_folder_name, read_rows, safe_run_id, writ
 from ..schema import ConfigError
 from ..controller.health import GATE_TIMEOUT_S
 from ..controller.runstate import END_STATES, VERSIONED, package_versions
+from ..netem import tcp
 from ..netem.preset import load_preset
+from ..settings import TCP_CC_CHOICES
 from .matrix import Cell, expand, load_matrix, with_overrides
 
 OK_STATUS = "finished"  # the row status of a run that ended as planned (controller/runstate.py)
@@ -84,6 +86,10 @@ def main(args: argparse.Namespace) -> int:
         for i, cell in enumerate(cells, 1):
             print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}")
         return 0
+    problem = tcp_problem({c.profile for c in cells}, root / "netem")
+    if problem is not None:
+        print(f"refused: {problem}", file=sys.stderr)
+        return 3
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_as_owner_of(runs_dir)
     command = "dist-llm-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -98,6 +104,19 @@ def main(args: argparse.Namespace) -> int:
             print("interrupted: the stack is down; run the same command again to resume", flush=True)
             return 130
     return 1 if failed else 0
+
+
+def tcp_problem(profiles: set[str], netem_dir: Path) -> str | None:
+    """Why a cell's containers could not use its preset's TCP congestion control on this host (TCP_CC, passed
+    on to every stack, overrides the presets), before any cell starts; None when every one can."""
+    override = os.environ.get("TCP_CC") or None
+    if override not in (None, *TCP_CC_CHOICES):
+        return f"TCP_CC: expected one of {', '.join(TCP_CC_CHOICES)}, got {override!r}"
+    for profile in sorted(profiles):
+        problem = tcp.preset_problem(load_preset(profile, netem_dir, override))
+        if problem is not None:
+            return problem
+    return None
 
 
 def clock(seconds: float) -> str:

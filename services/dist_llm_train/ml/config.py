@@ -117,6 +117,11 @@ class MLConfig(Section):
     attack: AttackConfig = AttackConfig()
     budget: BudgetConfig = BudgetConfig()
     max_message_mb: int = Field(64, ge=1, description="PS refuses frames larger than this")
+    max_update_norm: float | None = Field(
+        None, gt=0, description="largest L2 norm of an update (gradient, or H > 1 delta): the PS refuses a larger "
+                                "one and a worker whose own update is larger reports its training diverged; null = "
+                                "10 * sqrt(d) for a model of d parameters (RMS 10 per coordinate, at least 80x the "
+                                "largest honest update measured: ml/divergence.py)")
     reply_timeout_s: float = Field(120.0, gt=0, description="worker: a PS silent this long after a request is presumed "
                                    "gone (socket rebuilt, HELLO again); sync mode adds staleness.sync_timeout_s")
 

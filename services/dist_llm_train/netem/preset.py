@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import read_yaml_mapping
 from ..schema import ConfigError, Section, validate
+from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
 
 Role = Literal["controller", "ps", "worker"]
 # `host` applies nothing: the namespace keeps the algorithm it inherited from the host's default.
@@ -77,11 +78,6 @@ class LinkChange(LinkSpec):
     tcp: TcpChange | None = Field(None, description="TCP settings over the base link's")
 
 
-# Bounds of a worker's compute-speed factor, here and in the sidecar's /links report (controller/
-# models.py): 1000x slower to 100x faster. A synthetic task's compute time is tokens / speed, so a
-# factor near 0 made it absurd (1e-300 overflowed the worker's wait).
-MIN_COMPUTE_SPEED = 0.001
-MAX_COMPUTE_SPEED = 100.0
 
 
 class WorkerEntry(LinkChange):

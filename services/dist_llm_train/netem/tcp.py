@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from .backends.base import Argv, LinkError, in_namespace
-from .preset import TcpSpec
+from .preset import Preset, TcpSpec
 
 PROC = Path("/proc/sys/net/ipv4")
 # What run.json records of each namespace, by the name used there.
@@ -78,6 +78,11 @@ def host_problem(choices: dict[str, str], source: str, allowed: list[str], avail
                 f"sudo sysctl -w net.ipv4.tcp_allowed_congestion_control=\"{wanted}\" "
                 "(or run with TCP_CC=host to keep, and record, the host's default)")
     return None
+
+
+def preset_problem(preset: Preset, proc: Path = PROC) -> str | None:
+    """`host_problem` for a preset on this host's kernel (any namespace reads the same lists)."""
+    return host_problem(preset.tcp_choices(), preset.source, *host_lists(proc))
 
 
 def mathis_mbit(rtt_ms: float, loss_pct: float, mss_bytes: int = MSS_BYTES) -> float | None:

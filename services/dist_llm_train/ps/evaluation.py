@@ -5,6 +5,9 @@ PS's loop it would stall every worker for that long every `eval_every` versions.
 snapshot (the parameters of version v, never written again) and picks the loss up later; torch releases the
 GIL while it computes, so the loop keeps serving. The batches are `ml.data.validation_batches`: the same
 bytes at every evaluation and in every run with the same data settings.
+
+A result is (version, loss, error): error None and the loss as computed (NaN or Inf when the model diverged),
+or the exception's text and a NaN loss when the evaluation itself failed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ class Evaluator:
     def __init__(self, model: nn.Module, batches: list[Batch]):
         self.model, self.batches = model, batches
         self.jobs: queue.Queue[tuple[int, Tensor] | None] = queue.Queue()
-        self.done: queue.Queue[tuple[int, float]] = queue.Queue()
+        self.done: queue.Queue[tuple[int, float, str | None]] = queue.Queue()
         self.submitted = 0
         self.finished = 0
         self.thread = threading.Thread(target=self._loop, name="ps-eval", daemon=True)
@@ -33,8 +36,9 @@ class Evaluator:
         self.submitted += 1
         self.jobs.put((version, params))
 
-    def results(self, wait: bool = False) -> list[tuple[int, float]]:
-        """(version, loss) of the evaluations finished since the last call; with `wait`, all submitted ones."""
+    def results(self, wait: bool = False) -> list[tuple[int, float, str | None]]:
+        """(version, loss, error) of the evaluations finished since the last call, in submission order; with
+        `wait`, all submitted ones."""
         out = []
         while self.finished < self.submitted:
             try:
@@ -52,7 +56,6 @@ class Evaluator:
             version, params = job
             try:
                 load_flat(self.model, params)
-                loss = evaluate(self.model, self.batches)
-            except Exception:  # never leave a waiting caller hanging; NaN says the loss is unknown
-                loss = float("nan")
-            self.done.put((version, loss))
+                self.done.put((version, evaluate(self.model, self.batches), None))
+            except Exception as exc:  # never leave a waiting caller hanging
+                self.done.put((version, float("nan"), f"{type(exc).__name__}: {exc}"[:500]))

@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 from ..results import atomic_write
 
-REPORT_FIELDS = ("version", "updates_accepted", "updates_rejected", "mean_staleness", "bytes_up", "bytes_down",
-                 "initial_val_loss", "final_val_loss", "final_train_loss", "time_to_target_s", "window", "done",
-                 "reason")
+REPORT_FIELDS = ("version", "updates_accepted", "updates_rejected", "updates_refused", "wire_errors",
+                 "mean_staleness", "bytes_up", "bytes_down", "initial_val_loss", "final_val_loss",
+                 "final_train_loss", "time_to_target_s", "window", "done", "reason")
 CURVE_COLUMNS = ("t_s", "version", "train_loss", "val_loss", "updates_accepted", "updates_rejected",
                  "mean_staleness", "bytes_up", "bytes_down")
 MAX_CURVE_ROWS = 2000

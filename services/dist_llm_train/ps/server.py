@@ -6,9 +6,12 @@ ERROR and its code, counted (`errors`, by code) and logged (throttled); nothing 
     HELLO  run token checked (constant time) -> a new session; the same worker name saying HELLO again
            (a rebuilt socket, a restarted worker) retires its old session first
     PULL   -> PARAMS: dense, or a delta against the worker's replica (below)
-    PUSH   staleness s = version now - base version; accepted or refused by the protocol, then ACK with the
-           worker's new parameters (sync: the ACK waits for the round to close)
+    PUSH   staleness s = version now - base version; accepted or refused by the protocol, refused when its L2
+           norm is above `ml.max_update_norm` (ml/divergence.py), then ACK with the worker's new parameters
+           (sync: the ACK waits for the round to close). Refusals are counted by reason (`refused`).
     PING   -> PONG (version and counters; `ps --health` uses it)
+    ERROR  `training_failed` from a worker whose own training diverged: the run ends `failed` with its text;
+           PARAMS with STOP in answer
 
 Protocols (`ml.staleness.protocol`, pure logic in ps/rounds.py):
     sync      a barrier per version over the workers sent that version; `sync_timeout_s` after a round's first
@@ -19,13 +22,11 @@ Protocols (`ml.staleness.protocol`, pure logic in ps/rounds.py):
               its measured round time (logged when it changes).
 Async and adaptive step once `aggregation.window` accepted updates are in.
 
-A step (`step`) over a window of n accepted updates [n, d]: (1) each row clipped to L2 <= `privacy.clip_norm`;
-(2) with `staleness.scale_lr` each row multiplied by lr_scale(s) = 1 / max(1, s), before aggregating, so a
-stale row weighs less in a mean and a robust rule sees it as smaller (scaling the aggregate instead would need
-one staleness per window); (3) `aggregation.rule` (its condition checked at start, see `rule_window`);
-(4) Gaussian noise of std noise_multiplier * clip_norm / n; (5) the server optimizer (`build_optimizer`:
+A step (`step`) over a window of n accepted updates: clip, staleness scale, `aggregation.rule` (its condition
+checked at start, see `rule_window`), noise (`combine`, ps/combine.py); the server optimizer (`build_optimizer`:
 SGD / Adam on gradients, or with local steps H > 1 DiLoCo's outer Nesterov step on parameter deltas);
-version + 1.
+version + 1; then the parameters are checked finite (one reduction, 0.1 ms per 1 M): finite updates can still
+overflow them, and a run whose parameters are NaN or Inf ends `failed` at once.
 
 Downlink, bytes per update for the default model (d = 938,240):
     codec none          every ACK / PARAMS carries the dense parameters: 3.75 MB down per 3.75 MB up.
@@ -39,10 +40,12 @@ Downlink, bytes per update for the default model (d = 938,240):
                         overflow), gets dense parameters. Replicas are per session and not checkpointed:
                         after a PS restart every worker starts from dense parameters.
 
-Evaluation every `budget.eval_every` versions runs in a thread (ps/evaluation.py). The run ends at
-`budget.target_val_loss`, `max_versions` or `max_time_s` (run time from the controller's clock): every reply
-then carries STOP, a final evaluation, checkpoint and report (`done`) follow, and the PS lingers up to
-LINGER_S to tell every worker. Checkpoints (ps/checkpoint.py) every `checkpoint_every` versions, at the end and
+Evaluation every `budget.eval_every` versions runs in a thread (ps/evaluation.py); a non-finite validation
+loss ends the run `failed` (the model diverged). The run ends at `budget.target_val_loss`, `max_versions` or
+`max_time_s` (run time from the controller's clock): every reply then carries STOP, a final evaluation,
+checkpoint and report (`done`) follow, and the PS lingers up to LINGER_S to tell every worker. A final
+evaluation that fails turns the end into `failed` with both reasons: the row never carries the loss of an
+older version as the final one. Checkpoints (ps/checkpoint.py) every `checkpoint_every` versions, at the end and
 on `request_stop` (SIGTERM); a PS started for a run with checkpoints resumes from the newest one.
 """
 
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections import Counter, deque
@@ -65,22 +69,24 @@ from .. import wire
 from ..config import RunConfig
 from ..ml.codecs import Encoded, all_finite, decode, encode, nbytes
 from ..ml.data import load_corpus, split, validation_batches
+from ..ml.divergence import max_update_norm, update_norm
 from ..ml.model import build_model, count_parameters
 from ..ml.train import flat_parameters
 from ..schema import ConfigError
 from . import checkpoint
-from .aggregation import aggregate, check_rule
+from .aggregation import check_rule
+from .combine import combine
 from .evaluation import Evaluator
 from .optimizer import build_optimizer
-from .privacy import add_noise, clip_updates, noise_std
 from .report import END_STATES, Curve, LogThrottle, Reporter
 from .rounds import AdaptiveBounds, SyncBarrier, VersionRate, Window
-from .staleness import accept, lr_scale, staleness
+from .staleness import accept, staleness
 
 LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
 POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
 RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
 IO_THREADS = 2  # ZeroMQ threads moving the PS's bytes (kernel copies), beside the loop's own thread
+MAX_REPORT_TEXT = 400  # characters of a worker's training_failed text kept in the run's reason
 
 
 def rule_window(config: RunConfig) -> tuple[int, int, str]:
@@ -139,10 +145,13 @@ class Row:
 @dataclass
 class Counters:
     accepted: int = 0
-    rejected: int = 0
+    rejected: int = 0  # valid pushes refused, for any reason in `refused`
     staleness_sum: int = 0  # over accepted updates
     staleness: Counter = field(default_factory=Counter)  # every valid push
     errors: Counter = field(default_factory=Counter)  # by wire error code
+    # by reason: stale (above the bound; sync: for an earlier round), second_in_round (sync), norm (above
+    # ml.max_update_norm); each answered by an ACK, not accepted, with fresh parameters
+    refused: Counter = field(default_factory=Counter)
     bytes_up: int = 0  # received before this process (a resumed run)
     bytes_down: int = 0
 
@@ -169,12 +178,14 @@ class ParameterServer:
         self.codec, self.ratio = ml.compression.codec, ml.compression.ratio
         self.down_codec = self.codec if ml.compression.downlink == "same" else "none"
         self.max_bytes = ml.max_message_mb << 20
+        self.max_norm = max_update_norm(ml, self.numel)
         self.model_digest, self.config_digest = wire.model_digest(config, self.numel), wire.config_digest(config)
 
         self.version = 0
         self.counters = Counters()
         self.initial_val_loss: float | None = None
         self.last_val: tuple[int, float] | None = None
+        self.eval_failed: tuple[int, str] | None = None  # the last evaluation that gave no finite loss, and why
         self.time_to_target_s: float | None = None
         self.recent_train: deque[float] = deque(maxlen=RECENT_TRAIN)
         resumed = self.resume()
@@ -236,7 +247,7 @@ class ParameterServer:
             c = meta["counters"]
             counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
                                 Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
-                                c["bytes_up"], c["bytes_down"])
+                                Counter(c.get("refused", {})), c["bytes_up"], c["bytes_down"])
             initial, last_val, target_s = meta["initial_val_loss"], meta["last_val"], meta["time_to_target_s"]
             recent = list(meta["recent_train"])
             self.noise.set_state(ckpt.tensors["noise_rng"])
@@ -263,7 +274,7 @@ class ParameterServer:
             "recent_train": list(self.recent_train),
             "counters": {"accepted": c.accepted, "rejected": c.rejected, "staleness_sum": c.staleness_sum,
                          "staleness": {str(k): v for k, v in c.staleness.items()}, "errors": dict(c.errors),
-                         "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down()},
+                         "refused": dict(c.refused), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down()},
         }
         tensors = {"params": self.params, "noise_rng": self.noise.get_state(),
                    **{f"optimizer.{k}": v for k, v in self.optimizer.state().items()}}
@@ -316,8 +327,8 @@ class ParameterServer:
     def tick(self, now: float) -> None:
         if self.ml.staleness.protocol == "sync" and self.ended is None and self.barrier.due(now):
             self.close_round(now)
-        for version, loss in self.evaluator.results():
-            self.on_evaluation(version, loss, now)
+        for version, loss, error in self.evaluator.results():
+            self.on_evaluation(version, loss, error, now)
         if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
             self.finish(f"max_time_s {self.ml.budget.max_time_s:g} s reached at version {self.version}", now)
         if self.ended is None and (self.version >= self.ml.budget.max_versions or self.time_to_target_s is not None):
@@ -374,6 +385,8 @@ class ParameterServer:
                 return self.push(sess, msg, now)
             self.retire(sess, "said BYE")
             return None
+        if isinstance(msg, wire.Error):
+            return self.training_failed(peer, msg, now)
         raise wire.WireError("unexpected_type", f"the PS does not take {type(msg).__name__.upper()} messages")
 
     # ---- sessions ----------------------------------------------------------------------------------------
@@ -418,6 +431,19 @@ class ParameterServer:
         self.bounds.forget(sess.id)
         self.log.info("worker %r: session %016x closed (%s)", sess.name, sess.id, why)
 
+    def training_failed(self, peer: bytes, msg: wire.Error, now: float) -> wire.Params:
+        """A worker's report that its own training cannot go on (ml/divergence.py): the run ends `failed` with
+        its words, since every worker trains the same model with the same settings. Answered with STOP."""
+        sess = next((s for s in self.sessions.values() if s.peer == peer), None)
+        if sess is None:
+            raise wire.WireError("unknown_session", "ERROR from a connection that has no session: say HELLO")
+        if msg.code != "training_failed":
+            raise wire.WireError("unexpected_type", f"the PS takes ERROR only as training_failed, not {msg.code}")
+        text = " ".join(msg.text.split())[:MAX_REPORT_TEXT]  # one line in the log and the row, whatever was sent
+        self.log.error("worker %r reports: %s", sess.name, text)
+        self.finish(f"failed: worker {sess.name!r} {text}", now)
+        return self.params_message(sess, now)
+
     def everyone_told(self) -> bool:
         return all(s.told_stop for s in self.sessions.values())
 
@@ -426,7 +452,8 @@ class ParameterServer:
     def parameters_for(self, sess: Session, now: float) -> tuple[Encoded, bool]:
         """(payload, is a delta) that bring this worker to the current version; records what was sent."""
         payload, delta = None, False
-        if self.down_codec != "none" and sess.replica is not None:
+        diverged = self.ended is not None and not all_finite(self.params)  # checked only once the run is over
+        if self.down_codec != "none" and sess.replica is not None and not diverged:
             try:
                 payload = encode(self.params - sess.replica, self.down_codec, self.ratio)
                 wire.apply_parameters(sess.replica, payload, delta=True)
@@ -435,9 +462,12 @@ class ParameterServer:
                 self.throttle.warning(f"dense:{sess.id}", "worker %r gets dense parameters: %s", sess.name, exc)
                 payload = None
         if payload is None:
-            payload = Encoded("none", self.numel, {"values": self.params})  # copied as it is sent (`send`)
+            # After a diverged end the wire cannot carry NaN / Inf: the parameters that go out with STOP are made
+            # finite (NaN -> 0, Inf -> the float32 limit); a worker told STOP does not train on them.
+            values = torch.nan_to_num(self.params) if diverged else self.params  # live: copied as sent (`send`)
+            payload = Encoded("none", self.numel, {"values": values})
             if self.down_codec != "none":
-                sess.replica = self.params.clone()
+                sess.replica = values.clone()
         sess.sent_version, sess.sent_at = self.version, now
         if self.ended is None:
             self.barrier.expect(sess.id)
@@ -469,8 +499,12 @@ class ParameterServer:
         protocol = self.ml.staleness.protocol
         if protocol == "sync":
             if s != 0 or sess.id in self.barrier.arrived:  # late, or a second update for this round
-                return self.reject(sess, s, 0, now)
-            self.barrier.arrive(sess.id, self.row(sess, s, msg), now)
+                reason = "stale" if s else "second_in_round"
+                return self.reject(sess, s, now, reason, f"staleness {s}, round of version {self.version}")
+            row = self.row(sess, s, msg)
+            if row is None:
+                return self.ack(sess, False, s, now)
+            self.barrier.arrive(sess.id, row, now)
             self.count_accepted(sess, s, None)
             if self.barrier.due(now):
                 self.close_round(now)
@@ -485,16 +519,24 @@ class ParameterServer:
                                    "%.3f s, %.2f versions/s)", sess.name, bound, estimate.round_s if estimate else 0,
                                    estimate.dev_s if estimate else 0, self.rate.rate())
         if not accept(s, bound):
-            return self.reject(sess, s, bound, now)
+            return self.reject(sess, s, now, "stale", f"staleness {s} > bound {bound}")
+        row = self.row(sess, s, msg)
+        if row is None:
+            return self.ack(sess, False, s, now)
         self.count_accepted(sess, s, bound)
-        full = self.window.add(self.row(sess, s, msg))
+        full = self.window.add(row)
         if full is not None:
             self.step(full, now)
         return self.ack(sess, True, s, now)
 
-    def row(self, sess: Session, s: int, msg: wire.Push) -> Row:
-        """An accepted update, decoded (codec none: the received frame itself, no copy)."""
+    def row(self, sess: Session, s: int, msg: wire.Push) -> Row | None:
+        """The update decoded (codec none: the received frame itself, no copy), or None when its norm is above
+        the bound (refused and counted)."""
         update = msg.update.arrays["values"] if self.codec == "none" else decode(msg.update)
+        norm = update_norm(update)
+        if norm > self.max_norm:
+            self.count_refused(sess, "norm", f"L2 norm {norm:.4g} > ml.max_update_norm {self.max_norm:.4g}")
+            return None
         return Row(sess.id, s, update, msg.train_loss)
 
     def count_accepted(self, sess: Session, s: int, bound: int | None) -> None:
@@ -503,11 +545,17 @@ class ParameterServer:
         self.throttle.info(f"update:{sess.id}", "update from %r accepted: staleness %d%s, version %d", sess.name, s,
                            "" if bound is None else f" (bound {bound})", self.version)
 
-    def reject(self, sess: Session, s: int, bound: int, now: float) -> wire.Ack:
-        self.counters.rejected += 1
-        self.throttle.info(f"reject:{sess.id}", "update from %r refused: staleness %d > bound %d; fresh parameters "
-                           "(version %d) sent", sess.name, s, bound, self.version)
+    def reject(self, sess: Session, s: int, now: float, reason: str, detail: str) -> wire.Ack:
+        self.count_refused(sess, reason, detail)
         return self.ack(sess, False, s, now)
+
+    def count_refused(self, sess: Session, reason: str, detail: str) -> None:
+        c = self.counters
+        c.rejected += 1
+        c.refused[reason] += 1
+        log = self.throttle.warning if reason == "norm" else self.throttle.info
+        log(f"refuse:{reason}:{sess.id}", "update from %r refused (%s): %s; fresh parameters (version %d) sent; "
+            "%d refused for %s so far", sess.name, reason, detail, self.version, c.refused[reason], reason)
 
     def close_round(self, now: float) -> None:
         took = now - self.barrier.first_arrival
@@ -523,27 +571,15 @@ class ParameterServer:
                 self.send(sess.peer, self.ack(sess, True, 0, now))
 
     def step(self, rows: list[Row], now: float) -> None:
-        ml = self.ml
-        updates = rows[0].update.unsqueeze(0) if len(rows) == 1 else torch.stack([r.update for r in rows])
-        if ml.privacy.clip_norm is not None:
-            updates, _ = clip_updates(updates, ml.privacy.clip_norm)
-        scales = [lr_scale(r.staleness) if ml.staleness.scale_lr else 1.0 for r in rows]
-        if any(scale != 1.0 for scale in scales):
-            updates = updates * torch.tensor(scales).unsqueeze(1)
-        if len(rows) == 1:  # every rule whose condition holds for one row returns that row: skip a pass over it
-            value = updates[0]
-        else:
-            value = aggregate(ml.aggregation.rule, updates, ml.aggregation.f, ml.aggregation.multi_krum_m).value
-        if ml.privacy.noise_multiplier > 0:
-            value = add_noise(value, noise_std(ml.privacy.noise_multiplier, ml.privacy.clip_norm, len(rows)), self.noise)
+        value = combine([r.update for r in rows], [r.staleness for r in rows], self.ml, self.noise)
         self.optimizer.step(self.params, value)
         self.version += 1
-        budget = ml.budget
-        evaluated = self.version % budget.eval_every == 0
-        # Finite updates can still overflow the parameters; checked where a loss is measured anyway, not per step.
-        if evaluated and not all_finite(self.params):
-            self.finish(f"failed: the parameters diverged (NaN or Inf) by version {self.version}", now)
+        if not all_finite(self.params):  # finite updates can still overflow the parameters
+            self.finish(f"failed: the parameters are NaN or Inf after the step to version {self.version} (the model "
+                        f"diverged)", now)
             return
+        budget = self.ml.budget
+        evaluated = self.version % budget.eval_every == 0
         self.rate.record(now, self.version)
         self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
         if self.curve is not None:
@@ -575,12 +611,16 @@ class ParameterServer:
         self.eval_times[self.version] = self.run_time(now)
         self.evaluator.submit(self.version, self.params.clone())
 
-    def on_evaluation(self, version: int, loss: float, now: float) -> None:
+    def on_evaluation(self, version: int, loss: float, error: str | None, now: float) -> None:
         t = self.eval_times.pop(version, self.run_time(now))
         if self.curve is not None:
             self.curve.val_loss(version, loss)
-        if loss != loss:  # NaN: the evaluation failed
-            self.log.error("evaluation of version %d failed", version)
+        if error is not None or not math.isfinite(loss):
+            why = f"its evaluation failed ({error})" if error else f"its validation loss is {loss} (the model diverged)"
+            self.eval_failed = (version, why)
+            self.log.error("version %d: %s", version, why)
+            if error is None:
+                self.finish(f"failed: version {version}: {why}", now)
             return
         if self.initial_val_loss is None:
             self.initial_val_loss = loss
@@ -608,8 +648,12 @@ class ParameterServer:
             if self.curve is not None:
                 self.curve.version(self.curve_row(now), evaluated=True)
             self.submit_evaluation(now)
-        for version, loss in self.evaluator.results(wait=True):
-            self.on_evaluation(version, loss, now)
+        for version, loss, error in self.evaluator.results(wait=True):
+            self.on_evaluation(version, loss, error, now)
+        if not self.final_val_known() and not self.ended.startswith("failed"):
+            version, why = self.eval_failed  # results come in order: this is the final version's
+            self.ended = f"failed: final version {version}: {why}; the run had ended: {reason}"
+            self.log.error("run over: %s", self.ended)
         self.save_checkpoint()
         self.close_files()
         self.log_totals()
@@ -634,9 +678,9 @@ class ParameterServer:
 
     def log_totals(self) -> None:
         c = self.counters
-        self.log.info("totals: version %d, %d accepted, %d refused, mean staleness %.2f, %.1f MB up, %.1f MB down, "
-                      "errors %s", self.version, c.accepted, c.rejected, self.mean_staleness(), self.bytes_up() / 1e6,
-                      self.bytes_down() / 1e6, dict(c.errors) or "none")
+        self.log.info("totals: version %d, %d accepted, %d refused (%s), mean staleness %.2f, %.1f MB up, %.1f MB "
+                      "down, wire errors %s", self.version, c.accepted, c.rejected, dict(c.refused) or "none",
+                      self.mean_staleness(), self.bytes_up() / 1e6, self.bytes_down() / 1e6, dict(c.errors) or "none")
         for sess in self.sessions.values():
             sent, received = self.sock.by_peer.get(sess.peer, (0, 0))
             self.log.info("worker %r: %.1f MB up, %.1f MB down", sess.name, received / 1e6, sent / 1e6)
@@ -653,11 +697,17 @@ class ParameterServer:
     def bytes_down(self) -> int:
         return self.counters.bytes_down + self.sock.sent
 
+    def final_val_known(self) -> bool:
+        return self.last_val is not None and self.last_val[0] == self.version
+
     def report_body(self, done: bool) -> dict:
+        """The report to the controller. `final_val_loss`: the latest validation loss while the run goes on; in
+        the `done` report only the loss of the final version (None when its evaluation failed)."""
         c = self.counters
-        final_val = self.last_val[1] if self.last_val else None
+        final_val = self.last_val[1] if self.last_val and (not done or self.final_val_known()) else None
         return {
             "version": self.version, "updates_accepted": c.accepted, "updates_rejected": c.rejected,
+            "updates_refused": dict(c.refused), "wire_errors": dict(c.errors),
             "mean_staleness": self.mean_staleness(), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(),
             "initial_val_loss": self.initial_val_loss, "final_val_loss": final_val,
             "final_train_loss": sum(self.recent_train) / len(self.recent_train) if self.recent_train else None,

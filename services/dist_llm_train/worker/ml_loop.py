@@ -18,6 +18,13 @@ seen by a socket monitor) or silent for `ml.reply_timeout_s` (+ `staleness.sync_
 where an ACK waits for the round): rebuild the socket and HELLO again. The loop ends when an answer carries
 STOP or the agent is stopping (the controller ended the run); the task is then completed.
 
+Divergence: before sending, the worker checks its own honest update (`ml.divergence`): a non-finite loss or
+update, or an L2 norm above `ml.max_update_norm`, means its training diverged, and so would every worker's
+(same model, same settings, same parameters from the PS). It sends ERROR `training_failed` with what it saw
+instead of the update; the PS ends the run `failed` with that reason and answers STOP, so the row says why
+within a round instead of the run idling to its time budget. An update its codec cannot carry (fp16
+overflow) or an attack's output that is not finite is reported the same way.
+
 Compute speed: a worker with `agent.speed` < 1 sleeps (1/speed - 1) x its compute time after each
 computation, which emulates a slower device without burning the shared CPU; that sleep counts as compute
 (the emulated device is busy), in tokens/s and in compute utilization.
@@ -46,6 +53,7 @@ from .. import wire
 from ..config import RunConfig
 from ..ml.codecs import ErrorFeedback, encode
 from ..ml.data import BatchSampler, load_corpus, shard, split
+from ..ml.divergence import divergence, max_update_norm
 from ..ml.model import build_model, count_parameters
 from ..ml.train import LocalSteps, fair_share, flat_parameters, gradient, load_flat, set_threads
 from ..ps.report import LogThrottle
@@ -143,6 +151,7 @@ class ShardTrainer:
         set_threads(agent.settings.torch_threads or fair_share(self.config.workers.count + 1))  # + the PS
         self.model = build_model(ml.model, self.config.seed)
         self.numel = count_parameters(self.model)
+        self.max_norm = max_update_norm(ml, self.numel)
         self.digests = (wire.model_digest(self.config, self.numel), wire.config_digest(self.config))
         train, _ = split(load_corpus(ml.data.path, ml.data.seq_len), ml.data.val_fraction, ml.data.seq_len)
         text = shard(train, task["shard"], task["num_shards"])
@@ -224,16 +233,23 @@ class ShardTrainer:
         compute = time.perf_counter() - started
         tokens = self.ml.data.batch_size * self.ml.data.seq_len * self.ml.local.steps
         self.last["tokens_per_sec"] = tokens / compute
+        problem = divergence(loss, update, self.max_norm)
+        if problem is not None:
+            return self.training_failed(f"diverged at version {self.version}: {problem}")
         try:
             encoded = self.encode(update)
-        except ValueError as exc:  # NaN / Inf in the update: the parameters diverged; nothing to send
-            self.throttle.warning("encode", "update not sent: %s; pulling fresh parameters", exc)
-            return self.take(self.link.request(wire.Pull(self.session)))
+        except ValueError as exc:  # fp16 overflow, or an attack's output not finite
+            return self.training_failed(f"cannot send its update of version {self.version}: {exc}")
         push = wire.Push(self.session, self.version, encoded, loss, compute,
                          self.ml.data.batch_size * self.ml.local.steps)
         stop = self.take(self.link.request(push))
         self.last["step_time_s"] = time.perf_counter() - started
         return stop
+
+    def training_failed(self, what: str) -> bool:
+        """Tell the PS this worker's training cannot go on (module docstring); True when it answers STOP."""
+        self.log.error("training %s: telling the PS, which ends the run", what)
+        return self.take(self.link.request(wire.Error("training_failed", what)))
 
     def timed(self, work):
         """Run `work`, stretched to the worker's speed (module docstring), and count it as compute."""
