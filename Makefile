@@ -31,8 +31,11 @@ ML_PROFILE := $(if $(filter ml,$(MODE)),--profile ml)
 DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
 	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e HIVEMIND_IMAGE -e NETEM_BACKEND -e TCP_CC $(IMAGE)
 # What the unit and integration tests need: real network namespaces for the delayer tests.
-TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
-	--security-opt no-new-privileges:true $(IMAGE)
+TEST_RUN_IN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
+	--security-opt no-new-privileges:true
+TEST_RUN := $(TEST_RUN_IN) $(IMAGE)
+# The tests of the hivemind trainer that need hivemind itself (the main image's run skips them).
+HIVEMIND_TESTS := tests/integration/test_hivemind_run.py
 
 .PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-unit test-e2e \
 	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
@@ -113,8 +116,9 @@ ps: preflight $(ENV_FILE) ## list the stack's containers and their health
 verify: preflight $(ENV_FILE) ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
 	$(COMPOSE) $(ML_PROFILE) exec netem dist-llm-train verify --profile $(PROFILE)
 
-test: preflight image ## the whole suite in containers: unit + integration, then e2e against the real stack
+test: preflight image image-hivemind ## the whole suite in containers: unit + integration, then e2e against the real stack
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	$(TEST_RUN_IN) --shm-size 256m $(HIVEMIND_IMAGE) python3 -m pytest -q -p no:cacheprovider $(HIVEMIND_TESTS)
 	$(MAKE) --no-print-directory test-e2e
 
 test-e2e: preflight image image-hivemind dirs ## only the e2e tests (real compose stacks)

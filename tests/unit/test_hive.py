@@ -1,13 +1,18 @@
 """The hivemind trainer's pure parts: the config mapping and its refusals (hive/recipe.py), the initial peer's
-derived identity (hive/identity.py), the interface counters (netem/counters.py)."""
+derived identity (hive/identity.py), a peer's divergence check (hive/peer.py), the interface counters
+(netem/counters.py)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dist_llm_train.config import load_run_config
 from dist_llm_train.hive import identity
+from dist_llm_train.hive.peer import step_divergence
 from dist_llm_train.hive.recipe import recipe
+from dist_llm_train.ml.model import build_model
+from dist_llm_train.ml.train import loss_of
 from dist_llm_train.netem.counters import InterfaceTally, append_series, parse_net_dev
 from dist_llm_train.schema import ConfigError
 
@@ -58,6 +63,19 @@ def test_what_hivemind_cannot_do_is_refused_with_file_and_field(overrides, field
 
 def test_the_builtin_trainer_keeps_every_option():
     assert load_run_config("configs/ml_topk.yaml").ml.trainer == "builtin"
+
+
+def test_a_peer_s_step_diverged_when_its_loss_or_gradient_is_not_finite_or_above_the_bound():
+    config = load_run_config("configs/ml_hivemind_ci.yaml")
+    model = build_model(config.ml.model, config.seed)
+    x = torch.randint(0, 256, (2, 16))
+    loss = loss_of(model, x, x)
+    loss.backward()
+    assert step_divergence(loss.item(), model, 2234.0) is None  # an honest gradient
+    assert step_divergence(float("nan"), model, 2234.0) == "training loss is nan"
+    assert step_divergence(loss.item(), model, 1e-9).startswith("update norm ")
+    next(model.parameters()).grad[0] = float("inf")
+    assert step_divergence(loss.item(), model, 2234.0) == "the update holds NaN or Inf"
 
 
 def test_the_ed25519_public_key_is_rfc_8032s():

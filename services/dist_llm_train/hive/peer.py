@@ -15,7 +15,18 @@ Worker 0 also keeps the run's books, as the PS does for builtin runs (`RunBooks`
 parameters (the collaboration's, right after an averaging) at epoch 0 and every `budget.eval_every` epochs, on
 the PS's validation batches, in a thread of its own (ps/evaluation.py), `runs/<run_id>/curve.csv`, the
 report to the controller (`POST /ps/report`) and the end of the run at `target_val_loss`, `max_versions`
-(epochs) or `max_time_s` on the controller's clock. Why worker 0 and not an observer in the PS container: the
+(epochs) or `max_time_s` on the controller's clock.
+
+Divergence ends the run `failed`, as in builtin runs (ml/divergence.py), never with a stale `finished` row:
+every peer checks each step's training loss and gradient (finite, L2 norm within `ml.max_update_norm`: the
+update an H = 1 worker pushes; with H > 1 the same bound on each inner step's gradient) before
+hivemind.Optimizer sees it, and its parameters after the step (finite: an averaging or a local step can
+overflow them). A peer that diverges stops training and, unless it is worker 0, says why under the DHT key
+`<run>_failed` (subkey: its name); worker 0 reads that key every FAILURE_POLL_S (one small DHT lookup,
+counted at the interfaces like hivemind's own progress records) and ends the run `failed: worker '<name>'
+diverged at version N: <why>`. A non-finite validation loss ends it `failed` too, and the `done` report's
+`final_val_loss` is the final epoch's or empty (a final evaluation that fails turns the end into `failed`),
+never an older epoch's. Why worker 0 and not an observer in the PS container: the
 parameters live on the peers; an observer would have to download them over the emulated links (3.75 MB for the
 default model per evaluation, in the very traffic being measured, or through a side channel no deployment has),
 while worker 0 holds them already. Its evaluations cost worker 0 CPU, as the PS's cost the PS's on this shared
@@ -29,6 +40,7 @@ counts every container's interface (netem/counters.py) for both trainers.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections import deque
@@ -38,11 +50,13 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
+from ..ml.codecs import all_finite
 from ..ml.data import BatchSampler, load_corpus, shard, split, validation_batches
+from ..ml.divergence import divergence, max_update_norm
 from ..ml.model import build_model, count_parameters
-from ..ml.train import fair_share, flat_parameters, loss_of, set_threads
+from ..ml.train import fair_share, flat_gradient, flat_parameters, loss_of, set_threads
 from ..ps.evaluation import Evaluator
-from ..ps.report import Curve, LogThrottle, Reporter
+from ..ps.report import Curve, Reporter
 from ..results import safe_run_id
 from ..schema import validate
 from ..worker.client import Conflict, ControlClient, ControlError, Unreachable
@@ -53,6 +67,8 @@ TELEMETRY_S = 1.0
 DHT_RETRY_S = 2.0
 DHT_START_S = 120.0  # how long a worker tries to reach the initial peer
 RECENT_TRAIN = 20  # final_train_loss: mean over worker 0's last this many steps
+FAILURE_POLL_S = 5.0  # how often worker 0 reads the DHT for another peer's divergence
+FAILURE_TTL_S = 3600.0  # how long a peer's divergence stays in the DHT
 TORCH_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
@@ -97,6 +113,26 @@ def wait_for_peers(dht, prefix: str, expected: int, timeout_s: float) -> int:
         time.sleep(0.5)
 
 
+def announce_failure(dht, prefix: str, name: str, why: str) -> None:
+    """A peer's divergence, for worker 0 to end the run with (module docstring)."""
+    from hivemind.utils import get_dht_time
+
+    dht.store(f"{prefix}_failed", subkey=name, value=why, expiration_time=get_dht_time() + FAILURE_TTL_S)
+
+
+def failures(dht, prefix: str) -> dict[str, str]:
+    """The divergences other peers announced: {peer name: why}."""
+    found = dht.get(f"{prefix}_failed", latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    return {str(name): str(entry.value) for name, entry in found.value.items()}
+
+
+def step_divergence(loss: float, model: torch.nn.Module, bound: float) -> str | None:
+    """Why this step's loss or gradient shows the training diverged (ml/divergence.py), or None."""
+    return divergence(loss, flat_gradient(model), bound)
+
+
 def build_optimizer(plan: Recipe, dht, model: torch.nn.Module):
     import hivemind
     from hivemind import compression
@@ -130,6 +166,7 @@ class RunBooks:
         self.eval_times: dict[int, float] = {}
         self.initial: float | None = None
         self.last_val: tuple[int, float] | None = None
+        self.eval_failed: tuple[int, str] | None = None  # the last evaluation that gave no finite loss, and why
         self.time_to_target_s: float | None = None
         self.recent_train: deque[float] = deque(maxlen=RECENT_TRAIN)
         self.epoch = 0
@@ -172,12 +209,23 @@ class RunBooks:
             self.ended = f"max_time_s {budget.max_time_s:g} s reached at version {epoch}"
         self.reporter.publish(self.body(done=False))
 
+    def fail(self, reason: str) -> None:
+        """End the run `failed` (unless it had ended already): the loop stops and `finish` reports it."""
+        if self.ended is None:
+            self.ended = f"failed: {reason}"
+            self.log.error("run over: %s", self.ended)
+
     def collect(self, wait: bool = False) -> None:
-        for epoch, loss in self.evaluator.results(wait=wait):
+        for epoch, loss, error in self.evaluator.results(wait=wait):
             t = self.eval_times.pop(epoch, self.run_time())
             self.curve.val_loss(epoch, loss)
-            if loss != loss:
-                self.log.error("evaluation of version %d failed", epoch)
+            if error is not None or not math.isfinite(loss):
+                why = (f"its evaluation failed ({error})" if error
+                       else f"its validation loss is {loss} (the model diverged)")
+                self.eval_failed = (epoch, why)
+                self.log.error("version %d: %s", epoch, why)
+                if error is None:
+                    self.fail(f"version {epoch}: {why}")
                 continue
             self.initial = loss if self.initial is None else self.initial
             self.last_val = (epoch, loss)
@@ -192,9 +240,12 @@ class RunBooks:
         """The end (`reason` unless a budget ended the run first): a last evaluation of the parameters now (unless
         this epoch was evaluated), the curve closed, the `done` report (the controller then ends the run)."""
         self.ended = self.ended or reason
-        if self.epoch not in self.eval_times and (self.last_val is None or self.last_val[0] != self.epoch):
+        if self.epoch not in self.eval_times and not self.final_val_known():
             self.submit(self.epoch, flat_parameters(model))
         self.collect(wait=True)
+        if not self.final_val_known() and not self.ended.startswith("failed"):
+            epoch, why = self.eval_failed  # results come in order: this is the final epoch's
+            self.ended = f"failed: final version {epoch}: {why}; the run had ended: {self.ended}"
         self.log.info("run over: %s", self.ended)
         self.curve.close()
         self.evaluator.close()
@@ -204,10 +255,15 @@ class RunBooks:
     def over(self) -> bool:
         return self.ended is not None
 
+    def final_val_known(self) -> bool:
+        return self.last_val is not None and self.last_val[0] == self.epoch
+
     def body(self, done: bool) -> dict:
+        """As the PS's: `final_val_loss` the latest while the run goes on, in the `done` report only the final
+        epoch's (None when its evaluation failed)."""
+        final_val = self.last_val[1] if self.last_val and (not done or self.final_val_known()) else None
         return {"version": self.epoch, "updates_accepted": None, "updates_rejected": None, "mean_staleness": None,
-                "bytes_up": None, "bytes_down": None, "initial_val_loss": self.initial,
-                "final_val_loss": self.last_val[1] if self.last_val else None,
+                "bytes_up": None, "bytes_down": None, "initial_val_loss": self.initial, "final_val_loss": final_val,
                 "final_train_loss": sum(self.recent_train) / len(self.recent_train) if self.recent_train else None,
                 "time_to_target_s": self.time_to_target_s, "window": self.window, "done": done,
                 "reason": self.ended}
@@ -233,7 +289,9 @@ class HivemindPeer:
         seen = wait_for_peers(self.dht, self.plan.run_prefix, config.workers.count, config.workers.start_wait_s)
         self.log.info("%d of %d peers in the swarm: training", seen, config.workers.count)
         self.books = RunBooks(agent, config, self.run_id, self.model) if agent.index == 0 else None
-        self.throttle = LogThrottle(self.log, 10.0)
+        self.max_norm = max_update_norm(ml, count_parameters(self.model))
+        self.diverged: str | None = None
+        self.polled = time.monotonic()
         self.compute_s = 0.0
         self.first_step: float | None = None
         self.told = 0.0
@@ -245,8 +303,12 @@ class HivemindPeer:
     def run(self) -> None:
         try:
             while self.agent.holds(self.worker_id) and not (self.books and self.books.over):
+                if self.diverged is not None:  # a peer other than worker 0: out of the swarm until the run ends
+                    self.agent.stopping.wait(TELEMETRY_S)
+                    continue
                 self.step()
                 self.telemetry()
+                self.poll_failures()
         finally:
             if self.books is not None:
                 self.books.finish("the controller ended the run", self.model)
@@ -269,12 +331,37 @@ class HivemindPeer:
             self.agent.stopping.wait((1 / self.agent.speed - 1) * compute)
         self.compute_s += time.perf_counter() - started
         self.agent.compute_s = self.compute_s
+        self.tokens_per_sec = self.ml.data.batch_size * self.ml.data.seq_len / compute
+        epoch = self.opt.local_epoch
+        problem = step_divergence(loss.item(), self.model, self.max_norm)
+        if problem is not None:  # never handed to the swarm
+            return self.diverge(f"diverged at version {epoch}: {problem}")
         self.opt.step()
         self.opt.zero_grad()
         self.last_step_s = time.perf_counter() - started
-        self.tokens_per_sec = self.ml.data.batch_size * self.ml.data.seq_len / compute
+        if not all_finite(flat_parameters(self.model)):
+            return self.diverge(f"diverged at version {self.opt.local_epoch}: its parameters are NaN or Inf after "
+                                f"the step")
         if self.books is not None:
             self.books.step(loss.item(), self.opt.local_epoch, self.model)
+
+    def diverge(self, what: str) -> None:
+        """This peer's training cannot go on: worker 0 ends the run, another peer tells worker 0 through the DHT."""
+        self.diverged = what
+        self.log.error("training %s: %s", what, "ending the run" if self.books else "telling worker 0")
+        if self.books is not None:
+            self.books.fail(f"worker {self.agent.name!r} {what}")
+        else:
+            announce_failure(self.dht, self.plan.run_prefix, self.agent.name, what)
+
+    def poll_failures(self) -> None:
+        """Worker 0: another peer's announced divergence ends the run."""
+        now = time.monotonic()
+        if self.books is None or now - self.polled < FAILURE_POLL_S:
+            return
+        self.polled = now
+        for name, what in sorted(failures(self.dht, self.plan.run_prefix).items()):
+            self.books.fail(f"worker {name!r} {what[:400]}")
 
     def telemetry(self, force: bool = False) -> None:
         now = time.monotonic()
