@@ -14,8 +14,9 @@ MATRIX ?= matrix
 COMPOSE_PROJECT_NAME ?= dlt
 # ml.trainer: hivemind runs its PS and worker roles from a second image (docker/Dockerfile.hivemind), FROM IMAGE
 HIVEMIND_IMAGE ?= $(firstword $(subst :, ,$(IMAGE)))-hivemind:$(lastword $(subst :, ,$(IMAGE)))
-# A CA for pip behind a TLS-intercepting proxy (the hivemind image's build only); never committed
-EXTRA_CA ?= $(PIP_CERT)
+# A PEM bundle pip (and npm) trust when building the hivemind and browser images behind a TLS-intercepting
+# proxy: by default $$PIP_CERT, else the host's own bundle; never committed, never in a final image.
+EXTRA_CA ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
 # The file compose reads RUN_TOKEN from (the controller refuses workers without it).
 ENV_FILE ?= .env
 # Whoever runs make; a driver container (DRIVER_RUN) is root but passes the caller's ids on.
@@ -28,8 +29,9 @@ COMPOSE := docker compose --env-file $(ENV_FILE)
 ML_PROFILE := $(if $(filter ml,$(MODE)),--profile ml)
 # Roles that drive compose themselves (tests, experiments) get the socket and the repository at
 # its host path, so that the relative bind mounts of compose.yaml resolve on the host's daemon.
+# EXTRA_CA= there: the image's own CA bundle is not the host's, and would replace docker/extra-ca.pem.
 DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
-	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e HIVEMIND_IMAGE -e NETEM_BACKEND -e TCP_CC $(IMAGE)
+	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e HIVEMIND_IMAGE -e NETEM_BACKEND -e TCP_CC -e EXTRA_CA= $(IMAGE)
 # What the unit and integration tests need: real network namespaces for the delayer tests.
 TEST_RUN_IN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
 	--security-opt no-new-privileges:true
@@ -37,8 +39,9 @@ TEST_RUN := $(TEST_RUN_IN) $(IMAGE)
 # The tests of the hivemind trainer that need hivemind itself (the main image's run skips them).
 HIVEMIND_TESTS := tests/integration/test_hivemind_run.py
 
-.PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-unit test-e2e \
-	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean
+.PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-e2e \
+	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean \
+	browser-image test-browser lighthouse report-serve
 
 help: ## list targets and variables
 	@echo "make TARGET [PROFILE=lan] [MODE=basic|ml] [WORKERS=4] [CONFIG=configs/<mode>_demo.yaml]"
@@ -75,9 +78,11 @@ image-hivemind: image docker/extra-ca.pem ## build the hivemind image (hivemind 
 		-f docker/Dockerfile.hivemind -t $(HIVEMIND_IMAGE) .
 
 # The build context's CA file: EXTRA_CA's content when given, else kept as it is (empty when new), so a
-# rebuild without EXTRA_CA (e.g. from the test container) reuses the cached layers.
+# rebuild without EXTRA_CA (a driver container's make: DRIVER_RUN empties it) reuses the cached layers.
 docker/extra-ca.pem:
-	@if [ -n "$(EXTRA_CA)" ]; then cmp -s "$(EXTRA_CA)" $@ || cp "$(EXTRA_CA)" $@; elif [ ! -e $@ ]; then : > $@; fi
+	@if [ -z "$(EXTRA_CA)" ]; then [ -e $@ ] || : > $@; \
+	elif [ -r "$(EXTRA_CA)" ]; then cmp -s "$(EXTRA_CA)" $@ || cp "$(EXTRA_CA)" $@; \
+	else echo "EXTRA_CA=$(EXTRA_CA) (or PIP_CERT): no such file; give a PEM bundle, or EXTRA_CA= for none" >&2; exit 1; fi
 
 # A random run token, written only when the file is missing and never rotated by a target: a new
 # token changes every service's environment, and compose then recreates every container.
@@ -98,6 +103,7 @@ up: preflight check $(ENV_FILE) dirs ## start (or update) the stack: PROFILE, MO
 		$(COMPOSE) $(ML_PROFILE) up -d --remove-orphans
 	@echo
 	@echo "Stack up: mode=$(MODE) profile=$(PROFILE) workers=$(WORKERS) config=$(CONFIG)"
+	@echo "  http://localhost:$${CONTROLLER_PORT:-8000}/ui          the run live in a browser"
 	@echo "  docker compose logs -f controller      one line per event"
 	@echo "  curl -s localhost:$${CONTROLLER_PORT:-8000}/status          run state; /metrics for Prometheus, /docs for the API"
 	@echo "  ls runs/                               the CSV row and JSON provenance when the run ends"
@@ -116,10 +122,11 @@ ps: preflight $(ENV_FILE) ## list the stack's containers and their health
 verify: preflight $(ENV_FILE) ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
 	$(COMPOSE) $(ML_PROFILE) exec netem dist-llm-train verify --profile $(PROFILE)
 
-test: preflight image image-hivemind ## the whole suite in containers: unit + integration, then e2e against the real stack
+test: preflight image image-hivemind ## the whole suite in containers: unit + integration (and hivemind's), then e2e, then the browser
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
 	$(TEST_RUN_IN) --shm-size 256m $(HIVEMIND_IMAGE) python3 -m pytest -q -p no:cacheprovider $(HIVEMIND_TESTS)
 	$(MAKE) --no-print-directory test-e2e
+	$(MAKE) --no-print-directory test-browser
 
 test-e2e: preflight image image-hivemind dirs ## only the e2e tests (real compose stacks)
 	@# the TCP congestion controls the e2e presets use (cubic, and bbr in tcp_mix) must be allowed here
@@ -157,3 +164,35 @@ clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)
 	-docker image rm $(HIVEMIND_IMAGE)
 	rm -f $(ENV_FILE) .base-image docker/extra-ca.pem
+
+# ---- The browser: /ui, /docs and the report page in Chromium; Lighthouse; the report served -----------
+# docker/Dockerfile.browser builds BROWSER_IMAGE (Chromium, Playwright) and LIGHTHOUSE_IMAGE (also Node.js)
+# on top of IMAGE; pip and npm in those builds trust EXTRA_CA (defined at the top).
+BROWSER_IMAGE ?= $(IMAGE)-browser
+LIGHTHOUSE_IMAGE ?= $(IMAGE)-lighthouse
+REPORT_PORT ?= 8001
+# --network host: the browser reaches the stack where a user's does, at its port on the host's 127.0.0.1.
+BROWSER_RUN := docker run --rm --network host -v /var/run/docker.sock:/var/run/docker.sock \
+	-v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND -e TCP_CC $(BROWSER_IMAGE)
+# $(call browser_build,TARGET,TAG): one stage of docker/Dockerfile.browser, from a context of that file and the CA.
+browser_build = ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && cp docker/Dockerfile.browser "$$ctx/Dockerfile" \
+	&& if [ -z "$(EXTRA_CA)" ]; then : > "$$ctx/extra-ca.pem"; \
+	   elif [ -r "$(EXTRA_CA)" ]; then cp "$(EXTRA_CA)" "$$ctx/extra-ca.pem"; \
+	   else echo "EXTRA_CA=$(EXTRA_CA) (or PIP_CERT): no such file; give a PEM bundle, or EXTRA_CA= for none" >&2; exit 1; fi \
+	&& docker build -q --build-arg IMAGE=$(IMAGE) --target $(1) -t $(2) "$$ctx"
+
+browser-image: image ## IMAGE plus Debian's Chromium and Playwright, for the browser tests (EXTRA_CA=pem for pip)
+	@$(call browser_build,browser,$(BROWSER_IMAGE))
+
+test-browser: preflight browser-image dirs ## browser tests: /ui during a real ML run (make up), /docs, the report offline
+	$(BROWSER_RUN) python3 -m pytest -q -p no:cacheprovider tests/browser
+
+lighthouse: image ## Lighthouse scores of runs/report (after make report); Lighthouse goes into .lighthouse/
+	@$(call browser_build,lighthouse,$(LIGHTHOUSE_IMAGE))
+	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(LIGHTHOUSE_IMAGE) \
+		dist-llm-train bench lighthouse --report-dir runs/report --lighthouse-dir .lighthouse
+
+report-serve: image ## serve runs/report at http://127.0.0.1:REPORT_PORT/ (opened there once, it installs and works offline)
+	@echo "runs/report at http://127.0.0.1:$(REPORT_PORT)/ (Ctrl-C stops the server; the installed page stays)"
+	docker run --rm -p 127.0.0.1:$(REPORT_PORT):8001 -v "$(CURDIR)/runs/report":/report:ro $(IMAGE) \
+		python3 -m http.server --directory /report 8001

@@ -293,6 +293,18 @@ def test_metrics_are_prometheus_text_with_help_and_type(h):
     assert all(any(s == n or s.startswith(n + "_") for n in names) for s in samples)
 
 
+def test_made_up_http_methods_do_not_grow_the_metrics(h):
+    before = len(h.client.get("/metrics").text)
+    for i in range(300):
+        assert h.client.request(f"X{i}Y", "/status").status_code == 405
+
+    text = h.client.get("/metrics").text
+
+    assert 'dlt_requests_total{method="other",route="/status",code="405"} 300' in text
+    assert "X1Y" not in text
+    assert len(text) < before + 400  # one new sample line, not 300
+
+
 def test_config_route_gives_the_resolved_config(h):
     answer = h.client.get("/config", headers=AUTH).json()
 

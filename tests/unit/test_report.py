@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -173,3 +175,61 @@ def test_runs_that_differ_beyond_the_row_columns_are_not_averaged_as_repeats(tmp
 
     assert [len(g.rows) for g in groups] == [2, 1]  # a1 and a2 differ only by seed: repeats
     assert groups[0].label != groups[1].label and all(g.label.startswith("ml_demo #") for g in groups)
+
+
+def test_the_page_installs_and_keeps_every_file_for_offline_use(runs, report):
+    out = runs / "report"
+    manifest = json.loads((out / "manifest.webmanifest").read_text())
+    worker = (out / "sw.js").read_text()
+    page = (out / "index.html").read_text()
+
+    assert manifest["start_url"] == "./index.html" and manifest["display"] == "standalone"
+    for icon in manifest["icons"]:
+        assert (out / icon["src"]).is_file()
+        if icon["type"] == "image/png":
+            height, width, _ = matplotlib.image.imread(out / icon["src"]).shape
+            assert f"{width}x{height}" == icon["sizes"]
+    kept = json.loads(re.search(r"const FILES = (\[.*\]);", worker).group(1))
+    assert kept[0] == "./" and {"index.html", "results.md", "chart.js", "report.js", "style.css", *PLOTS} <= set(kept)
+    assert all((out / name).is_file() for name in kept[1:])
+    assert re.search(r'const CACHE = "dlt-report-[0-9a-f]{16}";', worker)
+    for name in ("manifest.webmanifest", "chart.js", "report.js", "style.css"):
+        assert f'href="{name}"' in page or f'src="{name}"' in page
+    assert "http://" not in page.replace('"http://www.w3.org', "") and "https://" not in page  # nothing from outside
+
+
+def test_a_new_report_is_a_new_cache(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "b1", basic_row("b1", "lan", 10.0), {})
+    build_report(runs, runs / "report", "cmd")
+    first = (runs / "report" / "sw.js").read_text()
+    write_run(runs, "b2", basic_row("b2", "lan", 12.0), {})
+    build_report(runs, runs / "report", "cmd")
+
+    assert re.search(r'const CACHE = "(.*)"', first).group(1) != re.search(
+        r'const CACHE = "(.*)"', (runs / "report" / "sw.js").read_text()).group(1)
+
+
+def test_the_charts_data_is_embedded_as_inert_json(runs, report):
+    page = (runs / "report" / "index.html").read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page).group(1))
+
+    assert set(data["val_loss"]) == {"lan", "high_rtt"}
+    (run,) = [r for r in data["val_loss"]["lan"] if "(m1)" in r["name"]]
+    assert run["time"] == [[0.0, 3.0], [20.0, 2.6], [40.0, 2.2]]  # the evaluated rows of write_curve
+    assert run["bytes"] == [[0.0, 3.0], [0.0048, 2.6], [0.0096, 2.2]]  # MB up + down by then
+    assert data["staleness"]["sync"] == [[0, 100], [1, 60], [2, 40]]  # m3's and the lan sync run's files
+
+
+def test_text_from_the_rows_cannot_break_out_of_the_page(tmp_path):
+    runs = tmp_path / "runs"
+    hostile = "</script><script>alert(1)</script>"
+    write_run(runs, "m1", ml_row("m1", hostile, "sync", reason=hostile), {})
+    (runs / "m1" / "curve.csv").write_text("t_s,version,val_loss,bytes_up,bytes_down\n0,0,nan,0,0\n1,1,2.5,inf,1\n")
+
+    build_report(runs, runs / "report", "cmd")
+
+    page = (runs / "report" / "index.html").read_text()
+    assert "<script>alert" not in page and page.count("</script>") == 3  # chart.js, report.js, the data
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page).group(1))
+    assert data["val_loss"][hostile] == [{"name": "ml_demo (m1)", "time": [[1.0, 2.5]], "bytes": []}]

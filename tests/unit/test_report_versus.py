@@ -49,6 +49,9 @@ def test_recipes_side_by_side_with_bytes_per_token_and_the_best_of_each(tmp_path
     assert matplotlib.image.imread(runs / "report" / "versus_hivemind.png").shape[0] > 100
     markdown = (runs / "report" / "results.md").read_text()
     assert "## Builtin protocols against hivemind" in markdown and "| lan | builtin sync int8 H=50 | 80.0 |" in markdown
+    page = (runs / "report" / "index.html").read_text()
+    assert '<h2 id="h-versus">Builtin protocols against hivemind</h2>' in page
+    assert "<td class=text>builtin sync int8 H=50</td><td>80.0</td>" in page
 
 
 def test_no_section_without_a_hivemind_row(tmp_path):
@@ -56,3 +59,4 @@ def test_no_section_without_a_hivemind_row(tmp_path):
     add(runs, row("20261207T000001Z-a-1", "builtin", "sync", "none", 100.0, 10), 1, 100)
     report = build_report(runs, runs / "report", "report")
     assert report.versus is None and "against hivemind" not in (runs / "report" / "results.md").read_text()
+    assert "against hivemind" not in (runs / "report" / "index.html").read_text()

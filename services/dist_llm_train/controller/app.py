@@ -18,7 +18,8 @@ from ..settings import Settings
 from . import health
 from .context import Controller
 from .middleware import BodyLimit, RequestMetrics
-from .routers import links, ps, run, status, tasks, workers
+from .live import LiveFeed
+from .routers import docs, links, ps, run, status, tasks, ui, workers
 from .runstate import Run
 from .scheduling.base import Scheduler
 from .store import Store
@@ -54,13 +55,16 @@ def create_app(config: RunConfig, settings: Settings, *, scheduler: Scheduler | 
                 await watcher
             store.close()
 
+    # docs_url/redoc_url off: routers/docs serves /docs with its files from here (FastAPI's loads them from a CDN).
     app = FastAPI(title="dist-llm-train controller", version=__version__, lifespan=lifespan,
-                  description="Control plane of a dist-llm-train run: workers, tasks, telemetry, links, PS.")
+                  description="Control plane of a dist-llm-train run: workers, tasks, telemetry, links, PS. "
+                              "The live view of the run: /ui.", docs_url=None, redoc_url=None)
     app.state.ctl = ctl
+    app.state.live = LiveFeed(ctl)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_middleware(BodyLimit, max_bytes=config.controller.max_body_kb * 1024)
     app.add_middleware(RequestMetrics, metrics=ctl.metrics)  # outermost: counts the 413s too
-    for module in (workers, tasks, run, links, ps, status):
+    for module in (workers, tasks, run, links, ps, status, ui, docs):
         app.include_router(module.router)
     return app
 

@@ -40,6 +40,10 @@ def main(args: argparse.Namespace) -> int:
         settings.config_path, config.digest(), config.workers.count, settings.state_dir / "controller.db")
     # Workers keep their control connections open between calls (client.KEEPALIVE_S): over an
     # emulated WAN a new connection costs a round trip before the request even starts.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_keep_alive=KEEPALIVE_S + 15)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                                           timeout_keep_alive=KEEPALIVE_S + 15, timeout_graceful_shutdown=3))
+    # A browser's live stream (/ui/events) lasts as long as the run, and uvicorn's stop waits for open
+    # responses: the streams end themselves once the server is stopping (3 s later uvicorn cuts them).
+    app.state.live.stopping = lambda: server.should_exit
+    server.run()
     return 0

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
+from .metrics import Metrics, method_label
 
 
 class BodyLimit:
@@ -44,7 +44,8 @@ class BodyLimit:
 
 
 class RequestMetrics:
-    """Counts every answer by method, route template and status, and times it."""
+    """Counts every answer by method, route template and status, and times it (not an event stream,
+    /ui/events: it lasts as long as its viewer, and is no handling time)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -52,18 +53,20 @@ class RequestMetrics:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = 500
+        status, stream = 500, False
         started = time.perf_counter()
 
         async def noted(message: Message) -> None:
-            nonlocal status
+            nonlocal status, stream
             if message["type"] == "http.response.start":
                 status = message["status"]
+                stream = dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"text/event-stream")
             await send(message)
 
         try:
             await self.app(scope, receive, noted)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests[(scope["method"], route, status)] += 1
-            self.metrics.request_seconds.observe(time.perf_counter() - started)
+            self.metrics.requests[(method_label(scope["method"]), route, status)] += 1
+            if not stream:
+                self.metrics.request_seconds.observe(time.perf_counter() - started)

@@ -1,9 +1,10 @@
 """`dist-llm-train report`: the results-at-a-glance table and plots, from the rows under runs/.
 
 Reads runs/runs_basic.csv, runs/runs_ml.csv and each ML run's curve.csv and staleness.csv; writes
-runs/report/results.md, runs/report/index.html (self-contained but for the PNGs beside it) and one
-PNG per plot. Statistics cover the runs whose status is `finished`; the others are listed with their
-reason. A plot is drawn only when its data exist; what is missing is said in results.md.
+runs/report/results.md, one PNG per plot (for papers), and the page: index.html with interactive
+charts, which works offline and installs (webpage.py). Statistics cover the runs whose status is
+`finished`; the others are listed with their reason. A plot is drawn only when its data exist; what
+is missing is said in results.md.
 With `--readme README.md` the section between the results markers of the README is replaced by
 the table and the commands that produced it.
 
@@ -18,6 +19,7 @@ import csv
 import hashlib
 import html
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -34,6 +36,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from ..results import atomic_write, is_folder_name, read_rows  # noqa: E402
 from ..schema import ConfigError  # noqa: E402
+from . import webpage  # noqa: E402
 from .runner import OK_STATUS, read_done  # noqa: E402
 
 MODES = ("basic", "ml")
@@ -74,10 +77,12 @@ class ReportError(RuntimeError):
 # ---- rows and groups ----------------------------------------------------------------------------
 
 def number(value: str | None) -> float | None:
+    """A finite number, or None (a cell that is empty, not a number, NaN or infinite)."""
     try:
-        return float(value) if value not in (None, "") else None
+        parsed = float(value) if value not in (None, "") else None
     except ValueError:
         return None
+    return parsed if parsed is not None and math.isfinite(parsed) else None
 
 
 @dataclass
@@ -208,12 +213,6 @@ def markdown_table(headers: tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["---"] * len(headers))] + [line(r) for r in rows])
 
 
-def html_table(headers: tuple[str, ...], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 # ---- plots --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -289,29 +288,45 @@ def plot_completion_acceptance(groups: list[Group], out_dir: Path) -> Plot | Non
     return Plot(save(fig, out_dir, "completion_acceptance.png"), "Completion and acceptance by WAN profile")
 
 
-def read_curve(path: Path) -> list[tuple[float, float]]:
-    """(t_s, val_loss) at every evaluation of a run's curve.csv."""
+@dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation of a run's model (a row of its curve.csv with a validation loss)."""
+
+    t_s: float
+    val_loss: float
+    mbytes: float | None  # MB through the PS by then, up + down
+
+
+def read_curve(path: Path) -> list[CurvePoint]:
+    """Every evaluation in a run's curve.csv."""
     with open(path, newline="") as fh:
-        points = [(number(r.get("t_s")), number(r.get("val_loss"))) for r in csv.DictReader(fh)]
-    return [(t, v) for t, v in points if t is not None and v is not None]
+        rows = [(number(r.get("t_s")), number(r.get("val_loss")), number(r.get("bytes_up")), number(r.get("bytes_down")))
+                for r in csv.DictReader(fh)]
+    return [CurvePoint(t, v, (up + down) / 1e6 if up is not None and down is not None else None)
+            for t, v, up, down in rows if t is not None and v is not None]
 
 
-def plot_val_loss(groups: list[Group], runs_dir: Path, out_dir: Path) -> Plot | None:
-    curves: dict[str, list[tuple[str, list[tuple[float, float]]]]] = defaultdict(list)
+def val_curves(groups: list[Group], runs_dir: Path) -> dict[str, list[tuple[str, str, list[CurvePoint]]]]:
+    """profile -> [(variant label, run id, points)] of the finished ML runs that have a curve."""
+    curves: dict[str, list[tuple[str, str, list[CurvePoint]]]] = defaultdict(list)
     for g in groups:
         for row in g.ok if g.mode == "ml" else []:
             path = run_file(runs_dir, row, "curve.csv")
             points = read_curve(path) if path and path.is_file() else []
             if points:
-                curves[g.profile].append((g.label, points))
+                curves[g.profile].append((g.label, row.get("run_id", ""), points))
+    return curves
+
+
+def plot_val_loss(curves: dict[str, list[tuple[str, str, list[CurvePoint]]]], out_dir: Path) -> Plot | None:
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.2), squeeze=False, sharey=True)
-    labels = list(dict.fromkeys(label for runs in curves.values() for label, _ in runs))
+    labels = list(dict.fromkeys(label for runs in curves.values() for label, _, _ in runs))
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     for ax, (profile, runs) in zip(axes[0], curves.items()):
-        for label, points in runs:  # repeats share a colour
-            ax.plot(*zip(*points), marker=".", color=colours[label])
+        for label, _, points in runs:  # repeats share a colour
+            ax.plot([p.t_s for p in points], [p.val_loss for p in points], marker=".", color=colours[label])
         ax.set_title(f"validation loss, profile {profile}")
         ax.set_xlabel("wall time since the run started (s)")
     axes[0][0].set_ylabel("validation loss (nats/byte)")
@@ -356,7 +371,8 @@ def plot_bytes_by_codec(groups: list[Group], out_dir: Path) -> Plot | None:
     return Plot(save(fig, out_dir, "bytes_by_codec.png"), "Bytes on the wire by codec")
 
 
-def plot_staleness(groups: list[Group], runs_dir: Path, out_dir: Path) -> Plot | None:
+def staleness_counts(groups: list[Group], runs_dir: Path) -> dict[str, dict[int, int]]:
+    """protocol -> {staleness: updates}, summed over the finished ML runs' staleness.csv."""
     counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for g in groups:
         for row in g.ok if g.mode == "ml" else []:
@@ -367,6 +383,10 @@ def plot_staleness(groups: list[Group], runs_dir: Path, out_dir: Path) -> Plot |
                 s, c = number(r.get("staleness")), number(r.get("count"))
                 if s is not None and c:
                     counts[row.get("protocol") or "?"][int(s)] += int(c)
+    return counts
+
+
+def plot_staleness(counts: dict[str, dict[int, int]], out_dir: Path) -> Plot | None:
     if not counts:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -521,10 +541,10 @@ def plot_versus(recipes: list[Recipe], runs_dir: Path, out_dir: Path) -> Plot | 
                 if not points:
                     continue
                 style = dict(color=colours[recipe.label], marker=".", linestyle="--" if recipe.hivemind else "-")
-                axes[0][column].plot(*zip(*points), **style)
+                axes[0][column].plot([p.t_s for p in points], [p.val_loss for p in points], **style)
                 series_file = run_file(runs_dir, row, "interfaces.csv")
                 series = read_series(series_file) if series_file and series_file.is_file() else []
-                by_bytes = [(b / 1e6, v) for t, v in points if (b := bytes_at(series, t)) is not None]
+                by_bytes = [(b / 1e6, p.val_loss) for p in points if (b := bytes_at(series, p.t_s)) is not None]
                 if by_bytes:
                     axes[1][column].plot(*zip(*by_bytes), **style)
         axes[0][column].set_title(f"profile {profile}")
@@ -551,8 +571,10 @@ class Versus:
                 "fastest recipe of each trainer (every repeat must reach it):\n\n" + markdown_table(BEST_HEADERS, self.best))
 
     def html(self) -> str:
-        return ("<h2>Builtin protocols against hivemind</h2>" + html_table(VERSUS_HEADERS, self.table)
-                + "<p>Fastest recipe of each trainer to the target:</p>" + html_table(BEST_HEADERS, self.best))
+        return webpage.section("versus", "Builtin protocols against hivemind",
+                               webpage.table(VERSUS_HEADERS, self.table, "One row per profile and recipe", text_columns=2)
+                               + webpage.table(BEST_HEADERS, self.best, "Fastest recipe of each trainer to the target",
+                                               text_columns=2))
 
 
 def build_versus(rows_by_mode: dict[str, list[dict[str, str]]], runs_dir: Path, out_dir: Path) -> tuple[Versus | None, Plot | None]:
@@ -573,6 +595,7 @@ class Report:
     plots: list[Plot]
     notes: list[str]
     counts: dict[str, int]
+    charts: dict  # the interactive charts' data (chart_data), embedded in index.html
     versus: Versus | None = None
 
     def commands_block(self) -> str:
@@ -617,17 +640,18 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
                           "run `make experiments` (or a single `make up`) first")
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_rows(rows_by_mode, runs_dir)
+    curves, staleness = val_curves(groups, runs_dir), staleness_counts(groups, runs_dir)
     plots = [p for p in (plot_duration(groups, out_dir), plot_completion_acceptance(groups, out_dir),
-                         plot_val_loss(groups, runs_dir, out_dir), plot_bytes_by_codec(groups, out_dir),
-                         plot_staleness(groups, runs_dir, out_dir)) if p is not None]
+                         plot_val_loss(curves, out_dir), plot_bytes_by_codec(groups, out_dir),
+                         plot_staleness(staleness, out_dir)) if p is not None]
     versus, versus_plot = build_versus(rows_by_mode, runs_dir, out_dir)
     plots += [versus_plot] if versus_plot else []
     producers = list(dict.fromkeys(entry["command"] for entry in read_done(runs_dir).values() if entry.get("command")))
     report = Report(command, producers, [glance_row(g) for g in groups], failed_rows(groups), plots,
                     missing_notes(rows_by_mode, groups, runs_dir, plots), {m: len(rows_by_mode[m]) for m in MODES},
-                    versus)
+                    chart_data(curves, staleness), versus)
     atomic_write(out_dir / "results.md", render_markdown(report).encode())
-    atomic_write(out_dir / "index.html", render_html(report).encode())
+    webpage.write(out_dir, render_html(report, out_dir), ["results.md", *(p.file for p in plots)])
     return report
 
 
@@ -648,24 +672,49 @@ def render_markdown(report: Report) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def render_html(report: Report) -> str:
-    sections = [f"<h1>Results</h1><p>Built from {html.escape(report.describe_counts())} by:</p>"
-                f"<pre>{html.escape(chr(10).join([*report.producers, report.command]))}</pre>",
-                f"<h2>Results at a glance</h2><p>Statistics over the runs with status <code>{OK_STATUS}</code>.</p>"
-                + html_table(GLANCE_HEADERS, report.glance)]
+def chart_data(curves: dict[str, list[tuple[str, str, list[CurvePoint]]]],
+               staleness: dict[str, dict[int, int]]) -> dict:
+    """What index.html draws interactively: per profile, each run's validation loss against time and
+    against MB through the PS; per protocol, the staleness histogram."""
+    return {
+        "val_loss": {profile: [{"name": f"{label} ({run_id})", "time": [[p.t_s, p.val_loss] for p in points],
+                                "bytes": [[p.mbytes, p.val_loss] for p in points if p.mbytes is not None]}
+                               for label, run_id, points in runs] for profile, runs in curves.items()},
+        "staleness": {protocol: [[s, hist[s]] for s in sorted(hist)] for protocol, hist in staleness.items()},
+    }
+
+
+def render_html(report: Report, out_dir: Path) -> str:
+    sections = [
+        webpage.section("made", "How these were made",
+                        f"<p>Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from "
+                        f"{html.escape(report.describe_counts())} by:</p>"
+                        f"<pre>{html.escape(chr(10).join([*report.producers, report.command]))}</pre>"),
+        webpage.section("glance", "Results at a glance",
+                        f"<p>Statistics over the runs with status <code>{OK_STATUS}</code>; measured link figures are "
+                        "the sidecar's probe before each run.</p>"
+                        + webpage.table(GLANCE_HEADERS, report.glance, "One row per mode, profile and config variant",
+                                      text_columns=3)),
+    ]
     if report.versus is not None:
         sections.append(report.versus.html())
     if report.failed:
-        sections.append(f"<h2>Runs that did not end as {OK_STATUS}</h2>" + html_table(FAILED_HEADERS, report.failed))
-    for p in report.plots:
-        sections.append(f"<h2>{html.escape(p.title)}</h2><img src=\"{html.escape(p.file)}\" alt=\"{html.escape(p.title)}\">")
+        sections.append(webpage.section("failed", f"Runs that did not end as {OK_STATUS}",
+                                        webpage.table(FAILED_HEADERS, report.failed, "Each such run and its reason",
+                                                      text_columns=len(FAILED_HEADERS))))
+    if report.charts["val_loss"]:
+        sections.append(webpage.section("curves", "Validation loss", '<p class="note">Point at a curve, or focus a '
+                                        'chart (Tab) and use the arrow keys, to read its values.</p><div id="curves"></div>'))
+    if report.charts["staleness"]:
+        sections.append(webpage.section("staleness", "Staleness of the updates",
+                                        '<div id="staleness-charts" class="charts"></div>'))
+    if report.plots:
+        sections.append(webpage.section("plots", "Plots (PNG, for papers)",
+                                        "".join(webpage.figure(out_dir, p.file, p.title) for p in report.plots)))
     if report.notes:
-        sections.append("<h2>Missing</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;font-size:90%}"
-             "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#eee}"
-             "td:nth-child(-n+3){text-align:left}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>dist-llm-train results</title>"
-            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+        sections.append(webpage.section("missing", "Missing", "<ul>" + "".join(f"<li>{html.escape(n)}</li>"
+                                                                               for n in report.notes) + "</ul>"))
+    return webpage.page(sections, report.charts)
 
 
 def replace_section(text: str, section: str, source: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 # Upper edges of the buckets, ms: 0.05 ms x 1.1^k up to 10 s, then everything later.
 EDGES_MS: tuple[float, ...] = tuple(0.05 * 1.1 ** k for k in range(130)) + (math.inf,)
-TOLERANCE_FRACTION, TOLERANCE_FLOOR_MS = 0.10, 2.0
+TOLERANCE_FRACTION, TOLERANCE_FLOOR_MS = 0.10, 2.0  # max(10 % of the delay, 2 ms); the probe's RTT tolerance too
 ALLOWED_LATE_SHARE = 0.01  # the 1 % a p99 leaves out
 UNASKED_DROPS = ("overflow_drops", "socket_drops", "refused_verdicts")
 

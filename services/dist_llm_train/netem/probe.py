@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import traffic
 from .backends.base import in_namespace
+from .lateness import TOLERANCE_FLOOR_MS, TOLERANCE_FRACTION
 from .preset import LinkSpec
 from .tcp import mathis_mbit
 
@@ -49,7 +50,7 @@ TCP_SECONDS = 3.0
 SERVICES = str(Path(__file__).resolve().parents[2])  # the folder holding dist_llm_train
 
 # Tolerances of `make verify` (the fidelity targets).
-RTT_TOLERANCE = (0.10, 2.0)  # mean RTT within max(10 %, 2 ms)
+RTT_TOLERANCE = (TOLERANCE_FRACTION, TOLERANCE_FLOOR_MS)  # mean RTT within max(10 %, 2 ms)
 STDEV_TOLERANCE = (0.30, 1.0)  # stdev within 30 % (and 1 ms: the floor of a zero-jitter link's noise)
 LOSS_TOLERANCE_PP = 1.0  # loss within 1 percentage point
 RATE_RANGE = (0.85, 1.05)  # TCP at 85-105 % of the cap...
