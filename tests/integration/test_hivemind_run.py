@@ -4,7 +4,8 @@ runs there (`make test` runs it in HIVEMIND_IMAGE) and is skipped in the main im
 
 A peer whose training diverges (server lr x1e6: the first averaged step makes the parameters huge) ends the run
 `failed` with its words, as a builtin worker does (tests/integration/test_ml_divergence.py), instead of training
-on to a `finished` row with the loss of an older epoch."""
+on to a `finished` row with the loss of an older epoch. A swarm short of a declared worker ends the run `failed`
+after one workers.start_wait_s, naming what the start barrier found."""
 
 import re
 
@@ -35,3 +36,22 @@ def test_a_hivemind_peer_that_diverges_ends_the_run_failed(tmp_path, process_log
                     r"after the step)$", row["reason"]), row
     assert row["final_val_loss"] == "" or float(row["final_val_loss"]) == float(row["final_val_loss"])
     assert exits == {0: 0, 1: 0} and run.ps.returncode == 0
+
+
+def test_a_swarm_short_of_a_declared_worker_ends_the_run_failed_after_one_wait(tmp_path, process_log):
+    overrides = {"workers.count": 2, "workers.start_wait_s": 5}
+    with LocalRun(load_run_config(ML_HIVEMIND_CI, overrides), tmp_path / "runs", output=process_log) as run:
+        run.env["TORCH_THREADS"] = "1"
+        run.start_controller()
+        run.ps = run.spawn("ps")
+        run.start_worker(0)  # worker 1 never comes
+        final = run.wait_end(120)
+        row = row_of(run, final)
+        exits = run.wait_workers_exit(60)
+        run.ps.wait(timeout=30)
+
+    assert row["status"] == "failed" and row["trainer"] == "hivemind", row
+    assert re.match(r"failed: worker '[^']+' found 1 of 2 peers in the swarm after workers.start_wait_s = 5 s$",
+                    row["reason"]), row
+    assert float(row["initial_val_loss"]) == float(row["final_val_loss"]) > 0  # epoch 0's: nothing was trained
+    assert exits == {0: 0} and run.ps.returncode == 0

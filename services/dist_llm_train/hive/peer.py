@@ -26,7 +26,11 @@ overflow them). A peer that diverges stops training and, unless it is worker 0, 
 counted at the interfaces like hivemind's own progress records) and ends the run `failed: worker '<name>'
 diverged at version N: <why>`. A non-finite validation loss ends it `failed` too, and the `done` report's
 `final_val_loss` is the final epoch's or empty (a final evaluation that fails turns the end into `failed`),
-never an older epoch's. Why worker 0 and not an observer in the PS container: the
+never an older epoch's. A swarm short of a declared worker ends the run the same way, after one wait: the start
+barrier (`wait_for_peers`) waits `workers.start_wait_s` for every peer, and a peer that found fewer stops
+(`failed: worker '<name>' found 1 of 2 peers in the swarm after workers.start_wait_s = 60 s`); with the netem
+sidecar, which has waited that long for every worker's container already, the controller fails a run that would
+start without one, so no peer waits a second time. Why worker 0 and not an observer in the PS container: the
 parameters live on the peers; an observer would have to download them over the emulated links (3.75 MB for the
 default model per evaluation, in the very traffic being measured, or through a side channel no deployment has),
 while worker 0 holds them already. Its evaluations cost worker 0 CPU, as the PS's cost the PS's on this shared
@@ -100,7 +104,8 @@ def wait_for_peers(dht, prefix: str, expected: int, timeout_s: float) -> int:
     """A start barrier through the DHT, as the PS's rounds wait for every worker: each peer announces itself
     under `<prefix>_peers` and waits until `expected` have (or `timeout_s`, the run's workers.start_wait_s, has
     passed). Without it the first peers up take their first epochs alone and then spend rounds catching up.
-    Returns how many it saw."""
+    Returns how many it saw. With the netem sidecar every worker's container was running when the run started
+    (the controller fails a hivemind run the sidecar started without one), so this rarely waits long."""
     from hivemind.utils import get_dht_time
 
     deadline = time.monotonic() + timeout_s
@@ -286,11 +291,14 @@ class HivemindPeer:
         initial = identity.initial_peer(host, identity.seed(agent.settings.run_token, self.run_id))
         self.dht = start_dht(identity.PORT + 1 + agent.index, [initial], log=self.log, wait_s=DHT_START_S)
         self.opt = build_optimizer(self.plan, self.dht, self.model)
-        seen = wait_for_peers(self.dht, self.plan.run_prefix, config.workers.count, config.workers.start_wait_s)
-        self.log.info("%d of %d peers in the swarm: training", seen, config.workers.count)
+        expected, wait_s = config.workers.count, config.workers.start_wait_s
+        seen = wait_for_peers(self.dht, self.plan.run_prefix, expected, wait_s)
+        self.log.info("%d of %d peers in the swarm%s", seen, expected, ": training" if seen >= expected else "")
         self.books = RunBooks(agent, config, self.run_id, self.model) if agent.index == 0 else None
         self.max_norm = max_update_norm(ml, count_parameters(self.model))
-        self.diverged: str | None = None
+        self.stopped: str | None = None  # why this peer trains no more (the run goes on until worker 0 ends it)
+        if seen < expected:  # a swarm short of a peer trains on, but not as the run config says: not a row
+            self.stop(f"found {seen} of {expected} peers in the swarm after workers.start_wait_s = {wait_s:g} s")
         self.polled = time.monotonic()
         self.compute_s = 0.0
         self.first_step: float | None = None
@@ -303,7 +311,7 @@ class HivemindPeer:
     def run(self) -> None:
         try:
             while self.agent.holds(self.worker_id) and not (self.books and self.books.over):
-                if self.diverged is not None:  # a peer other than worker 0: out of the swarm until the run ends
+                if self.stopped is not None:  # a peer other than worker 0: out of the swarm until the run ends
                     self.agent.stopping.wait(TELEMETRY_S)
                     continue
                 self.step()
@@ -335,27 +343,28 @@ class HivemindPeer:
         epoch = self.opt.local_epoch
         problem = step_divergence(loss.item(), self.model, self.max_norm)
         if problem is not None:  # never handed to the swarm
-            return self.diverge(f"diverged at version {epoch}: {problem}")
+            return self.stop(f"diverged at version {epoch}: {problem}")
         self.opt.step()
         self.opt.zero_grad()
         self.last_step_s = time.perf_counter() - started
         if not all_finite(flat_parameters(self.model)):
-            return self.diverge(f"diverged at version {self.opt.local_epoch}: its parameters are NaN or Inf after "
-                                f"the step")
+            return self.stop(f"diverged at version {self.opt.local_epoch}: its parameters are NaN or Inf after "
+                             f"the step")
         if self.books is not None:
             self.books.step(loss.item(), self.opt.local_epoch, self.model)
 
-    def diverge(self, what: str) -> None:
-        """This peer's training cannot go on: worker 0 ends the run, another peer tells worker 0 through the DHT."""
-        self.diverged = what
-        self.log.error("training %s: %s", what, "ending the run" if self.books else "telling worker 0")
+    def stop(self, what: str) -> None:
+        """This peer's training cannot go on (it diverged, or the swarm lacks a peer): worker 0 ends the run, another
+        peer tells worker 0 through the DHT."""
+        self.stopped = what
+        self.log.error("this peer %s: %s", what, "ending the run" if self.books else "telling worker 0")
         if self.books is not None:
             self.books.fail(f"worker {self.agent.name!r} {what}")
         else:
             announce_failure(self.dht, self.plan.run_prefix, self.agent.name, what)
 
     def poll_failures(self) -> None:
-        """Worker 0: another peer's announced divergence ends the run."""
+        """Worker 0: another peer's announced divergence (or missing peers) ends the run."""
         now = time.monotonic()
         if self.books is None or now - self.polled < FAILURE_POLL_S:
             return
