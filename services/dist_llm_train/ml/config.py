@@ -108,7 +108,19 @@ class BudgetConfig(Section):
     checkpoint_every: int = Field(50, ge=1, description="write a checkpoint every this many versions")
 
 
+class HivemindConfig(Section):
+    """Settings of `trainer: hivemind` that have no builtin counterpart (hive/recipe.py maps the rest)."""
+    matchmaking_time_s: float = Field(5.0, gt=0, le=600, description="how long a peer waits for others to join an "
+                                      "averaging round (hivemind: 3-5 s for small local runs, 10-15 s over the internet)")
+    average_state_every: int = Field(1, ge=1, description="local.steps 1: also average the parameters every this many "
+                                     "epochs (hivemind's default 1 keeps peers from drifting apart)")
+
+
 class MLConfig(Section):
+    trainer: Literal["builtin", "hivemind"] = Field(
+        "builtin", description="builtin: workers push to the parameter server; hivemind: each worker is a "
+                               "hivemind.Optimizer peer (the hivemind image; hive/recipe.py maps this section)")
+    hivemind: HivemindConfig = HivemindConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     staleness: StalenessConfig = StalenessConfig()
@@ -136,4 +148,10 @@ class MLConfig(Section):
             raise ValueError("model.hidden_dim must be a multiple of model.heads")
         if self.attack.kind != "none" and not self.attack.workers:
             raise ValueError("attack.workers must name at least one worker when attack.kind is set")
+        if self.trainer == "hivemind":
+            from ..hive.recipe import refusals  # the mapping imports this module's types
+
+            refused = refusals(self)
+            if refused:
+                raise ValueError("trainer hivemind: " + "; ".join(refused))
         return self

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
-from . import lateness, tcp
+from . import counters, lateness, tcp
 from .backends import CHOICES, choose
 from .backends.base import Backend, LinkError, in_namespace, run_commands
 from .backends.userspace import delayer_argv
@@ -278,6 +278,7 @@ class Sidecar:
         self.failure: str | None = None  # the first reason the preset cannot be applied as written
         self.missing_at_start: list[str] = []  # declared workers the run started without
         self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
+        self.interfaces = counters.InterfaceTally()  # every container's eth0 bytes from the run's start (counters.py)
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -539,8 +540,15 @@ class Sidecar:
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
                 "failed": self.failure, "tcp_cc": self.tcp_summary(), "missing": self.missing_at_start,
                 "links": links, "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
-                "emulation": self.lateness.summary(),
+                "emulation": self.lateness.summary(), "interfaces": self.interface_counts(),
                 "preset": self.preset.as_dict()}
+
+    def interface_counts(self) -> dict | None:
+        present = [(a.target.id, a.target.pid, a.target.label, a.target.role) for a in list(self.applied.values())]
+        if self.t0 is not None and not self.interfaces.started:
+            self.interfaces.start(present)
+        self.interfaces.update(present)
+        return self.interfaces.summary()
 
     def snapshot(self) -> None:
         """The state file (for --health and verify) now, and the body the reporter sends next."""
@@ -581,6 +589,9 @@ class Sidecar:
         if blob != self._last_link_json:
             atomic_write(self.settings.runs_dir / self.run_id / "link.json", blob)
             self._last_link_json = blob
+        if self.t0_wall is not None:
+            counters.append_series(self.settings.runs_dir / self.run_id / "interfaces.csv",
+                                   time.time() - self.t0_wall, body.get("interfaces"))
 
     # -- the loop -------------------------------------------------------------------------
     def watch_events(self) -> None:
