@@ -13,7 +13,7 @@ seed), then joins the collaboration:
 
 Worker 0 also keeps the run's books, as the PS does for builtin runs (`RunBooks`): the validation loss of its
 parameters (the collaboration's, right after an averaging) at epoch 0 and every `budget.eval_every` epochs, on
-the PS's validation batches, in a thread of its own (ps/evaluation.py), `runs/<run_id>/curve.csv`, the
+the PS's validation slice, and once at the end on the PS's final set (final_val_loss), in a thread of its own (ps/evaluation.py), `runs/<run_id>/curve.csv`, the
 report to the controller (`POST /ps/report`) and the end of the run at `target_val_loss`, `max_versions`
 (epochs) or `max_time_s` on the controller's clock.
 
@@ -161,16 +161,18 @@ class RunBooks:
         self.agent, self.ml, self.log = agent, ml, agent.log
         self.window = config.workers.count
         _, val = split(load_corpus(ml.data.path, ml.data.seq_len), ml.data.val_fraction, ml.data.seq_len)
-        batches = validation_batches(val, ml.data.batch_size, ml.data.seq_len, ml.budget.eval_batches)
-        self.evaluator = Evaluator(build_model(ml.model, config.seed), batches)
+        sizes = {"slice": ml.budget.eval_slice_batches, "final": ml.budget.eval_batches}  # as the PS's sets
+        self.evaluator = Evaluator(build_model(ml.model, config.seed), {
+            name: validation_batches(val, ml.data.batch_size, ml.data.seq_len, n) for name, n in sizes.items()})
         self.curve = Curve(agent.settings.runs_dir / run_id, ml.budget.max_versions)
         client = ControlClient(agent.settings.controller_url, agent.settings.run_token, agent.log, give_up_after_s=20)
         self.client = client
         self.reporter = Reporter(lambda body: client.post_json("/ps/report", body), agent.log)
         self.t0 = time.monotonic() - (self.run_elapsed() or 0.0)  # the controller's run clock, as the PS's
-        self.eval_times: dict[int, float] = {}
+        self.eval_times: dict[tuple[int, str], float] = {}
         self.initial: float | None = None
-        self.last_val: tuple[int, float] | None = None
+        self.last_val: tuple[int, float] | None = None  # the latest slice evaluation
+        self.final_val: tuple[int, float] | None = None  # the final set's, at the end
         self.eval_failed: tuple[int, str] | None = None  # the last evaluation that gave no finite loss, and why
         self.time_to_target_s: float | None = None
         self.recent_train: deque[float] = deque(maxlen=RECENT_TRAIN)
@@ -188,10 +190,10 @@ class RunBooks:
     def run_time(self) -> float:
         return time.monotonic() - self.t0
 
-    def submit(self, epoch: int, params: torch.Tensor) -> None:
-        self.eval_times[epoch] = self.run_time()
-        self.curve.version(self.curve_row(epoch), evaluated=True)
-        self.evaluator.submit(epoch, params)
+    def submit(self, epoch: int, params: torch.Tensor, on: str = "slice") -> None:
+        self.eval_times[(epoch, on)] = self.run_time()
+        self.curve.version(self.curve_row(epoch), evaluated=on)
+        self.evaluator.submit(epoch, params, on=on)
 
     def curve_row(self, epoch: int) -> dict:
         return {"t_s": round(self.run_time(), 3), "version": epoch,
@@ -205,7 +207,7 @@ class RunBooks:
             if epoch % self.ml.budget.eval_every == 0:
                 self.submit(epoch, flat_parameters(model))
             else:
-                self.curve.version(self.curve_row(epoch), evaluated=False)
+                self.curve.version(self.curve_row(epoch))
         self.collect()
         budget = self.ml.budget
         if self.ended is None and epoch >= budget.max_versions:
@@ -221,9 +223,9 @@ class RunBooks:
             self.log.error("run over: %s", self.ended)
 
     def collect(self, wait: bool = False) -> None:
-        for epoch, loss, error in self.evaluator.results(wait=wait):
-            t = self.eval_times.pop(epoch, self.run_time())
-            self.curve.val_loss(epoch, loss)
+        for epoch, on, loss, error in self.evaluator.results(wait=wait):
+            t = self.eval_times.pop((epoch, on), self.run_time())
+            self.curve.val_loss(epoch, on, loss)
             if error is not None or not math.isfinite(loss):
                 why = (f"its evaluation failed ({error})" if error
                        else f"its validation loss is {loss} (the model diverged)")
@@ -231,6 +233,10 @@ class RunBooks:
                 self.log.error("version %d: %s", epoch, why)
                 if error is None:
                     self.fail(f"version {epoch}: {why}")
+                continue
+            if on == "final":
+                self.final_val = (epoch, loss)
+                self.log.info("final evaluation, version %d: val_loss %.4f", epoch, loss)
                 continue
             self.initial = loss if self.initial is None else self.initial
             self.last_val = (epoch, loss)
@@ -245,8 +251,7 @@ class RunBooks:
         """The end (`reason` unless a budget ended the run first): a last evaluation of the parameters now (unless
         this epoch was evaluated), the curve closed, the `done` report (the controller then ends the run)."""
         self.ended = self.ended or reason
-        if self.epoch not in self.eval_times and not self.final_val_known():
-            self.submit(self.epoch, flat_parameters(model))
+        self.submit(self.epoch, flat_parameters(model), on="final")
         self.collect(wait=True)
         if not self.final_val_known() and not self.ended.startswith("failed"):
             epoch, why = self.eval_failed  # results come in order: this is the final epoch's
@@ -261,12 +266,15 @@ class RunBooks:
         return self.ended is not None
 
     def final_val_known(self) -> bool:
-        return self.last_val is not None and self.last_val[0] == self.epoch
+        return self.final_val is not None and self.final_val[0] == self.epoch
 
     def body(self, done: bool) -> dict:
         """As the PS's: `final_val_loss` the latest while the run goes on, in the `done` report only the final
         epoch's (None when its evaluation failed)."""
-        final_val = self.last_val[1] if self.last_val and (not done or self.final_val_known()) else None
+        if done:
+            final_val = self.final_val[1] if self.final_val_known() else None
+        else:
+            final_val = self.last_val[1] if self.last_val else None
         return {"version": self.epoch, "updates_accepted": None, "updates_rejected": None, "mean_staleness": None,
                 "bytes_up": None, "bytes_down": None, "initial_val_loss": self.initial, "final_val_loss": final_val,
                 "final_train_loss": sum(self.recent_train) / len(self.recent_train) if self.recent_train else None,
