@@ -53,5 +53,7 @@ def test_a_swarm_short_of_a_declared_worker_ends_the_run_failed_after_one_wait(t
     assert row["status"] == "failed" and row["trainer"] == "hivemind", row
     assert re.match(r"failed: worker '[^']+' found 1 of 2 peers in the swarm after workers.start_wait_s = 5 s$",
                     row["reason"]), row
-    assert float(row["initial_val_loss"]) == float(row["final_val_loss"]) > 0  # epoch 0's: nothing was trained
+    # Nothing was trained: both are epoch 0's, the initial on the slice, the final on the final set (other batches).
+    initial, final = float(row["initial_val_loss"]), float(row["final_val_loss"])
+    assert abs(initial - final) < 0.02 and final > 5.0, (initial, final)
     assert exits == {0: 0} and run.ps.returncode == 0
