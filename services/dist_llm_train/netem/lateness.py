@@ -24,6 +24,8 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
+from ..experiments.stats import incomplete_beta
+
 # Upper edges of the buckets, ms: 0.05 ms x 1.1^k up to 10 s, then everything later.
 EDGES_MS: tuple[float, ...] = tuple(0.05 * 1.1 ** k for k in range(130)) + (math.inf,)
 TOLERANCE_FRACTION, TOLERANCE_FLOOR_MS = 0.10, 2.0  # max(10 % of the delay, 2 ms); the probe's RTT tolerance too
@@ -52,20 +54,12 @@ def percentile_ms(counts: list[int], q: float) -> float | None:
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), 0 < p < 1: the terms summed from k up, each from the last."""
+    """P(X >= k) for X ~ Binomial(n, p): the regularized incomplete beta I_p(k, n - k + 1)."""
     if k <= 0:
         return 1.0
     if k > n:
         return 0.0
-    log_term = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) \
-        + (n - k) * math.log1p(-p)
-    term, total, ratio = math.exp(log_term), 0.0, p / (1 - p)
-    for j in range(k, n + 1):
-        total += term
-        if term <= 1e-15 * total:
-            break
-        term *= (n - j) / (j + 1) * ratio
-    return min(1.0, total)
+    return incomplete_beta(k, n - k + 1, p)
 
 
 def too_many_late(over: int, packets: int) -> bool:
