@@ -10,8 +10,8 @@ import matplotlib.image
 import pytest
 
 from dist_llm_train.cli import main as cli_main
-from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportError, build_report, group_rows,
-                                               missing_notes, replace_section)
+from dist_llm_train.experiments.groups import group_rows
+from dist_llm_train.experiments.report import README_BEGIN, README_END, ReportError, build_report, missing_notes, replace_section
 from dist_llm_train.experiments.runner import OK_STATUS
 from dist_llm_train.results import read_rows, write_run
 

@@ -12,7 +12,8 @@ import yaml
 from controller_helpers import Harness, make_config
 
 from dist_llm_train.experiments.matrix import Matrix, expand
-from dist_llm_train.experiments.report import build_report, variant
+from dist_llm_train.experiments.groups import variant
+from dist_llm_train.experiments.report import build_report
 from dist_llm_train.experiments.runner import CellFailed, is_done, read_watch, record_failure
 from dist_llm_train.results import merge_mode, read_rows, safe_run_id, write_run
 
