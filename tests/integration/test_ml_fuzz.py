@@ -1,5 +1,6 @@
 """Garbage at a live PS: random frames, wrong shapes, NaN / Inf, oversize, unknown session, wrong version,
-a bad token and more, sent from the test's own sockets while a real worker trains. Each gets an ERROR with
+a bad token, a HELLO under another worker's name and more, sent from the test's own sockets (registered at the
+controller like workers, so the PS admits their keys) while a real worker trains. Each gets an ERROR with
 its code, the PS's error counter moves by exactly that many, the worker's training goes on, and the run ends
 normally when the controller stops it."""
 
@@ -27,7 +28,7 @@ def test_garbage_is_refused_with_codes_while_a_worker_trains(tmp_path, process_l
     with ml_run(tmp_path, process_log, overrides) as run:
         run.start()
         wait_for_version(run, 20, 120)
-        probe, other = Probe(run, NUMEL), Probe(run, NUMEL)
+        probe, other = Probe(run, NUMEL, name="fuzzer"), Probe(run, NUMEL, name="other")
         before = probe.pong()
         welcome = probe.ask(wire.encode(wire.Hello(run.env["RUN_TOKEN"], "fuzzer", 99)))
         session = welcome.session
@@ -45,7 +46,10 @@ def test_garbage_is_refused_with_codes_while_a_worker_trains(tmp_path, process_l
             "unknown session": (push(12345), "unknown_session"),
             "wrong version": (push(session, base_version=10**9), "bad_version"),
             "wrong codec": (push(session, update=encode(torch.ones(NUMEL), "topk", 0.01)), "wrong_codec"),
-            "bad token": (wire.encode(wire.Hello("x" * 32, "intruder", 0)), "bad_token"),
+            "bad token": (wire.encode(wire.Hello("x" * 32, "fuzzer", 0)), "bad_token"),
+            "another worker's name": (wire.encode(wire.Hello(run.env["RUN_TOKEN"], "local-worker-0", 0)),
+                                      "wrong_identity"),
+            "too many frames": ([*push(session), b"x"], "too_many_frames"),
             "not a request": (wire.encode(wire.Ack(0, True, 0, encode(torch.zeros(NUMEL), "none", 1.0), False)),
                               "unexpected_type"),
         }
@@ -53,7 +57,7 @@ def test_garbage_is_refused_with_codes_while_a_worker_trains(tmp_path, process_l
         answers["another connection's session"] = other.ask(wire.encode(wire.Pull(session)))
         cases["another connection's session"] = (None, "session_mismatch")
         # one frame above the limit never reaches the PS's code: ZeroMQ drops that connection
-        huge = Probe(run, NUMEL)
+        huge = Probe(run, NUMEL, name="huge")
         silent = huge.ask([b"y" * (3 << 20)], timeout_s=3)
         after = probe.pong()
         wait_for_version(run, after.version + 20, 60)  # training goes on
