@@ -102,6 +102,7 @@ class KeyRegistry:
             raise ValueError(f"data-plane auth {mode!r}: expected one of {', '.join(AUTH_MODES)}")
         self.mode = mode
         self.fixed = dict(fixed or {})
+        self.banned: set[str] = set()  # fingerprints refused for good, whatever the controller lists
         self.by_name: dict[str, str] = dict(self.fixed)  # name -> key
         self.names: dict[str, str] = {}  # fingerprint -> name
         self.replace({})
@@ -114,8 +115,15 @@ class KeyRegistry:
         for name, key in by_name.items():
             seen.setdefault(key, []).append(name)
         # one atomic assignment each: the PS's loop reads them while the ZAP thread replaces them
-        self.by_name = {name: key for name, key in by_name.items() if len(seen[key]) == 1}
+        self.by_name = {name: key for name, key in by_name.items()
+                        if len(seen[key]) == 1 and fingerprint(key) not in self.banned}
         self.names = {fingerprint(key): name for name, key in self.by_name.items()}
+
+    def ban(self, user: str) -> None:
+        """Refuse this key from now on, even while the controller lists it: its worker broke the message
+        bounds; it must register again, with a new key, to be admitted."""
+        self.banned.add(user)
+        self.replace({name: key for name, key in self.by_name.items() if name not in self.fixed})
 
     def admit_curve(self, public_key: bytes) -> str | None:
         """The ZAP user id (key fingerprint) for a CURVE client's 32-byte public key, or None: refused."""

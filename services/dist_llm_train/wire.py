@@ -470,7 +470,7 @@ class CountingSocket:
                     frames.append(frame)
                     continue
                 except WireError as exc:
-                    error = exc
+                    error = exc.with_traceback(None)  # a traceback would keep this call's frames alive
             self._count([first, frame] if self.routed else [frame], 1)  # dropped at once, but it came in
         self._count(frames, 1)
         return frames, error

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from dist_llm_train import wire
 from dist_llm_train.config import load_run_config
@@ -87,22 +89,41 @@ class Probe:
         url = f"{run.env['CONTROLLER_URL']}/workers/{self.worker_id}/heartbeat"
         headers = {"Authorization": f"Bearer {run.env['RUN_TOKEN']}"}
         while not self.silent.wait(0.5):
-            httpx.post(url, json={}, headers=headers, timeout=5)
+            try:
+                httpx.post(url, json={}, headers=headers, timeout=5)
+            except httpx.HTTPError:  # the controller has stopped: the run is over
+                return
 
     def go_silent(self) -> None:
         """Stop heartbeating: the controller declares this probe dead after heartbeat_timeout_s."""
         self.silent.set()
 
-    def connect(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        setup_client(sock, self.key, self.name, self.server)
-        sock.connect(self.address)
-        return sock
+    def connect(self, timeout_s: float = 10.0) -> zmq.Socket:
+        """A socket whose handshake went through (a key registered a moment before the PS's ZAP handler last
+        asked the controller can be refused once: a new socket then, as a worker does), or the last one tried."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            setup_client(sock, self.key, self.name, self.server)
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            sock.connect(self.address)
+            event = recv_monitor_message(monitor)["event"] if monitor.poll(3000) else None
+            sock.disable_monitor()
+            monitor.close()
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or time.monotonic() > deadline:
+                return sock
+            sock.close()
+            time.sleep(0.2)
 
     def ask(self, frames: list, timeout_s: float = 10.0) -> wire.Message | None:
         """Send frames, return the decoded answer, or None if none came within `timeout_s`."""
         self.sock.send_multipart(frames, copy=False)
+        return self.answer(timeout_s)
+
+    def answer(self, timeout_s: float = 10.0) -> wire.Message | None:
+        """The next answer, decoded, or None if none came within `timeout_s`."""
         if not self.sock.poll(int(timeout_s * 1000)):
             return None
         return wire.decode(self.sock.recv_multipart(), max_bytes=1 << 30, numel=self.numel)
@@ -121,7 +142,10 @@ class Probe:
 def ps_version(run: LocalRun) -> int | None:
     """The PS's version from a PING on a socket of its own (None if no answer within 2 s): a PING left
     unanswered on a shared socket would be answered later and misalign that socket's replies."""
-    probe = Probe(run)
+    try:
+        probe = Probe(run)
+    except FileNotFoundError:  # the PS has not written its health key yet: not started
+        return None
     try:
         answer = probe.ask(wire.encode(wire.Ping()), timeout_s=2.0)
         return answer.version if isinstance(answer, wire.Pong) else None

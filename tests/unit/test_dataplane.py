@@ -85,3 +85,16 @@ def test_bounds_refuse_the_frame_that_passes_them(frames, total, code):
 def test_bounds_take_a_message_exactly_at_them():
     wire.check_bounds(3, 100, max_frames=3, max_bytes=100)
     assert wire.MAX_FRAMES == 1 + wire.MAX_ARRAYS
+
+
+def test_a_banned_key_stays_refused_while_listed_and_a_new_key_is_admitted():
+    old, new = new_credential("curve"), new_credential("curve")
+    registry = KeyRegistry("curve")
+    registry.replace({"w": old.public})
+    user = registry.admit_curve(raw(old.public))
+    registry.ban(user)
+    assert registry.name_of(user) is None
+    registry.replace({"w": old.public})  # the controller still lists it
+    assert registry.admit_curve(raw(old.public)) is None
+    registry.replace({"w": new.public})  # registered again with a new key
+    assert registry.name_of(registry.admit_curve(raw(new.public))) == "w"

@@ -188,4 +188,7 @@ def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlCli
         log.error("cannot listen on %s: %s", bind_address(settings.ps_address), exc)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
-    return server.serve()
+    try:
+        return server.serve()
+    finally:
+        health_path(settings).unlink(missing_ok=True)

@@ -11,7 +11,8 @@ Who may connect (ml.data_plane_auth, dataplane.py): only a connection whose key 
 live worker gets through the handshake (ps/zap.py); every message then carries that key's ZAP user id, and a
 message whose key is no longer admitted (the worker was declared dead or replaced) is refused `not_admitted`
 and its session closed. A message is read a frame at a time (`CountingSocket.recv_bounded`): past
-wire.MAX_FRAMES frames or `ml.max_message_mb` bytes the rest is dropped as it is read and the message refused.
+wire.MAX_FRAMES frames or `ml.max_message_mb` bytes the rest is dropped as it is read, the error counted, and
+the sender cut off (`cut_off`: its key banned, its connection closed, no answer).
     PULL   -> PARAMS: dense, or a delta against the worker's replica (below)
     PUSH   staleness s = version now - base version; accepted or refused by the protocol, refused when its L2
            norm is above `ml.max_update_norm` (ml/divergence.py), then ACK with the worker's new parameters
@@ -62,6 +63,7 @@ import hmac
 import logging
 import math
 import secrets
+import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -368,9 +370,11 @@ class ParameterServer:
     def handle(self, frames: list, too_big: wire.WireError | None, now: float) -> None:
         """One message: `frames` as `recv_bounded` kept them, `too_big` the bound it broke, if any."""
         peer = bytes(frames[0].buffer)
+        if too_big is not None:  # counted, and no answer: the connection is closed
+            self.refuse(peer, too_big)
+            self.cut_off(peer, frames[1], too_big)
+            return
         try:
-            if too_big is not None:
-                raise too_big
             name = self.registry.name_of(frames[1].get("User-Id"))
             if name is None:
                 self.close_sessions_of(peer, "its key is no longer admitted")
@@ -459,6 +463,22 @@ class ParameterServer:
         if sess.peer != peer:
             raise wire.WireError("session_mismatch", f"session {session:016x} belongs to another connection")
         return sess
+
+    def cut_off(self, peer: bytes, frame: zmq.Frame, why: wire.WireError) -> None:
+        """A message past the bounds: ZeroMQ held all of it before the PS saw its first frame (it delivers a
+        multipart message whole), so the sender is not given a second one. Its key is banned (it must register
+        again, with a new key) and its connection closed: shut down under ZeroMQ, which then drops it."""
+        user = frame.get("User-Id")
+        name = self.registry.name_of(user)
+        if user:
+            self.registry.ban(user)
+        self.close_sessions_of(peer, f"message past the bounds ({why.code})")
+        try:
+            with socket.fromfd(frame.get(zmq.SRCFD), socket.AF_INET, socket.SOCK_STREAM) as dup:  # ZeroMQ keeps its fd
+                dup.shutdown(socket.SHUT_RDWR)
+        except (OSError, zmq.ZMQError) as exc:
+            self.log.warning("could not close the connection of %r: %s", name, exc)
+        self.log.warning("worker %r sent a message past the bounds (%s): key banned, connection closed", name, why)
 
     def close_sessions_of(self, peer: bytes, why: str) -> None:
         for sess in [s for s in self.sessions.values() if s.peer == peer]:
