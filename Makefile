@@ -12,25 +12,34 @@ NETEM_BACKEND ?= auto
 TCP_CC ?=
 MATRIX ?= matrix
 COMPOSE_PROJECT_NAME ?= dlt
+# ml.trainer: hivemind runs its PS and worker roles from a second image (docker/Dockerfile.hivemind), FROM IMAGE
+HIVEMIND_IMAGE ?= $(firstword $(subst :, ,$(IMAGE)))-hivemind:$(lastword $(subst :, ,$(IMAGE)))
+# A PEM bundle pip (and npm) trust when building the hivemind and browser images behind a TLS-intercepting
+# proxy: by default $$PIP_CERT, else the host's own bundle; never committed, never in a final image.
+EXTRA_CA ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
 # The file compose reads RUN_TOKEN from (the controller refuses workers without it).
 ENV_FILE ?= .env
 # Whoever runs make; a driver container (DRIVER_RUN) is root but passes the caller's ids on.
 HOST_UID ?= $(shell id -u)
 HOST_GID ?= $(shell id -g)
 
-export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND TCP_CC COMPOSE_PROJECT_NAME HOST_UID HOST_GID
+export PROFILE MODE WORKERS CONFIG IMAGE NETEM_BACKEND TCP_CC COMPOSE_PROJECT_NAME HOST_UID HOST_GID HIVEMIND_IMAGE
 
 COMPOSE := docker compose --env-file $(ENV_FILE)
 ML_PROFILE := $(if $(filter ml,$(MODE)),--profile ml)
 # Roles that drive compose themselves (tests, experiments) get the socket and the repository at
 # its host path, so that the relative bind mounts of compose.yaml resolve on the host's daemon.
+# EXTRA_CA= there: the image's own CA bundle is not the host's, and would replace docker/extra-ca.pem.
 DRIVER_RUN := docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$(CURDIR)":"$(CURDIR)" \
-	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e NETEM_BACKEND -e TCP_CC $(IMAGE)
+	-w "$(CURDIR)" -e HOST_UID -e HOST_GID -e IMAGE -e HIVEMIND_IMAGE -e NETEM_BACKEND -e TCP_CC -e EXTRA_CA= $(IMAGE)
 # What the unit and integration tests need: real network namespaces for the delayer tests.
-TEST_RUN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
-	--security-opt no-new-privileges:true $(IMAGE)
+TEST_RUN_IN := docker run --rm --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
+	--security-opt no-new-privileges:true
+TEST_RUN := $(TEST_RUN_IN) $(IMAGE)
+# The tests of the hivemind trainer that need hivemind itself (the main image's run skips them).
+HIVEMIND_TESTS := tests/integration/test_hivemind_run.py
 
-.PHONY: help preflight base-image image dirs check up down logs ps verify test test-e2e \
+.PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-e2e \
 	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean \
 	browser-image test-browser lighthouse report-serve
 
@@ -57,6 +66,24 @@ base-image: ## make sure a Debian 13 base image exists (pull, or build with debo
 image: base-image ## build the one image every role runs
 	docker build -q --build-arg BASE_IMAGE=$$(cat .base-image) -f docker/Dockerfile -t $(IMAGE) .
 
+# ---- the hivemind trainer (ml.trainer: hivemind) ----
+# The trainer CONFIG names, read by the main image once `check` has built it (a recipe expands after its
+# prerequisites are made): `up` then builds the hivemind image and runs the PS and workers from it.
+TRAINER = $(shell docker run --rm -v "$(CURDIR)/configs":/app/configs:ro $(IMAGE) python3 -c \
+	'import sys; from dist_llm_train.config import load_run_config as load; c = load(sys.argv[1]); \
+	print(c.ml.trainer if c.ml else "builtin")' $(CONFIG) 2>/dev/null)
+
+image-hivemind: image docker/extra-ca.pem ## build the hivemind image (hivemind pinned by hash; EXTRA_CA=ca.pem for a TLS proxy)
+	docker build -q --build-arg MAIN_IMAGE=$(IMAGE) --build-arg BASE_IMAGE=$$(cat .base-image) \
+		-f docker/Dockerfile.hivemind -t $(HIVEMIND_IMAGE) .
+
+# The build context's CA file: EXTRA_CA's content when given, else kept as it is (empty when new), so a
+# rebuild without EXTRA_CA (a driver container's make: DRIVER_RUN empties it) reuses the cached layers.
+docker/extra-ca.pem:
+	@if [ -z "$(EXTRA_CA)" ]; then [ -e $@ ] || : > $@; \
+	elif [ -r "$(EXTRA_CA)" ]; then cmp -s "$(EXTRA_CA)" $@ || cp "$(EXTRA_CA)" $@; \
+	else echo "EXTRA_CA=$(EXTRA_CA) (or PIP_CERT): no such file; give a PEM bundle, or EXTRA_CA= for none" >&2; exit 1; fi
+
 # A random run token, written only when the file is missing and never rotated by a target: a new
 # token changes every service's environment, and compose then recreates every container.
 $(ENV_FILE):
@@ -72,7 +99,8 @@ check: image ## validate CONFIG and netem/PROFILE.yaml before anything starts
 		$(if $(TCP_CC),--tcp-cc $(TCP_CC))
 
 up: preflight check $(ENV_FILE) dirs ## start (or update) the stack: PROFILE, MODE, WORKERS, CONFIG
-	$(COMPOSE) $(ML_PROFILE) up -d --remove-orphans
+	$(if $(filter hivemind,$(TRAINER)),$(MAKE) --no-print-directory image-hivemind && TRAINER_IMAGE=$(HIVEMIND_IMAGE)) \
+		$(COMPOSE) $(ML_PROFILE) up -d --remove-orphans
 	@echo
 	@echo "Stack up: mode=$(MODE) profile=$(PROFILE) workers=$(WORKERS) config=$(CONFIG)"
 	@echo "  http://localhost:$${CONTROLLER_PORT:-8000}/ui          the run live in a browser"
@@ -94,17 +122,19 @@ ps: preflight $(ENV_FILE) ## list the stack's containers and their health
 verify: preflight $(ENV_FILE) ## measure RTT, jitter, loss, throughput of the running stack vs netem/PROFILE.yaml
 	$(COMPOSE) $(ML_PROFILE) exec netem dist-llm-train verify --profile $(PROFILE)
 
-test: preflight image ## the whole suite in containers: unit + integration, then e2e against the real stack, then the browser
+test: preflight image image-hivemind ## the whole suite in containers: unit + integration (and hivemind's), then e2e, then the browser
 	$(TEST_RUN) python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	$(TEST_RUN_IN) --shm-size 256m $(HIVEMIND_IMAGE) python3 -m pytest -q -p no:cacheprovider $(HIVEMIND_TESTS)
 	$(MAKE) --no-print-directory test-e2e
 	$(MAKE) --no-print-directory test-browser
 
-test-e2e: preflight image dirs ## only the e2e tests (real compose stacks)
+test-e2e: preflight image image-hivemind dirs ## only the e2e tests (real compose stacks)
 	@# the TCP congestion controls the e2e presets use (cubic, and bbr in tcp_mix) must be allowed here
 	@docker run --rm $(IMAGE) dist-llm-train check --config configs/basic_ci.yaml --profile tcp_mix >/dev/null
 	$(DRIVER_RUN) python3 -m pytest -q -p no:cacheprovider tests/e2e
 
 experiments: preflight image dirs ## run experiments/MATRIX.yaml (PROFILES, CONFIGS, GLOB, REPEATS override it)
+	$(if $(shell grep -ls hivemind experiments/$(MATRIX).yaml $(CONFIGS)),$(MAKE) --no-print-directory image-hivemind)
 	$(DRIVER_RUN) dist-llm-train run-experiments --matrix experiments/$(MATRIX).yaml \
 		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(GLOB),--glob "$(GLOB)") \
 		$(if $(REPEATS),--repeats $(REPEATS))
@@ -132,15 +162,14 @@ bench-ps-wan: preflight image dirs ## PS time to target and utilization under la
 
 clean: down ## also remove the image and the generated .env
 	-docker image rm $(IMAGE)
-	rm -f $(ENV_FILE) .base-image
+	-docker image rm $(HIVEMIND_IMAGE)
+	rm -f $(ENV_FILE) .base-image docker/extra-ca.pem
 
 # ---- The browser: /ui, /docs and the report page in Chromium; Lighthouse; the report served -----------
 # docker/Dockerfile.browser builds BROWSER_IMAGE (Chromium, Playwright) and LIGHTHOUSE_IMAGE (also Node.js)
-# on top of IMAGE. EXTRA_CA: a PEM bundle that pip and npm in those builds trust (a TLS-intercepting
-# proxy); by default $$PIP_CERT, else the host's own bundle.
+# on top of IMAGE; pip and npm in those builds trust EXTRA_CA (defined at the top).
 BROWSER_IMAGE ?= $(IMAGE)-browser
 LIGHTHOUSE_IMAGE ?= $(IMAGE)-lighthouse
-EXTRA_CA ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
 REPORT_PORT ?= 8001
 # --network host: the browser reaches the stack where a user's does, at its port on the host's 127.0.0.1.
 BROWSER_RUN := docker run --rm --network host -v /var/run/docker.sock:/var/run/docker.sock \

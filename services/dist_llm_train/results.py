@@ -33,8 +33,12 @@ COLUMNS: tuple[str, ...] = (
     "status", "backend", "tcp_cc", "measured_rtt_ms", "measured_loss_pct", "measured_mbit",
     "emulation_late_p99_ms", "emulation_drops",
     "updates_accepted", "updates_rejected", "mean_staleness", "bytes_up", "bytes_down",
+    "iface_bytes_up", "iface_bytes_down",
     "compute_utilization", "initial_val_loss", "final_val_loss", "final_train_loss", "time_to_target_s",
-    "run_id", "config_hash", "scheduler", "protocol", "codec", "aggregation", "reason", "started_at",
+    "run_id", "config_hash", "scheduler", "trainer", "protocol", "codec", "aggregation", "reason", "started_at",
+    # equal work and repeats (ML): the seed of the repeat, the target and the work budget, what was trained
+    # and the bytes through the PS (up + down) when the target was reached
+    "seed", "target_val_loss", "max_tokens", "tokens_trained", "bytes_to_target",
 )
 
 

@@ -177,6 +177,30 @@ def test_killing_the_sidecar_leaves_no_container_silently_unimpaired(make_stack,
     stack.down()
 
 
+def test_a_crashed_sidecar_comes_back_reapplies_every_link_and_the_run_says_so(make_stack, prober):
+    # A crash, not a deliberate stop: its process is killed outright, so compose's
+    # `restart: unless-stopped` brings the container back (a `docker kill` would not).
+    stack, _ = up_and_ready(make_stack, "high_rtt")
+    worker, controller, netem = (stack.containers(s)[0] for s in ("worker", "controller", "netem"))
+    pid = docker("inspect", "-f", "{{.State.Pid}}", netem).strip()
+    # The exec dies with the container it runs in: its exit status says nothing.
+    subprocess.run(["docker", "exec", netem, "sh", "-c", f"kill -9 {pid}"], capture_output=True, timeout=60)
+    killed = time.monotonic()
+    prober.echo(controller)
+    back_after = None
+    while back_after is None and time.monotonic() - killed < 30:
+        rtts = [r for r in prober.rtts(worker, address(controller), 50, 0.005) if r is not None]
+        if len(rtts) >= 45 and abs(median(rtts) - 100) <= 10:
+            back_after = time.monotonic() - killed
+    assert back_after is not None, f"the links were not 100 ms again within 30 s\n{stack.logs('netem')}"
+    print(f"links delayed as the preset says again {back_after:.1f} s after the kill")
+    assert int(docker("inspect", "-f", "{{.RestartCount}}", netem)) >= 1
+    status = stack.wait_for(lambda s: s["run"]["degraded"] and any(
+        "restarted" in p for p in (s["links"] or {}).get("problems") or []), 30, "the restart in the run's report")
+    assert "sidecar" in status["run"]["degraded"]
+    stack.down()
+
+
 def test_a_restarted_container_gets_its_link_back(make_stack, prober):
     # A restart gives the container a new network namespace, without our rules: the sidecar sees
     # the Docker events and applies the link again.

@@ -51,7 +51,7 @@ def test_a_poisoned_push_is_refused_and_the_run_ends_on_its_own_terms(tmp_path, 
     log = open(process_log.name).read()
 
     assert not answer.accepted and not answer.stop
-    assert row["status"] == "finished" and row["reason"] == "max_versions 300 reached", row
+    assert row["status"] == "finished" and row["reason"] == "budget: max_versions 300 reached at version 300", row
     assert report["updates_refused"].get("norm") == 1  # the poison, and not one honest update
     assert int(row["updates_rejected"]) >= 1 and report["version"] == 300
     assert number(row, "final_val_loss") < number(row, "initial_val_loss") - 1.5, row

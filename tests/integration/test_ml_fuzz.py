@@ -23,7 +23,8 @@ def push(session, base_version=0, update=None):
 
 def test_garbage_is_refused_with_codes_while_a_worker_trains(tmp_path, process_log):
     overrides = {"workers.count": 1, "workers.speed": [0.2], "ml.max_message_mb": 1,
-                 "ml.budget.max_versions": 10**6, "ml.budget.max_time_s": 150.0, "ml.budget.eval_every": 500}
+                 "ml.budget.max_versions": 10**6, "ml.budget.max_time_s": 150.0, "ml.budget.eval_every": 500,
+                 "ml.budget.eval_every_s": 1e9}
     rng = random.Random(0)
     with ml_run(tmp_path, process_log, overrides) as run:
         run.start()

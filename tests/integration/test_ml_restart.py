@@ -26,7 +26,7 @@ def test_ps_killed_mid_run_resumes_from_its_checkpoint(tmp_path, process_log):
     assert problems == [] and saved.version >= 150 and saved.version % 50 == 0
     assert f"resumed run {run_id} from its checkpoint of version {saved.version}" in log
     assert run.ps.returncode == 0
-    assert final["run"]["state"] == "finished" and row["reason"] == "max_versions 500 reached", row
+    assert final["run"]["state"] == "finished" and row["reason"] == "budget: max_versions 500 reached at version 500", row
     # every worker noticed the PS go and joined the new one
     for index in range(3):
         assert f"local-worker-{index} the PS at" in log and log.count(f"local-worker-{index} joined the PS") >= 2

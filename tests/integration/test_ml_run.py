@@ -37,7 +37,7 @@ def test_three_workers_train_below_the_threshold(tmp_path, process_log, protocol
 
     assert final["run"]["state"] == "finished", final["run"]
     assert exits == {0: 0, 1: 0, 2: 0} and run.ps.returncode == 0
-    assert row["status"] == "finished" and row["reason"] == "max_versions 600 reached"
+    assert row["status"] == "finished" and row["reason"] == "budget: max_versions 600 reached at version 600"
     initial, final_loss = number(row, "initial_val_loss"), number(row, "final_val_loss")
     assert initial == pytest.approx(5.51, abs=0.05)
     assert final_loss < THRESHOLD, row
@@ -51,9 +51,14 @@ def test_three_workers_train_below_the_threshold(tmp_path, process_log, protocol
     assert int(row["bytes_down"]) >= (accepted + rejected) * dense  # and each got dense parameters back
     assert 0 < number(row, "compute_utilization") <= 1
 
-    evaluated = [r for r in curve if r["val_loss"]]
-    assert [int(r["version"]) for r in evaluated] == list(range(0, 601, 50))
-    assert float(evaluated[-1]["val_loss"]) == pytest.approx(final_loss, rel=1e-5)
+    # the slice every eval_every (50) versions, and at the first version 5 s (eval_every_s) after the last one
+    sliced = [int(r["version"]) for r in curve if r["val_loss"] and r["val_set"] == "slice"]
+    assert set(range(0, 601, 50)) <= set(sliced) and sliced == sorted(set(sliced))
+    final_rows = [r for r in curve if r["val_set"] == "final"]
+    assert len(final_rows) == 1 and final_rows[0] == curve[-1] and int(final_rows[0]["version"]) == 600
+    assert float(final_rows[0]["val_loss"]) == pytest.approx(final_loss, rel=1e-5)
+    # every accepted update went into a step (the run ends at a step): 16 x 64 tokens each
+    assert int(curve[-1]["tokens"]) == int(row["tokens_trained"]) == accepted * 16 * 64
     versions = [int(r["version"]) for r in curve]
     assert versions == sorted(versions) and versions[-1] == 600
     assert last.version == 600 and last.tensors["params"].numel() == 49_920

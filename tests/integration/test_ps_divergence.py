@@ -72,7 +72,7 @@ def test_a_final_evaluation_without_a_finite_loss_ends_the_run_failed(serve):
     ack = worker.answer(60)  # after the final evaluation (over 10 s once on a loaded CI machine), as above
     assert ack.accepted and ack.stop and math.isfinite(server.params.abs().max().item())
     assert server.ended.startswith("failed: final version 1: its validation loss is ")
-    assert server.ended.endswith("(the model diverged); the run had ended: max_versions 1 reached")
+    assert server.ended.endswith("(the model diverged); the run had ended: budget: max_versions 1 reached at version 1")
     assert server.report_body(done=True)["final_val_loss"] is None
 
 

@@ -61,7 +61,7 @@ def serve():
     servers, context = [], zmq.Context()
 
     def start(overrides):
-        config = load_run_config(ML_CI, {"ml.budget.eval_every": 10**6, **overrides})
+        config = load_run_config(ML_CI, {"ml.budget.eval_every": 10**6, "ml.budget.eval_every_s": 1e9, **overrides})
         address = f"tcp://127.0.0.1:{free_port()}"
         key, registry, keys = new_credential("curve"), KeyRegistry("curve"), {}
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from controller_helpers import AUTH, Harness
-from test_controller_run import LINKS, finish_all, the_row
+from controller_helpers import AUTH, Harness, make_config
+from test_controller_run import LINKS, ML, finish_all, the_row
 
 from dist_llm_train.controller import runstate
 
@@ -84,3 +84,27 @@ def test_a_run_started_without_a_declared_worker_says_so(tmp_path):
     row = the_row(tmp_path)
     assert row["status"] == "finished"
     assert "started with 1 of 2 workers (no running container after workers.start_wait_s: worker-1)" in row["reason"]
+
+
+def test_a_hivemind_run_without_a_declared_worker_fails_when_the_sidecar_gives_up_waiting(tmp_path):
+    """Every worker of a hivemind run is a peer the swarm waits for: once the sidecar has waited
+    workers.start_wait_s for a missing one, the run ends `failed` naming it instead of starting."""
+    config = make_config({"ml.trainer": "hivemind", "ml.staleness.protocol": "sync", "workers.count": 2,
+                          "workers.start_wait_s": 20}, base=ML)
+    h = Harness(tmp_path, config=config, link_gate=True)
+    worker = h.register()
+    h.client.post("/links", json={**LINKS, "missing": ["worker-1"]}, headers=AUTH)
+    row = the_row(tmp_path)
+
+    assert h.status()["run"]["state"] == "failed" and h.next_task(worker)["task"] is None
+    assert (row["status"], row["trainer"]) == ("failed", "hivemind")
+    assert row["reason"] == ("ml.trainer hivemind needs every declared worker as a peer; no running container after "
+                             "workers.start_wait_s = 20 s: worker-1")
+
+
+def test_a_hivemind_run_with_every_worker_starts(tmp_path):
+    config = make_config({"ml.trainer": "hivemind", "ml.staleness.protocol": "sync", "workers.count": 1}, base=ML)
+    h = Harness(tmp_path, config=config, link_gate=True)
+    h.register()
+    h.client.post("/links", json={**LINKS, "missing": []}, headers=AUTH)
+    assert h.status()["run"]["state"] == "running"

@@ -202,3 +202,14 @@ def test_a_stream_is_counted_but_not_timed_as_request_handling(tmp_path):
 
     assert h.ctl.metrics.requests[("GET", "/ui/events", 200)] == 1
     assert h.ctl.metrics.request_seconds.count == timed + 1  # /ui/state only
+
+
+def test_a_token_budget_counts_progress_in_tokens():
+    config = make_config(base={**ML, "ml": {**ML["ml"], "budget": {**ML["ml"]["budget"], "max_tokens": 4000}}})
+    st = {"run": {"state": "running", "elapsed_s": 20.0}, "tasks": {"completed": 0, "total": 0},
+          "ps": {"version": 5, "tokens_trained": 1000}}
+
+    out = progress(config, st)
+
+    assert (out["unit"], out["done"], out["total"], out["fraction"]) == ("tokens", 1000, 4000, 0.25)
+    assert (out["eta_s"], out["bound"]) == (60.0, "rate so far (tokens)")  # 3000 left at 50/s

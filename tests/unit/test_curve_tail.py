@@ -148,3 +148,13 @@ def test_staleness_histogram_is_read_defensively(tmp_path):
                                         (".hidden", False), ("x..y", False), ("", False)])
 def test_a_run_id_that_could_leave_the_runs_folder_is_refused(tmp_path, run_id, ok):
     assert (run_dir(tmp_path, run_id) is not None) == ok
+
+
+def test_the_final_evaluation_is_not_drawn_as_a_point_of_the_slice_curve(curve):
+    # the PS's own header since val_set: the final row's loss is on another validation set
+    append(curve, "t_s,version,train_loss,val_loss,val_set,bytes_up,bytes_down,tokens\n"
+                  "1.0,10,2.5,2.4,slice,100,200,1024\n2.0,11,2.4,2.6,final,110,220,2048\n")
+    tail = CurveTail(curve)
+
+    assert tail.refresh() == 2
+    assert [(r["version"], r["val_loss"]) for r in tail.rows] == [(10, 2.4), (11, None)]

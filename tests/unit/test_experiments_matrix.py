@@ -181,7 +181,7 @@ def test_an_invalid_preset_is_refused_before_any_run(root):
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name, count", [("quick", 2), ("matrix", 36), ("bench_ps", 8)])
+@pytest.mark.parametrize("name, count", [("quick", 2), ("matrix", 90), ("full", 235), ("bench_ps", 8)])
 def test_shipped_matrices_expand_to_the_cells_their_header_states(name, count):
     path = REPO / "experiments" / f"{name}.yaml"
     assert len(expand(load_matrix(path), str(path), REPO, REPO / "netem")) == count
@@ -191,3 +191,26 @@ def test_the_seed_matrix_runs_basic_mode_under_every_preset():
     basic = load_matrix(REPO / "experiments" / "matrix.yaml").studies[0]
     assert basic.configs == ["configs/basic_demo.yaml"]
     assert sorted(basic.profiles) == sorted(p.stem for p in (REPO / "netem").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ["matrix", "full"])
+def test_the_studies_give_equal_work_to_every_ml_cell_and_three_or_more_seeded_repeats(name):
+    path = REPO / "experiments" / f"{name}.yaml"
+    cells = expand(load_matrix(path), str(path), REPO, REPO / "netem")
+    budgets = {(c.config.ml.budget.max_tokens, c.config.ml.budget.target_val_loss, c.config.ml.budget.max_time_s)
+               for c in cells if c.mode == "ml"}
+    assert len(budgets) == 1 and None not in next(iter(budgets))
+    for cell in cells:
+        repeats = [c for c in cells if c.config.model_copy(update={"seed": 0}) == cell.config.model_copy(update={"seed": 0})
+                   and c.profile == cell.profile]
+        assert len(repeats) >= 3 and len({c.config.seed for c in repeats}) == len(repeats)
+
+
+def test_planned_work_names_the_budget_and_the_cap(root):
+    ml = cells_of(root, [{"name": "s", "configs": ["configs/ml_a.yaml"], "profiles": ["lan"],
+                          "sweep": {"ml.budget.max_tokens": [5000], "ml.budget.target_val_loss": [2.5]}}])[0]
+    basic = cells_of(root, [{"name": "s", "configs": ["configs/basic_a.yaml"], "profiles": ["lan"]}])[0]
+
+    assert ml.planned_work() == ("target val loss 2.5; budget 5,000 tokens, 10 versions; cap max_time_s 600 s "
+                                 "(timeout_s 600 s)")
+    assert basic.planned_work() == "basic run, cap timeout_s 600 s"

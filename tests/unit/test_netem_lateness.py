@@ -64,7 +64,7 @@ def test_tally_adds_restarted_delayers_and_judges_each_container():
     assert not summary["within_tolerance"]
     assert summary["problems"] == [
         f"worker-1: 10.0 % of 100 packets released later than the tolerance (p99 {w1['late_p99_ms']:g} ms; "
-        "at most 1 % may be)",
+        "at most 1 % may be, binomial test at 1 %)",
         "worker-1: 4 packets dropped that the preset did not ask for (NFQUEUE)"]
 
 
@@ -74,6 +74,27 @@ def test_exactly_one_percent_late_is_within_and_a_drop_is_not():
     assert tally.summary()["within_tolerance"]
     tally.record("ps", stats(1, *([0.1] * 99 + [50.0]), refused_verdicts=1))
     assert tally.summary()["problems"] == ["ps: 1 packets dropped that the preset did not ask for (NFQUEUE)"]
+
+
+def test_binomial_tail_matches_the_sum_of_its_terms():
+    def pmf(j, n, p):
+        return math.comb(n, j) * p ** j * (1 - p) ** (n - j)
+
+    def direct(k, n, p):  # above the mean the tail itself, below it one minus the rest (no cancellation either way)
+        return sum(pmf(j, n, p) for j in range(k, n + 1)) if k > n * p else 1 - sum(pmf(j, n, p) for j in range(k))
+
+    for k, n, p in ((0, 10, 0.3), (1, 10, 0.3), (5, 267, 0.01), (3, 3, 0.5), (40, 1000, 0.01), (11, 10, 0.5),
+                    (2, 189_104, 0.01)):  # far below the mean: the first terms underflow
+        assert lateness.binomial_tail(k, n, p) == pytest.approx(direct(k, n, p), rel=1e-9, abs=1e-300)
+
+
+def test_late_means_more_than_one_percent_beyond_chance():
+    # 5 of 267 (1.9 %) happen 13 % of the time when 1 % are late: not shown; 10 of 267 are (p = 0.001).
+    assert not lateness.too_many_late(5, 267) and lateness.too_many_late(10, 267)
+    # Over a long run the test and the share agree closely: 1.3 % of 50,000 is late, 1.05 % is not shown.
+    assert lateness.too_many_late(650, 50_000) and not lateness.too_many_late(525, 50_000)
+    assert not lateness.too_many_late(1, 100)  # exactly 1 %: within, whatever the count
+    assert not lateness.too_many_late(0, 0)
 
 
 def test_stats_without_a_histogram_are_ignored():

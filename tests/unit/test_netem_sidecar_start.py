@@ -4,14 +4,15 @@ workers.start_wait_s, the servers and the workers that are there; and the probe'
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from dist_llm_train.netem.backends.userspace import UserspaceBackend
+from dist_llm_train.netem.nshandle import NamespaceHandle
 from dist_llm_train.netem.preset import LinkSpec, load_preset
 from dist_llm_train.netem.sidecar import Applied, Sidecar, Target
 
 NETEM_DIR = Path(__file__).resolve().parents[2] / "netem"
-GONE_PID = 2**22 + 12345  # above the kernel's pid_max: never a live process
 
 
 def sidecar(workers: int, wait_s: float) -> Sidecar:
@@ -20,9 +21,18 @@ def sidecar(workers: int, wait_s: float) -> Sidecar:
     return car
 
 
-def add(car: Sidecar, role: str, index: int = 0, pid: int | None = None) -> None:
-    target = Target(f"id-{role}-{index}", f"p-{role}-{index}", role, index, pid or os.getpid(), "10.0.0.1")
-    car.applied[target.id] = Applied(target, LinkSpec(), None, {"congestion_control": "cubic"})
+def exited_handle() -> NamespaceHandle:
+    """A handle whose process has exited (taken while it ran, as the sidecar does)."""
+    proc = subprocess.Popen(["true"])
+    pidfd = os.pidfd_open(proc.pid)
+    proc.wait()
+    return NamespaceHandle(proc.pid, pidfd, os.open("/proc/self/ns/net", os.O_RDONLY))
+
+
+def add(car: Sidecar, role: str, index: int = 0, exited: bool = False) -> None:
+    handle = exited_handle() if exited else NamespaceHandle.open(os.getpid(), lambda: True)
+    target = Target(f"id-{role}-{index}", f"p-{role}-{index}", role, index, handle.pid, "10.0.0.1")
+    car.applied[target.id] = Applied(target, LinkSpec(), None, {"congestion_control": "cubic"}, handle)
 
 
 def test_waits_for_every_worker_until_start_wait_s_then_starts_with_those_present(monkeypatch):
@@ -55,8 +65,21 @@ def test_every_worker_present_starts_at_once_and_servers_are_never_waived():
 def test_the_probe_takes_the_lowest_numbered_live_worker():
     car = sidecar(workers=3, wait_s=1.0)
     add(car, "controller")
-    add(car, "worker", 0, pid=GONE_PID)  # died; its die event not handled yet
+    add(car, "worker", 0, exited=True)  # died; its die event not handled yet
     add(car, "worker", 2)
     add(car, "worker", 1)
     worker, peer = car.probe_pair()
     assert (worker.target.index, peer.target.role) == (1, "controller")
+
+
+def test_a_sidecar_started_into_a_running_run_resumes_its_clock_and_says_so(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("dist_llm_train.netem.sidecar.time.monotonic", lambda: now[0])
+    car = sidecar(workers=2, wait_s=60.0)
+    car.resume_if_running({"state": "waiting", "elapsed_s": None})
+    car.resume_if_running({"state": "finished", "elapsed_s": 80.0})
+    assert car.t0 is None and not car.problems  # a run not under way starts the usual way
+    car.resume_if_running({"state": "running", "elapsed_s": 42.5})
+    assert car.now_t() == 42.5 and car.ready()  # phases resume at the run's time; no probe, no wait
+    assert "restarted 42 s into the run" in car.problems["restarted"]
+    assert not car.report()["healthy"]  # the controller marks the run degraded

@@ -15,7 +15,8 @@ from dist_llm_train.experiments.report import (README_BEGIN, README_END, ReportE
 from dist_llm_train.experiments.runner import OK_STATUS
 from dist_llm_train.results import read_rows, write_run
 
-PLOTS = ("duration.png", "completion_acceptance.png", "val_loss.png", "bytes_by_codec.png", "staleness.png")
+PLOTS = ("duration.png", "completion_acceptance.png", "val_loss.png", "val_loss_bytes.png", "to_target.png",
+         "utilization.png", "bytes_by_codec.png", "staleness.png")
 LINK = {"backend": "userspace", "measured_rtt_ms": 101.0, "measured_loss_pct": 0.5, "measured_mbit": 9.5}
 
 
@@ -29,7 +30,10 @@ def ml_row(run_id, profile, protocol, codec="none", ttt=None, **extra):
     return {"run_id": run_id, "mode": "ml", "config": "ml_demo", "profile": profile, "protocol": protocol,
             "codec": codec, "aggregation": "mean", "status": OK_STATUS, "duration_s": 60.0, "num_workers": 4,
             "updates_accepted": 90, "updates_rejected": 10, "bytes_up": 4_000_000, "bytes_down": 8_000_000,
-            "final_val_loss": 2.5, "time_to_target_s": ttt, "started_at": run_id, **LINK, **extra}
+            "final_val_loss": 2.5, "time_to_target_s": ttt, "bytes_to_target": None if ttt is None else 1e5 * ttt,
+            "compute_utilization": 0.5, "tokens_trained": 1_000_000, "seed": 0,
+            "reason": "target_val_loss 2.5 reached at version 9 (2.4)" if ttt else "cap: max_time_s 60 s reached",
+            "started_at": run_id, **LINK, **extra}
 
 
 def write_curve(runs: Path, run_id: str, start_loss: float) -> None:
@@ -88,7 +92,8 @@ def test_table_rows_hold_the_statistics_of_ok_runs(report):
     sync_high = by_header(table_row(report, "high_rtt", "ml_demo protocol=sync codec=none"))
     async_lan = by_header(table_row(report, "lan", "ml_demo protocol=async codec=topk"))
 
-    assert (lan["runs"], lan["duration"], lan["completed"], lan["pending"]) == ("2/3", "11.0 ± 1.4", "40.0", "0.0")
+    # 10 and 12: sd 1.414, n 2: t_{0.975, 1} * 1.414 / sqrt(2) = 12.7
+    assert (lan["runs"], lan["duration"], lan["completed"], lan["pending"]) == ("2/3", "11.0 ± 12.7", "40.0", "0.0")
     assert (lan["rtt"], lan["loss"], lan["mbit"], lan["backend"], lan["acceptance"]) == ("101.0", "0.50", "9.5", "userspace", "–")
     assert (satellite["duration"], satellite["completed"], satellite["pending"]) == ("30.0", "30.0", "10.0")
     assert (sync_high["runs"], sync_high["acceptance"], sync_high["val"], sync_high["ttt"]) == ("2/2", "90 %", "2.500", "50.0 (1/2)")
@@ -101,6 +106,7 @@ def test_markdown_lists_failed_runs_and_what_is_missing(runs, report):
     text = (runs / "report" / "results.md").read_text()
     assert "| b3 | basic | lan | basic_demo | failed | stack never healthy |" in text
     assert "1 of 4 finished ML runs have no curve.csv: m4" in text
+    assert "3 of 4 finished ML runs have fewer than 50 curve points (one per version applied): m1 (5), m2 (5)" in text
     assert "dist-llm-train report --runs runs" in text
     for name in PLOTS:
         assert f"]({name})" in text
@@ -138,7 +144,7 @@ def test_readme_section_is_replaced_through_the_command(tmp_path):
     assert text.startswith(f"# Title\n\nbefore\n{README_BEGIN}\n") and text.endswith(f"{README_END}\nafter\n")
     assert "old table" not in text
     assert f"dist-llm-train report --runs {runs} --readme {readme}" in text
-    assert "| basic | lan | basic_demo | 2/2 | 11.0 ± 1.4 |" in text
+    assert "| basic | lan | basic_demo | 2/2 | 11.0 ± 12.7 |" in text
     assert (runs / "report" / "index.html").is_file()
 
 
@@ -159,6 +165,9 @@ def test_missing_plots_of_a_mode_with_rows_are_named(tmp_path):
                      "no plot duration.png: no run durations among the finished runs",
                      "no plot completion_acceptance.png: no completed tasks or updates among the finished runs",
                      "no plot val_loss.png: no validation-loss curves among the finished runs",
+                     "no plot val_loss_bytes.png: no validation-loss curves with byte counters among the finished runs",
+                     "no plot to_target.png: no runs that reached their target among the finished runs",
+                     "no plot utilization.png: no compute utilization figures among the finished runs",
                      "no plot bytes_by_codec.png: no byte counters among the finished runs",
                      "no plot staleness.png: no staleness histograms among the finished runs"]
 
@@ -233,3 +242,30 @@ def test_text_from_the_rows_cannot_break_out_of_the_page(tmp_path):
     assert "<script>alert" not in page and page.count("</script>") == 3  # chart.js, report.js, the data
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', page).group(1))
     assert data["val_loss"][hostile] == [{"name": "ml_demo (m1)", "time": [[1.0, 2.5]], "bytes": []}]
+
+
+def test_repeats_give_intervals_comparisons_and_verdicts(tmp_path):
+    runs = tmp_path / "runs"
+    # three repeats each: async / dense baseline at 30-32 s, sync at 60-62 s (clear), top-k at 29-33 s (not)
+    times = {"async": [30.0, 31.0, 32.0], "sync": [60.0, 61.0, 62.0]}
+    for protocol, codec, values in (("async", "none", times["async"]), ("sync", "none", times["sync"]),
+                                    ("async", "topk", [29.0, 33.0, 31.5])):
+        for seed, ttt in enumerate(values):
+            run_id = f"{protocol}-{codec}-{seed}"
+            write_run(runs, run_id, ml_row(run_id, "lan", protocol, codec, ttt=ttt, seed=seed), {})
+    write_run(runs, "late", ml_row("late", "lan", "sync", seed=3), {})  # ended at the cap: not in the statistics
+
+    report = build_report(runs, runs / "report", "cmd")
+
+    compared = {(r[1], r[2]): r for r in report.compared}
+    sync = compared[("protocol", "ml_demo protocol=sync codec=none")]
+    topk = compared[("codec", "ml_demo protocol=async codec=topk")]
+    assert sync[3] == "ml_demo protocol=async codec=none" and sync[4] == "61.0 ± 2.5" and sync[5] == "31.0 ± 2.5"
+    assert sync[6].startswith("clear difference (Welch's t, p = 0.000, n = 3 vs 3)")
+    assert topk[6].startswith("not separable (Welch's t, p = ") and "n = 3 vs 3" in topk[6]
+    assert len(report.compared) == 2  # the baseline is compared with nothing
+    work = {r[1]: r for r in report.work}
+    assert work["ml_demo protocol=sync codec=none"][2:4] == ["0, 1, 2, 3", "3/0/1/0"]
+    assert work["ml_demo protocol=sync codec=none"][5] == "61.0 ± 2.5 (3/4)"
+    text = (runs / "report" / "results.md").read_text()
+    assert "## ML: comparisons with the baseline" in text and "Welch's t-test" in text

@@ -58,7 +58,8 @@ TOKEN = "bench-ps-token-0123456789"
 THROUGHPUT_CONFIG = {
     "name": "bench_ps", "mode": "ml", "seed": 0, "workers": {"count": 8},
     "ml": {"staleness": {"protocol": "async", "bound": 1000}, "aggregation": {"rule": "mean", "window": 1},
-           "budget": {"max_versions": 10**9, "max_time_s": 10**6, "eval_every": 10**9, "checkpoint_every": 10**9}},
+           "budget": {"max_versions": 10**9, "max_time_s": 10**6, "eval_every": 10**9, "eval_every_s": 1e9,
+                      "checkpoint_every": 10**9}},
 }
 WAN_MATRIX = "experiments/bench_ps.yaml"
 PARITY_CONFIG = REPO / "configs" / "ml_ci.yaml"
@@ -264,7 +265,8 @@ def print_parity(versions: int | None) -> None:
     for name, codec, downlink in variants:
         overrides = {"ml.compression.codec": codec, "ml.compression.downlink": downlink,
                      "ml.staleness.protocol": "sync", "ml.budget.max_versions": versions, "ml.budget.max_time_s": 600.0,
-                     "ml.budget.target_val_loss": None, "ml.budget.eval_every": versions, "timeout_s": 900.0}
+                     "ml.budget.target_val_loss": None, "ml.budget.eval_every": versions,
+                     "ml.budget.eval_every_s": 1e9, "timeout_s": 900.0}
         config = load_run_config(PARITY_CONFIG, overrides)
         with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "log", "w") as log:
             with LocalRun(config, Path(tmp) / "runs", output=log) as run:

@@ -107,6 +107,8 @@ class CurveTail:
             self.skipped += 1
             return 0
         values = {name: finite(text) if text else None for name, text in zip(self.header, cells) if name in COLUMNS}
+        if dict(zip(self.header, cells)).get("val_set") == "final":
+            values["val_loss"] = None  # the final evaluation's set is not the slice the curve draws (ps/report.py)
         if any(values.get(name) is None for name in REQUIRED):
             self.skipped += 1
             return 0

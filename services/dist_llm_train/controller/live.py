@@ -39,14 +39,18 @@ def clean(value: Any) -> Any:
 def progress(config: RunConfig, status: dict[str, Any]) -> dict[str, Any]:
     """How far the run is and an estimate of the time left, from the rate so far.
 
-    basic: tasks completed of all; ML: PS versions of `budget.max_versions`. The run also ends at
+    basic: tasks completed of all; ML: tokens trained of `budget.max_tokens` (the PS's `tokens_trained`), or
+    without a token budget PS versions of `budget.max_versions`. The run also ends at
     `timeout_s` (and an ML run at `budget.max_time_s`), both counted from its start, so the estimate
     is the soonest of the three; `bound` names it. An ML run with a target loss may end sooner."""
     run = status["run"]
     elapsed = run["elapsed_s"]
     if config.mode == "ml":
         budget = config.ml.budget
-        done, total, unit = (status["ps"] or {}).get("version") or 0, budget.max_versions, "versions"
+        if budget.max_tokens is not None:
+            done, total, unit = (status["ps"] or {}).get("tokens_trained") or 0, budget.max_tokens, "tokens"
+        else:
+            done, total, unit = (status["ps"] or {}).get("version") or 0, budget.max_versions, "versions"
         limits = {"timeout_s": config.timeout_s, "budget.max_time_s": budget.max_time_s}
         note = f"sooner if the validation loss reaches {budget.target_val_loss:g}" if budget.target_val_loss else None
     else:

@@ -132,6 +132,17 @@ class Emulation(BaseModel):
     problems: list[Annotated[str, Field(max_length=500)]] = Field(max_length=256)
 
 
+class InterfaceCounts(BaseModel):
+    """The sidecar's interface counters (netem/counters.py `InterfaceTally.summary`): per role and per container,
+    rx/tx bytes and packets since the run started."""
+
+    model_config = ConfigDict(extra="forbid")
+    interface: str = Field(max_length=16)
+    roles: dict[Literal["controller", "ps", "worker"], dict[Literal["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"], Count]]
+    containers: dict[Annotated[str, Field(max_length=100)], dict[Literal["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"], Count]] = Field(
+        max_length=1024)
+
+
 class LinksIn(RequestBody):
     profile: str
     backend: Literal["netem", "userspace"]
@@ -152,26 +163,33 @@ class LinksIn(RequestBody):
         [], max_length=256, description="declared workers without a running container when the run started")
     emulation: Emulation | None = Field(None, description="the delayers' release lateness and unasked-for drops so "
                                         "far (netem/lateness.py); null when no delayer runs")
+    interfaces: InterfaceCounts | None = Field(None, description="bytes and packets every container's eth0 carried "
+                                               "since the run started (netem/counters.py); null before")
 
 
 CountKey = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
 
 
 class PsReportIn(RequestBody):
+    """The PS's report; in a hivemind run worker 0's (hive/peer.py), which has no updates, staleness or socket
+    bytes to count: those are null there, and empty in the row."""
     version: Count
-    updates_accepted: Count
-    updates_rejected: Count
+    updates_accepted: Count | None
+    updates_rejected: Count | None
     updates_refused: dict[CountKey, Count] = Field(
         {}, max_length=32, description="the refused updates by reason (stale, second_in_round, norm)")
     wire_errors: dict[CountKey, Count] = Field(
         {}, max_length=32, description="messages the PS refused at its wire checks, by error code")
-    mean_staleness: float = Field(ge=0, le=MAX_COUNT)
-    bytes_up: Count
-    bytes_down: Count
+    mean_staleness: float | None = Field(ge=0, le=MAX_COUNT)
+    bytes_up: Count | None
+    bytes_down: Count | None
     initial_val_loss: float | None
     final_val_loss: float | None
     final_train_loss: float | None
     time_to_target_s: float | None
+    bytes_to_target: int | None = Field(None, ge=0, le=MAX_COUNT,
+                                        description="bytes up + down when the target was reached")
+    tokens_trained: int = Field(0, ge=0, le=MAX_COUNT, description="training tokens behind the applied updates")
     window: int = Field(ge=1, le=MAX_COUNT)
     done: bool
     reason: str | None

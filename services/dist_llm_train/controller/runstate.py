@@ -130,6 +130,7 @@ class Run:
         latest = latest_incarnations(self.store.workers())
         ml = config.ml
         emulation = links.get("emulation") or {}
+        worker_interfaces = ((links.get("interfaces") or {}).get("roles") or {}).get("worker") or {}
         status = meta["state"]
         reason = meta["reason"]
         if meta["degraded_reason"]:
@@ -173,6 +174,9 @@ class Run:
             # basic mode: what the controller itself served and accepted; ML: the PS's counts
             "bytes_up": ps.get("bytes_up") if ml else meta["bytes_received"],
             "bytes_down": ps.get("bytes_down") if ml else meta["bytes_served"],
+            # every worker container's eth0 since the run started, read by the sidecar (netem/counters.py)
+            "iface_bytes_up": worker_interfaces.get("tx_bytes"),
+            "iface_bytes_down": worker_interfaces.get("rx_bytes"),
             "compute_utilization": mean(w["compute_utilization"] for w in latest),
             "initial_val_loss": ps.get("initial_val_loss"),
             "final_val_loss": ps.get("final_val_loss"),
@@ -181,11 +185,17 @@ class Run:
             "run_id": meta["run_id"],
             "config_hash": meta["config_digest"],
             "scheduler": config.controller.scheduler,
+            "trainer": ml.trainer if ml else None,
             "protocol": ml.staleness.protocol if ml else None,
             "codec": ml.compression.codec if ml else None,
             "aggregation": ml.aggregation.rule if ml else None,
             "reason": reason,
             "started_at": iso(started),
+            "seed": config.seed,
+            "target_val_loss": ml.budget.target_val_loss if ml else None,
+            "max_tokens": ml.budget.max_tokens if ml else None,
+            "tokens_trained": ps.get("tokens_trained"),
+            "bytes_to_target": ps.get("bytes_to_target"),
         }
 
     def provenance(self) -> dict[str, Any]:

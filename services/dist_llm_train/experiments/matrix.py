@@ -99,6 +99,18 @@ class Cell:
                 f"workers={self.workers}{' ' + swept if swept else ''}")
 
 
+    def planned_work(self) -> str:
+        """What the cell is asked to do and its safety nets, as the dry run prints it."""
+        config, ml = self.config, self.config.ml
+        if ml is None:
+            return f"basic run, cap timeout_s {config.timeout_s:g} s"
+        budget = ml.budget
+        tokens = f"{budget.max_tokens:,} tokens" if budget.max_tokens is not None else "no token budget"
+        target = f"target val loss {budget.target_val_loss:g}" if budget.target_val_loss is not None else "no target"
+        return (f"{target}; budget {tokens}, {budget.max_versions:,} versions; cap max_time_s {budget.max_time_s:g} s "
+                f"(timeout_s {config.timeout_s:g} s)")
+
+
 def cell_key(config: RunConfig, profile: str, repeat: int) -> str:
     blob = json.dumps({"config": config.digest(), "profile": profile, "repeat": repeat,
                        "seed": config.seed, "workers": config.workers.count}, sort_keys=True)

@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="repeats of every combination instead of each study's")
     parser.add_argument("--runs", default="runs", help="the runs folder, inside the repository")
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="COMPOSE_PROJECT_NAME of the stacks")
-    parser.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and the work planned for each, and exit")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.matrix}: {len(cells)} cells; at most {clock(bound)} if every run reached its timeout")
     if args.dry_run:
         for i, cell in enumerate(cells, 1):
-            print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}")
+            print(f"[{i}/{len(cells)}] {cell.label()}  key {cell.key}\n      {cell.planned_work()}")
         return 0
     problem = tcp_problem({c.profile for c in cells}, root / "netem")
     if problem is not None:
@@ -157,6 +157,7 @@ def failure_row(cell: Cell, run_id: str, reason: str, started_at: str) -> dict[s
         "run_id": run_id, "config_hash": config.digest(), "scheduler": config.controller.scheduler,
         "protocol": ml.staleness.protocol if ml else None, "codec": ml.compression.codec if ml else None,
         "aggregation": ml.aggregation.rule if ml else None, "started_at": started_at,
+        "trainer": ml.trainer if ml else None,
     }
 
 
@@ -295,6 +296,8 @@ class Runner:
 
     def run_stack(self, cell: Cell, env: dict[str, str]) -> tuple[str, str, str]:
         """Up, wait for the end, read the row. Returns (run id, status, reason) or raises CellFailed."""
+        if cell.mode == "ml" and cell.config.ml.trainer == "hivemind":
+            env["TRAINER_IMAGE"] = self.hivemind_image()
         atomic_write(self.matrix_dir / f"{cell.key}.yaml",
                      yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False).encode())
         self.tear_down(cell, env)  # a stack an interrupted runner left would resume its old run
@@ -330,6 +333,15 @@ class Runner:
         if cell.mode == "ml":
             env["CHECKPOINTS_HOST_DIR"] = str(self.checkpoints(cell))
         return env
+
+    def hivemind_image(self) -> str:
+        """The image of a hivemind cell's PS and workers; CellFailed when it is not built (compose would build
+        the main Dockerfile under its name instead)."""
+        image = os.environ.get("HIVEMIND_IMAGE", "dist-llm-train-hivemind:dev")
+        if not image_id(image):
+            raise CellFailed(f"the hivemind image {image} is not built: `make image-hivemind` (make experiments "
+                             "builds it when the matrix names hivemind)")
+        return image
 
     def checkpoints(self, cell: Cell) -> Path:
         return self.matrix_dir / "checkpoints" / cell.key

@@ -85,15 +85,42 @@ class AttackConfig(Section):
 
 
 class BudgetConfig(Section):
-    max_versions: int = Field(300, ge=1, description="stop after the PS applied this many steps")
-    max_time_s: float = Field(600.0, gt=0, description="stop after this long")
-    target_val_loss: float | None = Field(None, gt=0, description="stop when validation loss reaches this (nats/byte)")
-    eval_every: int = Field(20, ge=1, description="evaluate validation loss every this many versions")
-    eval_batches: int = Field(4, ge=1, description="validation batches per evaluation")
+    """What ends a run (the first of: target, work budget, wall-clock cap) and how it is watched on the way.
+
+    Equal work: a comparison gives its cells the same `max_tokens`; `max_time_s` is only the safety net.
+    A run that ends without reaching the target says which limit ended it (`reason`: "budget: ..." for
+    max_tokens / max_versions, "cap: ..." for max_time_s)."""
+
+    max_versions: int = Field(300, ge=1, description="budget: stop after the PS applied this many steps")
+    max_tokens: int | None = Field(None, ge=1, description="budget: stop once the applied updates were computed from "
+                                   "this many training tokens (bytes): updates x local.steps x batch_size x seq_len; "
+                                   "null = no token budget")
+    max_time_s: float = Field(600.0, gt=0, description="cap: stop after this long (the safety net under the budget)")
+    target_val_loss: float | None = Field(None, gt=0, description="stop when the validation slice's loss reaches "
+                                          "this (nats/byte)")
+    eval_every: int = Field(20, ge=1, description="evaluate the validation slice every this many versions ...")
+    eval_every_s: float = Field(5.0, gt=0, description="... or at the first version this many seconds after the "
+                                "last evaluation, whichever comes first")
+    eval_slice_batches: int = Field(1, ge=1, description="batches of the fixed validation slice evaluated along the "
+                                    "run (one batch of the default model: at most 3.5 % of the PS's time at the default "
+                                    "schedule, ps/evaluation.py)")
+    eval_batches: int = Field(4, ge=1, description="validation batches of the final evaluation (final_val_loss)")
     checkpoint_every: int = Field(50, ge=1, description="write a checkpoint every this many versions")
 
 
+class HivemindConfig(Section):
+    """Settings of `trainer: hivemind` that have no builtin counterpart (hive/recipe.py maps the rest)."""
+    matchmaking_time_s: float = Field(5.0, gt=0, le=600, description="how long a peer waits for others to join an "
+                                      "averaging round (hivemind: 3-5 s for small local runs, 10-15 s over the internet)")
+    average_state_every: int = Field(1, ge=1, description="local.steps 1: also average the parameters every this many "
+                                     "epochs (hivemind's default 1 keeps peers from drifting apart)")
+
+
 class MLConfig(Section):
+    trainer: Literal["builtin", "hivemind"] = Field(
+        "builtin", description="builtin: workers push to the parameter server; hivemind: each worker is a "
+                               "hivemind.Optimizer peer (the hivemind image; hive/recipe.py maps this section)")
+    hivemind: HivemindConfig = HivemindConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     staleness: StalenessConfig = StalenessConfig()
@@ -125,4 +152,10 @@ class MLConfig(Section):
             raise ValueError("model.hidden_dim must be a multiple of model.heads")
         if self.attack.kind != "none" and not self.attack.workers:
             raise ValueError("attack.workers must name at least one worker when attack.kind is set")
+        if self.trainer == "hivemind":
+            from ..hive.recipe import refusals  # the mapping imports this module's types
+
+            refused = refusals(self)
+            if refused:
+                raise ValueError("trainer hivemind: " + "; ".join(refused))
         return self

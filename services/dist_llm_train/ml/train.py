@@ -69,9 +69,14 @@ def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     model.zero_grad(set_to_none=True)
     loss = loss_of(model, x, y)
     loss.backward()
-    grad = torch.cat([_grad_or_zeros(p).reshape(-1) for p in model.parameters()])
+    grad = flat_gradient(model)
     model.zero_grad(set_to_none=True)
     return grad, loss.item()
+
+
+def flat_gradient(model: nn.Module) -> torch.Tensor:
+    """The gradients the last backward left, flat [count_parameters] (a copy)."""
+    return torch.cat([_grad_or_zeros(p).reshape(-1) for p in model.parameters()])
 
 
 class LocalSteps:

@@ -64,7 +64,7 @@ class ProbeError(RuntimeError):
 @dataclass(frozen=True)
 class Endpoint:
     name: str  # container name, for messages
-    netns: str  # /proc/<pid>/ns/net of the container (or any namespace path)
+    netns: str  # a path nsenter can enter: the sidecar's held descriptor (nshandle), or a test's namespace
     address: str  # its address on the stack's network
     link: LinkSpec  # the link the preset gives it now
 

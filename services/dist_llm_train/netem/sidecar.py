@@ -2,9 +2,9 @@
 
 It finds the project's containers through the Docker API (labels com.docker.compose.project =
 COMPOSE_PROJECT and dist-llm-train.role = controller | ps | worker; a worker's index is its
-com.docker.compose.container-number - 1), enters each one's network namespace
-(/proc/<pid>/ns/net, with `nsenter`: the service runs with pid: host, NET_ADMIN, NET_RAW,
-SYS_ADMIN, SYS_PTRACE) and applies the link netem/<NETEM_PROFILE>.yaml gives it, through the
+com.docker.compose.container-number - 1), enters each one's network namespace (with `nsenter`,
+through a descriptor taken when the container was matched, never through a PID that could be reused:
+nshandle.py; the service runs with pid: host, NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_PTRACE) and applies the link netem/<NETEM_PROFILE>.yaml gives it, through the
 backend `NETEM_BACKEND` chooses. It then
   - re-applies a container's link when it (re)starts (Docker events, and a rescan every 5 s),
   - runs the preset's phases (t = 0 when it first reports ready),
@@ -13,7 +13,11 @@ backend `NETEM_BACKEND` chooses. It then
     black-holed, never silently undelayed (the NFQUEUE rule has no --queue-bypass),
   - reports to the controller every 2 s (POST /links) and writes runs/<run_id>/link.json,
   - on SIGTERM / SIGINT / any exit removes every rule and stops every process it started, in
-    `finally`, within CLEANUP_S.
+    `finally`, within CLEANUP_S,
+  - when it starts while the run is already running (it crashed, was killed, and compose's
+    `restart: unless-stopped` brought it back): clears what the dead one left, applies every link
+    again, resumes the phases at the run's elapsed time (no probe: the run is under way) and reports
+    itself unhealthy, so the row says `degraded` and why.
 `ready` becomes true once the controller, the PS (ML mode) and every worker have their link and
 the first fidelity probe (the lowest-numbered live worker <-> PS in ML mode, else <-> controller)
 is done. A declared worker without a running container (killed, crashed, never started) does not
@@ -45,10 +49,11 @@ from pathlib import Path
 
 from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
-from . import lateness, tcp
+from . import counters, lateness, tcp
 from .backends import CHOICES, choose
 from .backends.base import Backend, LinkError, in_namespace, run_commands
 from .backends.userspace import delayer_argv
+from .nshandle import NamespaceGone, NamespaceHandle
 from .preset import LinkSpec, Preset, Role, load_preset
 from .probe import SERVICES, Endpoint, ProbeError, expected, judge, measure_pair
 
@@ -114,7 +119,7 @@ class NamespaceLink:
         """Delete the rules (the NFQUEUE rule first), then stop the delayer, which releases what it
         holds. Every step is attempted; the failures are returned."""
         failures = []
-        if Path(self.netns).exists():  # else the namespace, and every rule in it, is gone already
+        if Path(self.netns).exists():  # else the handle was closed: nothing of ours is reachable
             failures = run_commands(self.netns, self.backend.remove(), timeout_s=max(1.0, timeout_s / 4),
                                     keep_going=True)
         if self.delayer is not None:
@@ -187,10 +192,6 @@ class Target:
     address: str
 
     @property
-    def netns(self) -> str:
-        return f"/proc/{self.pid}/ns/net"
-
-    @property
     def label(self) -> str:
         return self.role if self.role != "worker" else f"worker-{self.index}"
 
@@ -214,6 +215,21 @@ def target_of(container) -> Target | None:
     return Target(container.id, container.name, role, index, pid, address)
 
 
+def pid_now(client, container_id: str) -> int:
+    """The PID of the container's process now (0: not running, or gone)."""
+    try:
+        state = client.containers.get(container_id).attrs.get("State", {})
+    except Exception:  # noqa: BLE001 - removed meanwhile, or the daemon is restarting: not ours now
+        return 0
+    return int(state.get("Pid") or 0) if state.get("Running") else 0
+
+
+def hold(client, target: Target) -> NamespaceHandle:
+    """A handle on the target's namespace, taken while Docker still says its PID is the container's
+    (NamespaceGone otherwise)."""
+    return NamespaceHandle.open(target.pid, lambda: pid_now(client, target.id) == target.pid)
+
+
 def find_targets(client, project: str) -> dict[str, Target]:
     found = {}
     for container in client.containers.list(filters={"label": f"com.docker.compose.project={project}"}):
@@ -229,6 +245,7 @@ class Applied:
     link: LinkSpec
     ns: NamespaceLink | None  # None: the preset never impairs this container, nothing installed
     tcp: dict[str, str]  # the namespace's TCP settings in force once the preset's were set (tcp.SETTINGS)
+    handle: NamespaceHandle  # the only way in to the container's namespace
     since: float = field(default_factory=time.time)
 
 
@@ -261,6 +278,7 @@ class Sidecar:
         self.failure: str | None = None  # the first reason the preset cannot be applied as written
         self.missing_at_start: list[str] = []  # declared workers the run started without
         self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
+        self.interfaces = counters.InterfaceTally()  # every container's eth0 bytes from the run's start (counters.py)
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -279,10 +297,25 @@ class Sidecar:
                 self.start_wait_s = float(config["workers"].get("start_wait_s", self.start_wait_s))
                 self.seed = int(config.get("seed", 0))
                 log.info("run config: mode %s, %d workers, seed %d", config["mode"], self.expect_workers, self.seed)
+                self.resume_if_running(self.http.get("/status").json()["run"])
                 return
             except Exception as exc:  # noqa: BLE001 - the controller may still be starting
                 log.warning("waiting for the controller's /config: %s", exc)
                 self.stop.wait(2.0)
+
+    def resume_if_running(self, run: dict) -> None:
+        """A sidecar started into a running run: its clock is the run's, and the run is told the links
+        were not as the preset says between the old sidecar's death and now."""
+        if run.get("state") != "running" or self.t0 is not None:
+            return
+        elapsed = float(run.get("elapsed_s") or 0.0)
+        self.t0, self.t0_wall = time.monotonic() - elapsed, time.time() - elapsed
+        self.probe_done = True
+        self.problem("restarted", f"the netem sidecar restarted {elapsed:.0f} s into the run: from the previous "
+                     "one's death until every link was applied again, the links were black-holed (userspace) or "
+                     "left as they were (netem), then briefly unimpaired; the delayers' lateness before the "
+                     "restart is lost")
+        log.warning("started into a running run (t = %.1f s): re-applying every link, phases resume there", elapsed)
 
     def expected_labels(self) -> set[str]:
         labels = {"controller"} | {f"worker-{i}" for i in range(self.expect_workers)}
@@ -313,32 +346,39 @@ class Sidecar:
             return
         if old is not None:
             self.forget(target.id, "restarted")
+        try:
+            handle = hold(self.client, target)
+        except NamespaceGone as exc:
+            log.info("%s: %s; its link waits for the next scan", target.name, exc)
+            return
         link = self.preset.link_at(target.role, target.index, self.now_t())
-        tcp_now = self.apply_tcp(target, link)
+        tcp_now = self.apply_tcp(target, handle.path, link)
         if tcp_now is None:
+            handle.close()
             return
         if all(l.is_identity for l in self.preset.links_over_time(target.role, target.index)):
-            self.applied[target.id] = Applied(target, link, None, tcp_now)
+            self.applied[target.id] = Applied(target, link, None, tcp_now, handle)
             log.info("%s (%s, %s): no impairment, nothing installed; TCP %s", target.name, target.label,
                      target.address, tcp_now["congestion_control"])
             return
         seed = zlib.crc32(f"{self.seed}:{target.label}".encode()) & 0x7FFFFFFF
-        ns = NamespaceLink(self.backend, target.netns, target.label, seed, nice=self.settings.delayer_nice)
+        ns = NamespaceLink(self.backend, handle.path, target.label, seed, nice=self.settings.delayer_nice)
         try:
             ns.apply(link)
         except LinkError as exc:
+            handle.close()
             self.problem(f"apply:{target.label}", f"cannot apply the link of {target.name}: {exc}")
             return
-        self.applied[target.id] = Applied(target, link, ns, tcp_now)
+        self.applied[target.id] = Applied(target, link, ns, tcp_now, handle)
         log.info("%s (%s, %s, pid %d): applied %s, TCP %s [%s]", target.name, target.label, target.address,
                  target.pid, link_text(link), tcp_now["congestion_control"], self.backend.name)
 
-    def apply_tcp(self, target: Target, link: LinkSpec) -> dict[str, str] | None:
+    def apply_tcp(self, target: Target, netns: str, link: LinkSpec) -> dict[str, str] | None:
         """Set the link's TCP settings in the container's namespace and read back what is in force; None
         (and a problem that fails a run not yet started) when the kernel refuses them."""
         try:
-            run_commands(target.netns, tcp.commands(link.tcp))
-            settings = tcp.read_settings(target.netns)
+            run_commands(netns, tcp.commands(link.tcp))
+            settings = tcp.read_settings(netns)
         except LinkError as exc:
             allowed, _ = tcp.host_lists()
             self.fail(f"tcp:{target.label}", f"cannot set TCP congestion control {link.tcp.congestion_control} in "
@@ -360,6 +400,7 @@ class Sidecar:
         if gone.ns is not None and gone.ns.delayer is not None:
             gone.ns.delayer.kill()
             gone.ns.delayer.wait()
+        gone.handle.close()
         log.info("%s %s: its rules went with its namespace", gone.target.name, why)
 
     def clear_leftovers(self) -> None:
@@ -367,8 +408,15 @@ class Sidecar:
         black-hole the links (the controller's too, so this runs before anything else)."""
         removal = self.backend.remove()
         for target in find_targets(self.client, self.project).values():
-            if len(run_commands(target.netns, removal, keep_going=True)) < len(removal):
-                log.warning("%s: removed the rules a previous sidecar left behind", target.name)
+            try:
+                handle = hold(self.client, target)
+            except NamespaceGone:
+                continue  # its namespace, and whatever was left in it, is gone
+            try:
+                if len(run_commands(handle.path, removal, keep_going=True)) < len(removal):
+                    log.warning("%s: removed the rules a previous sidecar left behind", target.name)
+            finally:
+                handle.close()
 
     def rescan(self) -> None:
         targets = find_targets(self.client, self.project)
@@ -425,7 +473,7 @@ class Sidecar:
         applied = list(self.applied.values())  # the main thread changes the dict
         peer = next((a for a in applied if a.target.role == ("ps" if self.expect_ps else "controller")), None)
         workers = sorted((a for a in applied if a.target.role == "worker"), key=lambda a: a.target.index)
-        live = [a for a in workers if Path(a.target.netns).exists()]
+        live = [a for a in workers if a.handle.alive()]
         return (live[0], peer) if live and peer else None
 
     def run_probe(self) -> None:
@@ -438,7 +486,7 @@ class Sidecar:
                 self.stop.wait(1.0)
                 continue
             attempt += 1
-            a, b = (Endpoint(x.target.name, x.target.netns, x.target.address, x.link) for x in pair)
+            a, b = (Endpoint(x.target.name, x.handle.path, x.target.address, x.link) for x in pair)
             try:
                 log.info("probe %s <-> %s: started (attempt %d)", a.name, b.name, attempt)
                 measured = measure_pair(a, b)
@@ -492,8 +540,15 @@ class Sidecar:
                 "ready": self.ready(), "healthy": not self.problems, "problems": list(self.problems.values()),
                 "failed": self.failure, "tcp_cc": self.tcp_summary(), "missing": self.missing_at_start,
                 "links": links, "probe": self.probe, "compute_speed": list(self.preset.compute_speeds),
-                "emulation": self.lateness.summary(),
+                "emulation": self.lateness.summary(), "interfaces": self.interface_counts(),
                 "preset": self.preset.as_dict()}
+
+    def interface_counts(self) -> dict | None:
+        present = [(a.target.id, a.target.pid, a.target.label, a.target.role) for a in list(self.applied.values())]
+        if self.t0 is not None and not self.interfaces.started:
+            self.interfaces.start(present)
+        self.interfaces.update(present)
+        return self.interfaces.summary()
 
     def snapshot(self) -> None:
         """The state file (for --health and verify) now, and the body the reporter sends next."""
@@ -534,6 +589,9 @@ class Sidecar:
         if blob != self._last_link_json:
             atomic_write(self.settings.runs_dir / self.run_id / "link.json", blob)
             self._last_link_json = blob
+        if self.t0_wall is not None:
+            counters.append_series(self.settings.runs_dir / self.run_id / "interfaces.csv",
+                                   time.time() - self.t0_wall, body.get("interfaces"))
 
     # -- the loop -------------------------------------------------------------------------
     def watch_events(self) -> None:
@@ -615,10 +673,12 @@ class Sidecar:
             failures = item.ns.remove(timeout_s=max(1.0, remaining / 2))
             if failures:
                 log.error("cleanup of %s: %s", item.target.name, "; ".join(failures))
-            elif not Path(item.ns.netns).exists():
-                log.info("cleanup: %s is gone, and its rules with its namespace", item.target.name)
+            elif not item.handle.alive():
+                log.info("cleanup: %s is gone; its rules went with its namespace", item.target.name)
             else:
                 log.info("cleanup: removed every rule from %s", item.target.name)
+        for item in self.applied.values():
+            item.handle.close()
         self.applied.clear()
         log.info("cleanup done")
 
@@ -666,7 +726,7 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
         if all(l.is_identity for l in preset.links_over_time(role, index)):
             print("# nothing to install")
             continue
-        print(f"# apply, in {label}'s network namespace (nsenter --net=/proc/<pid>/ns/net --):")
+        print(f"# apply, in {label}'s network namespace (nsenter --net=<a descriptor held on it> --):")
         spec = backend.delayer_spec(link)
         if spec is not None:
             print(f"# first, the delayer, with spec file {json.dumps(spec)}:")

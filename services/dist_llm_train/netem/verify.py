@@ -31,7 +31,8 @@ from .preset import Preset, load_preset
 from .probe import (LOSS_SAMPLES, LOSS_TOLERANCE_PP, RATE_JUDGED_UP_TO_MBIT, RATE_RANGE, RTT_SAMPLES, RTT_TOLERANCE,
                     STDEV_TOLERANCE, TCP_SECONDS, Endpoint, ProbeError, expected, judge, measure_pair, measure_tcp,
                     schedule)
-from .sidecar import STATE_FILE, Target, find_targets
+from .nshandle import NamespaceGone
+from .sidecar import STATE_FILE, Target, find_targets, hold
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +64,10 @@ def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float,
     return start if t0_wall is None else time.time() - t0_wall
 
 
-def rule_problems(backend_name: str, target: Target, delayer_pid: int | None) -> list[str]:
+def rule_problems(backend_name: str, target: Target, netns: str, delayer_pid: int | None) -> list[str]:
     """What is missing of the rules (and process) the backend installs in this container."""
     def show(*argv: str) -> str:
-        return subprocess.run(in_namespace(target.netns, argv), capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run(in_namespace(netns, argv), capture_output=True, text=True, timeout=10).stdout
 
     problems = []
     qdiscs = show("tc", "qdisc", "show")
@@ -157,7 +158,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     import docker
 
-    targets = sorted(find_targets(docker.from_env(), state["project"]).values(), key=lambda t: (t.role, t.index))
+    client = docker.from_env()
+    targets, netns, gone = [], {}, []
+    for target in sorted(find_targets(client, state["project"]).values(), key=lambda t: (t.role, t.index)):
+        try:
+            netns[target.id] = hold(client, target).path  # held until verify exits
+            targets.append(target)
+        except NamespaceGone as exc:
+            gone.append(f"{target.name}: {exc}")
     workers = [t for t in targets if t.role == "worker"]
     peers = [t for t in targets if t.role == "ps"] + [t for t in targets if t.role == "controller"]
     if not workers or not peers:
@@ -165,12 +173,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     tcp_summary, problems = tcp_lines(preset, targets, state["links"])
+    problems += gone
     for target in targets:
         entry = state["links"].get(target.name)
         if entry is None:
             problems.append(f"{target.name}: the sidecar has not applied its link")
         elif entry["installed"]:
-            problems += rule_problems(state["backend"], target, (entry.get("delayer") or {}).get("pid"))
+            problems += rule_problems(state["backend"], target, netns[target.id],
+                                      (entry.get("delayer") or {}).get("pid"))
 
     results, rows, skipped, measured_by_links = [], [], [], {}
     for worker in workers:
@@ -188,15 +198,15 @@ def main(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"measuring {pair} (t = {t:.0f} s) ...", flush=True)
             try:
-                measured = measure_pair(Endpoint(worker.name, worker.netns, worker.address, a_link),
-                                        Endpoint(peer.name, peer.netns, peer.address, b_link))
+                measured = measure_pair(Endpoint(worker.name, netns[worker.id], worker.address, a_link),
+                                        Endpoint(peer.name, netns[peer.id], peer.address, b_link))
             except ProbeError as exc:
                 problems.append(f"{pair}: {exc}")
                 continue
             exp = expected(a_link, b_link, state["backend"])
             verdict = judge(measured, exp)
-            a_end, b_end = (Endpoint(worker.name, worker.netns, worker.address, a_link),
-                            Endpoint(peer.name, peer.netns, peer.address, b_link))
+            a_end, b_end = (Endpoint(worker.name, netns[worker.id], worker.address, a_link),
+                            Endpoint(peer.name, netns[peer.id], peer.address, b_link))
             by_algorithm = {}
             for algorithm in algorithms:
                 seconds = args.tcp_seconds or max(10.0, 30 * exp["rtt_ms"] / 1000)

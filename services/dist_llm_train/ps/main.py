@@ -141,6 +141,10 @@ def main(args: argparse.Namespace) -> int:
     if run["state"] in END_STATES:
         log.info("run %s is already over (%s): nothing to serve", run_id, run["state"])
         return 0
+    if config.ml.trainer == "hivemind":  # no parameter server: this container is the swarm's initial peer
+        from ..hive.bootstrap import serve as serve_initial_peer
+
+        return serve_initial_peer(settings, run_id, client, log)
     return serve(settings, config, run_id, client, log)
 
 

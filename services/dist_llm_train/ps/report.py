@@ -5,11 +5,15 @@ about every `interval_s` from a thread of its own (the controller's latency neve
 once more, synchronously and retried, at the end (`done: true`).
 
 Curve files in `runs/<run_id>/`:
-    curve.csv      t_s, version, train_loss, val_loss, updates_accepted, updates_rejected, mean_staleness,
-                   bytes_up, bytes_down: one row per applied version (every `stride`-th when a budget allows
-                   more than MAX_CURVE_ROWS versions; always the evaluated ones), counters cumulative,
-                   val_loss only on evaluated rows. An evaluated row is held back until its loss is known, so
-                   rows stay in version order although evaluation runs in another thread.
+    curve.csv      t_s, version, train_loss, val_loss, val_set, updates_accepted, updates_rejected,
+                   mean_staleness, bytes_up, bytes_down, tokens: one row per applied version (every `stride`-th
+                   when a budget allows more than MAX_CURVE_ROWS versions; always the evaluated ones), counters
+                   cumulative. Which loss a point is: `train_loss` on every row is the mean training loss the
+                   workers sent with the updates of that step (each computed on its own batch, before the step);
+                   `val_loss` only on evaluated rows, on the validation set `val_set` names: `slice` (the fixed
+                   slice evaluated along the run) or `final` (the final evaluation's set, one row at the end).
+                   An evaluated row is held back until its loss is known, so rows stay in version order although
+                   evaluation runs in another thread.
     staleness.csv  staleness, count: every push with a valid base version, accepted or refused.
 """
 
@@ -29,9 +33,10 @@ from ..results import atomic_write
 
 REPORT_FIELDS = ("version", "updates_accepted", "updates_rejected", "updates_refused", "wire_errors",
                  "mean_staleness", "bytes_up", "bytes_down", "initial_val_loss", "final_val_loss",
-                 "final_train_loss", "time_to_target_s", "window", "done", "reason")
-CURVE_COLUMNS = ("t_s", "version", "train_loss", "val_loss", "updates_accepted", "updates_rejected",
-                 "mean_staleness", "bytes_up", "bytes_down")
+                 "final_train_loss", "time_to_target_s", "bytes_to_target", "tokens_trained", "window", "done",
+                 "reason")
+CURVE_COLUMNS = ("t_s", "version", "train_loss", "val_loss", "val_set", "updates_accepted", "updates_rejected",
+                 "mean_staleness", "bytes_up", "bytes_down", "tokens")
 MAX_CURVE_ROWS = 2000
 END_STATES = ("finished", "timeout", "stopped", "failed")  # the controller's run states after the end
 
@@ -87,7 +92,7 @@ class Curve:
         self.run_dir = run_dir
         self.stride = max(1, math.ceil(max_versions / MAX_CURVE_ROWS))
         self.pending: deque[dict[str, Any]] = deque()
-        self.awaiting: dict[int, dict[str, Any]] = {}  # version -> its row, until the loss comes
+        self.awaiting: dict[tuple[int, str], dict[str, Any]] = {}  # (version, set) -> its row, until the loss comes
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "curve.csv"
         fresh = not path.exists() or path.stat().st_size == 0
@@ -96,24 +101,24 @@ class Curve:
         if fresh:
             self.writer.writeheader()
 
-    def version(self, row: dict[str, Any], evaluated: bool) -> None:
-        """The row of a version just applied; with `evaluated` it waits for `val_loss`."""
-        if not evaluated and row["version"] % self.stride:
+    def version(self, row: dict[str, Any], evaluated: str | None = None) -> None:
+        """The row of a version just applied; `evaluated` (a validation set's name): it waits for `val_loss`."""
+        if evaluated is None and row["version"] % self.stride:
             return
-        row = {**row, "val_loss": None}
+        row = {**row, "val_loss": None, "val_set": evaluated}
         self.pending.append(row)
-        if evaluated:
-            self.awaiting[row["version"]] = row
+        if evaluated is not None:
+            self.awaiting[(row["version"], evaluated)] = row
         self._flush()
 
-    def val_loss(self, version: int, loss: float) -> None:
-        row = self.awaiting.pop(version, None)
+    def val_loss(self, version: int, on: str, loss: float) -> None:
+        row = self.awaiting.pop((version, on), None)
         if row is not None:
             row["val_loss"] = loss
         self._flush()
 
     def _flush(self) -> None:
-        while self.pending and self.pending[0]["version"] not in self.awaiting:
+        while self.pending and (self.pending[0]["version"], self.pending[0]["val_set"]) not in self.awaiting:
             row = self.pending.popleft()
             self.writer.writerow({k: fmt(row.get(k)) for k in CURVE_COLUMNS})
 

@@ -48,10 +48,14 @@ Downlink, bytes per update for the default model (d = 938,240):
                         overflow), gets dense parameters. Replicas are per session and not checkpointed:
                         after a PS restart every worker starts from dense parameters.
 
-Evaluation every `budget.eval_every` versions runs in a thread (ps/evaluation.py); a non-finite validation
-loss ends the run `failed` (the model diverged). The run ends at `budget.target_val_loss`, `max_versions` or
-`max_time_s` (run time from the controller's clock): every reply then carries STOP, a final evaluation,
-checkpoint and report (`done`) follow, and the PS lingers up to LINGER_S to tell every worker. A final
+Evaluation of the validation slice every `budget.eval_every` versions or at the first version `eval_every_s`
+after the last one, whichever comes first, runs in a thread (ps/evaluation.py, which states its cost); a
+non-finite validation loss ends the run `failed` (the model diverged). The run ends at
+`budget.target_val_loss` (checked on the slice; time_to_target_s and bytes_to_target are those of the version
+that reached it), at the work budget (`max_tokens`, `max_versions`: reason "budget: ...") or at the wall-clock
+cap (`max_time_s`, run time from the controller's clock: reason "cap: ..."): every reply then carries STOP,
+the final evaluation (on the `eval_batches` set, of the last version), checkpoint and report (`done`) follow,
+and the PS lingers up to LINGER_S to tell every worker. A final
 evaluation that fails turns the end into `failed` with both reasons: the row never carries the loss of an
 older version as the final one. Checkpoints (ps/checkpoint.py) every `checkpoint_every` versions, at the end and
 on `request_stop` (SIGTERM); a PS started for a run with checkpoints resumes from the newest one.
@@ -169,6 +173,7 @@ class Counters:
     refused: Counter = field(default_factory=Counter)
     bytes_up: int = 0  # received before this process (a resumed run)
     bytes_down: int = 0
+    tokens: int = 0  # training tokens behind the updates applied: the work budget's unit
 
 
 class ParameterServer:
@@ -205,6 +210,10 @@ class ParameterServer:
         self.last_val: tuple[int, float] | None = None
         self.eval_failed: tuple[int, str] | None = None  # the last evaluation that gave no finite loss, and why
         self.time_to_target_s: float | None = None
+        self.bytes_to_target: int | None = None  # up + down when the version that reached the target was applied
+        self.final_val: tuple[int, float] | None = None  # the final evaluation's (version, loss)
+        # every update is computed from local.steps batches of batch_size x seq_len tokens (bytes)
+        self.tokens_per_update = ml.local.steps * ml.data.batch_size * ml.data.seq_len
         self.recent_train: deque[float] = deque(maxlen=RECENT_TRAIN)
         resumed = self.resume()
 
@@ -215,7 +224,8 @@ class ParameterServer:
         self.window: Window[Row] = Window(ml.aggregation.window)
         self.rate = VersionRate()
         self.bounds = AdaptiveBounds(ml.staleness.min_bound, ml.staleness.max_bound)
-        self.eval_times: dict[int, float] = {}
+        self.eval_times: dict[tuple[int, str], tuple[float, int]] = {}  # (version, set) -> (run time, bytes)
+        self.last_eval_t = 0.0  # run time of the last slice evaluation submitted
         self.t0: float | None = None  # monotonic time of the run's start
         self.ended: str | None = None
         self.linger_until = 0.0
@@ -223,9 +233,14 @@ class ParameterServer:
         self.last_publish = 0.0
 
         train_val = split(load_corpus(ml.data.path, ml.data.seq_len), ml.data.val_fraction, ml.data.seq_len)
-        batches = validation_batches(train_val[1], ml.data.batch_size, ml.data.seq_len, ml.budget.eval_batches)
-        self.evaluator = Evaluator(model, batches)
-        self.curve = Curve(run_dir, ml.budget.max_versions) if run_dir is not None else None
+        val, budget = train_val[1], ml.budget
+        self.evaluator = Evaluator(model, {
+            "slice": validation_batches(val, ml.data.batch_size, ml.data.seq_len, budget.eval_slice_batches),
+            "final": validation_batches(val, ml.data.batch_size, ml.data.seq_len, budget.eval_batches)})
+        # the most versions the work budget allows (a token budget of n updates allows at most n versions)
+        most = budget.max_versions if budget.max_tokens is None else min(
+            budget.max_versions, math.ceil(budget.max_tokens / self.tokens_per_update))
+        self.curve = Curve(run_dir, most) if run_dir is not None else None
 
         if key.mode != ml.data_plane_auth or registry.mode != ml.data_plane_auth:
             raise ConfigError(f"ml.data_plane_auth: the run uses {ml.data_plane_auth}; the PS was given a {key.mode} "
@@ -273,8 +288,9 @@ class ParameterServer:
             c = meta["counters"]
             counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
                                 Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
-                                Counter(c.get("refused", {})), c["bytes_up"], c["bytes_down"])
+                                Counter(c.get("refused", {})), c["bytes_up"], c["bytes_down"], c.get("tokens", 0))
             initial, last_val, target_s = meta["initial_val_loss"], meta["last_val"], meta["time_to_target_s"]
+            target_bytes = meta.get("bytes_to_target")
             recent = list(meta["recent_train"])
             self.noise.set_state(ckpt.tensors["noise_rng"])
             self.optimizer.load_state({k.removeprefix("optimizer."): v for k, v in ckpt.tensors.items()
@@ -283,7 +299,7 @@ class ParameterServer:
             self.log.warning("checkpoint of version %d not resumed: %s; starting afresh", ckpt.version, exc)
             return False
         self.params, self.version, self.counters = ckpt.tensors["params"], ckpt.version, counters
-        self.initial_val_loss, self.time_to_target_s = initial, target_s
+        self.initial_val_loss, self.time_to_target_s, self.bytes_to_target = initial, target_s, target_bytes
         self.last_val = tuple(last_val) if last_val else None
         self.recent_train.extend(recent)
         self.log.info("resumed run %s from its checkpoint of version %d", self.run_id, self.version)
@@ -297,10 +313,12 @@ class ParameterServer:
             "config": self.config.model_dump(mode="json"), "model": self.ml.model.model_dump(mode="json"),
             "numel": self.numel, "initial_val_loss": self.initial_val_loss,
             "last_val": list(self.last_val) if self.last_val else None, "time_to_target_s": self.time_to_target_s,
+            "bytes_to_target": self.bytes_to_target,
             "recent_train": list(self.recent_train),
             "counters": {"accepted": c.accepted, "rejected": c.rejected, "staleness_sum": c.staleness_sum,
                          "staleness": {str(k): v for k, v in c.staleness.items()}, "errors": dict(c.errors),
-                         "refused": dict(c.refused), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down()},
+                         "refused": dict(c.refused), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(),
+                         "tokens": c.tokens},
         }
         tensors = {"params": self.params, "noise_rng": self.noise.get_state(),
                    **{f"optimizer.{k}": v for k, v in self.optimizer.state().items()}}
@@ -354,11 +372,12 @@ class ParameterServer:
     def tick(self, now: float) -> None:
         if self.ml.staleness.protocol == "sync" and self.ended is None and self.barrier.due(now):
             self.close_round(now)
-        for version, loss, error in self.evaluator.results():
-            self.on_evaluation(version, loss, error, now)
+        for version, on, loss, error in self.evaluator.results():
+            self.on_evaluation(version, on, loss, error, now)
         if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
-            self.finish(f"max_time_s {self.ml.budget.max_time_s:g} s reached at version {self.version}", now)
-        if self.ended is None and (self.version >= self.ml.budget.max_versions or self.time_to_target_s is not None):
+            self.finish(f"cap: max_time_s {self.ml.budget.max_time_s:g} s reached at version {self.version}"
+                        f"{self.short_of_target()}", now)
+        if self.ended is None and (self.budget_spent() is not None or self.time_to_target_s is not None):
             self.finish(f"budget already reached at version {self.version} (resumed after the end)", now)
         state = self.reporter.controller_state if self.reporter is not None else None
         if self.ended is None and state in END_STATES:
@@ -639,18 +658,38 @@ class ParameterServer:
             self.finish(f"failed: the parameters are NaN or Inf after the step to version {self.version} (the model "
                         f"diverged)", now)
             return
+        self.counters.tokens += len(rows) * self.tokens_per_update
         budget = self.ml.budget
-        evaluated = self.version % budget.eval_every == 0
+        evaluated = (self.version % budget.eval_every == 0
+                     or self.run_time(now) - self.last_eval_t >= budget.eval_every_s)
         self.rate.record(now, self.version)
         self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
         if self.curve is not None:
-            self.curve.version(self.curve_row(now), evaluated)
+            self.curve.version(self.curve_row(now), "slice" if evaluated else None)
         if evaluated:
             self.submit_evaluation(now)
         if self.version % budget.checkpoint_every == 0:
             self.save_checkpoint()
+        spent = self.budget_spent()
+        if spent is not None:
+            self.finish(f"budget: {spent} reached at version {self.version}{self.short_of_target()}", now)
+
+    def budget_spent(self) -> str | None:
+        """Which work budget is spent (max_tokens, max_versions), or None."""
+        budget, c = self.ml.budget, self.counters
+        if budget.max_tokens is not None and c.tokens >= budget.max_tokens:
+            return f"max_tokens {budget.max_tokens} ({c.tokens} tokens trained)"
         if self.version >= budget.max_versions:
-            self.finish(f"max_versions {budget.max_versions} reached", now)
+            return f"max_versions {budget.max_versions}"
+        return None
+
+    def short_of_target(self) -> str:
+        """What an end without the target adds to its reason: how far the slice's loss was."""
+        target = self.ml.budget.target_val_loss
+        if target is None or self.time_to_target_s is not None:
+            return ""
+        last = f"{self.last_val[1]:.4f} at version {self.last_val[0]}" if self.last_val else "none yet"
+        return f", before target_val_loss {target:g} (last validation slice loss {last})"
 
     # ---- evaluation, budget, end ---------------------------------------------------------------------
 
@@ -659,38 +698,45 @@ class ParameterServer:
         return {"t_s": round(self.run_time(now), 3), "version": self.version,
                 "train_loss": self.recent_train[-1] if self.recent_train else None,
                 "updates_accepted": c.accepted, "updates_rejected": c.rejected, "mean_staleness": self.mean_staleness(),
-                "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down()}
+                "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(), "tokens": c.tokens}
 
     def evaluate_initial(self) -> None:
-        """The first evaluation of a fresh run: version 0, the run's initial loss, at t = 0."""
+        """The first evaluation of a fresh run: version 0 on the slice, the run's initial loss, at t = 0."""
         if self.curve is not None:
-            self.curve.version(self.curve_row(0.0), evaluated=True)
-        self.eval_times[0] = 0.0
+            self.curve.version(self.curve_row(0.0), "slice")
+        self.eval_times[(0, "slice")] = (0.0, 0)
         self.evaluator.submit(0, self.params.clone())
 
-    def submit_evaluation(self, now: float) -> None:
-        self.eval_times[self.version] = self.run_time(now)
-        self.evaluator.submit(self.version, self.params.clone())
+    def submit_evaluation(self, now: float, on: str = "slice") -> None:
+        t = self.run_time(now)
+        if on == "slice":
+            self.last_eval_t = t
+        self.eval_times[(self.version, on)] = (t, self.bytes_up() + self.bytes_down())
+        self.evaluator.submit(self.version, self.params.clone(), on)
 
-    def on_evaluation(self, version: int, loss: float, error: str | None, now: float) -> None:
-        t = self.eval_times.pop(version, self.run_time(now))
+    def on_evaluation(self, version: int, on: str, loss: float, error: str | None, now: float) -> None:
+        t, sent = self.eval_times.pop((version, on), (self.run_time(now), self.bytes_up() + self.bytes_down()))
         if self.curve is not None:
-            self.curve.val_loss(version, loss)
+            self.curve.val_loss(version, on, loss)
         if error is not None or not math.isfinite(loss):
             why = f"its evaluation failed ({error})" if error else f"its validation loss is {loss} (the model diverged)"
             self.eval_failed = (version, why)
-            self.log.error("version %d: %s", version, why)
+            self.log.error("version %d (%s set): %s", version, on, why)
             if error is None:
                 self.finish(f"failed: version {version}: {why}", now)
+            return
+        train = self.recent_train[-1] if self.recent_train else float("nan")
+        self.log.info("eval version %d: val_loss %.4f on the %s set (train %.4f) at t=%.1f s", version, loss, on,
+                      train, t)
+        if on == "final":
+            self.final_val = (version, loss)
             return
         if self.initial_val_loss is None:
             self.initial_val_loss = loss
         self.last_val = (version, loss)
-        train = self.recent_train[-1] if self.recent_train else float("nan")
-        self.log.info("eval version %d: val_loss %.4f (train %.4f) at t=%.1f s", version, loss, train, t)
         target = self.ml.budget.target_val_loss
         if target is not None and loss <= target and self.time_to_target_s is None:
-            self.time_to_target_s = t
+            self.time_to_target_s, self.bytes_to_target = t, sent
             self.finish(f"target_val_loss {target:g} reached at version {version} ({loss:.4f})", now)
 
     def finish(self, reason: str, now: float) -> None:
@@ -704,13 +750,11 @@ class ParameterServer:
             if sess is not None:
                 self.send(sess.peer, self.ack(sess, False, 0, now))
         self.barrier.open(self.version)
-        evaluated = self.version in self.eval_times or (self.last_val is not None and self.last_val[0] == self.version)
-        if not evaluated:
-            if self.curve is not None:
-                self.curve.version(self.curve_row(now), evaluated=True)
-            self.submit_evaluation(now)
-        for version, loss, error in self.evaluator.results(wait=True):
-            self.on_evaluation(version, loss, error, now)
+        if self.curve is not None:
+            self.curve.version(self.curve_row(now), "final")
+        self.submit_evaluation(now, "final")
+        for version, on, loss, error in self.evaluator.results(wait=True):
+            self.on_evaluation(version, on, loss, error, now)
         if not self.final_val_known() and not self.ended.startswith("failed"):
             version, why = self.eval_failed  # results come in order: this is the final version's
             self.ended = f"failed: final version {version}: {why}; the run had ended: {reason}"
@@ -759,19 +803,23 @@ class ParameterServer:
         return self.counters.bytes_down + self.sock.sent
 
     def final_val_known(self) -> bool:
-        return self.last_val is not None and self.last_val[0] == self.version
+        return self.final_val is not None and self.final_val[0] == self.version
 
     def report_body(self, done: bool) -> dict:
-        """The report to the controller. `final_val_loss`: the latest validation loss while the run goes on; in
-        the `done` report only the loss of the final version (None when its evaluation failed)."""
+        """The report to the controller. `final_val_loss`: the latest slice loss while the run goes on; in the
+        `done` report only the final evaluation's loss of the final version (None when it failed)."""
         c = self.counters
-        final_val = self.last_val[1] if self.last_val and (not done or self.final_val_known()) else None
+        if done:
+            final_val = self.final_val[1] if self.final_val_known() else None
+        else:
+            final_val = self.last_val[1] if self.last_val else None
         return {
             "version": self.version, "updates_accepted": c.accepted, "updates_rejected": c.rejected,
             "updates_refused": dict(c.refused), "wire_errors": dict(c.errors),
             "mean_staleness": self.mean_staleness(), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(),
             "initial_val_loss": self.initial_val_loss, "final_val_loss": final_val,
             "final_train_loss": sum(self.recent_train) / len(self.recent_train) if self.recent_train else None,
-            "time_to_target_s": self.time_to_target_s, "window": self.window_size, "done": done,
+            "time_to_target_s": self.time_to_target_s, "bytes_to_target": self.bytes_to_target,
+            "tokens_trained": c.tokens, "window": self.window_size, "done": done,
             "reason": self.ended,
         }

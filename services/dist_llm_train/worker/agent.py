@@ -9,6 +9,7 @@ refuses RUN_TOKEN, 1 when the controller stays unreachable.
 What a task runner (synthetic.run_task, ml_loop.run_shard) may use:
     agent.config              resolved run config (dict), as the controller sent it
     agent.index, agent.speed  this worker's index and compute speed factor
+    agent.run_id              the run this worker registered in
     agent.settings, agent.log
     agent.data_key            this worker's data-plane key (dataplane.Credential; ML mode), agent.ps_key()
     agent.client              ControlClient of the task loop's thread
@@ -41,6 +42,7 @@ class Agent:
         self.stopping = threading.Event()
         self.fatal: Exception | None = None  # what stopped the heartbeat thread, if not the run's end
         self.worker_id = ""
+        self.run_id = ""
         self.config: dict[str, Any] = {}
         self.heartbeat_interval_s = 1.0
         self._register_lock = threading.Lock()
@@ -101,6 +103,7 @@ class Agent:
             })
             self.worker_id = answer["worker_id"]
             self._ps_key = answer.get("ps_key") or self._ps_key
+            self.run_id = answer["run_id"]
             self.config = answer["config"]
             self.heartbeat_interval_s = answer["heartbeat_interval_s"]
             self.log.info("registered as %s in run %s (mode %s, speed %g)", self.worker_id, answer["run_id"],
@@ -194,7 +197,11 @@ class Agent:
     def _execute(self, task: dict[str, Any], worker_id: str) -> None:
         self.log.info("task %s (%s, %d tokens, lease %s)", task["task_id"], task["kind"], task["tokens"],
                       task["lease"])
-        if task["kind"] == "shard":
+        if task["kind"] == "shard" and self.config["ml"].get("trainer") == "hivemind":
+            from ..hive.peer import run_shard as run_peer  # the hivemind image only
+
+            run_peer(self, task)
+        elif task["kind"] == "shard":
             from .ml_loop import run_shard  # ML only: basic mode never imports torch
 
             run_shard(self, task)

@@ -27,7 +27,8 @@ class WorkersConfig(Section):
     base_tokens_per_sec: float = Field(50_000.0, gt=0, le=MAX_TOKENS, description="basic mode: synthetic tokens/s of a worker at speed 1.0")
     start_wait_s: float = Field(60.0, gt=0, le=3600, description="with the netem sidecar: how long, once the servers and a "
                                 "first worker have their links, the run waits for every declared worker before it "
-                                "starts with those present (the row's reason names the others)")
+                                "starts with those present (the row's reason names the others); ml.trainer hivemind "
+                                "fails instead, and its peers wait this long for each other in the swarm")
 
     @field_validator("speed")
     @classmethod
