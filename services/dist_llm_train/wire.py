@@ -485,5 +485,6 @@ class CountingSocket:
             peer = bytes(frames[0].bytes if isinstance(frames[0], zmq.Frame) else frames[0])
             self.by_peer.setdefault(peer, [0, 0])[direction] += n
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close, dropping what is still queued after `linger_ms` (the PS gives its last STOP replies time)."""
+        self.sock.close(linger=linger_ms)

@@ -98,6 +98,7 @@ from .staleness import accept, staleness
 from .zap import ZapHandler
 
 LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
+CLOSE_LINGER_MS = 2000  # the last STOP replies still go out on close (a LINGER of 0 dropped a queued one)
 POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
 RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
 IO_THREADS = 2  # ZeroMQ threads moving the PS's bytes (kernel copies), beside the loop's own thread
@@ -253,7 +254,6 @@ class ParameterServer:
         setup_server(sock, key)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)  # a single frame above the limit: dropped by ZeroMQ
         sock.setsockopt(zmq.RCVHWM, RCV_HWM)
-        sock.setsockopt(zmq.LINGER, 2000)  # the last STOP replies still go out on close
         sock.bind(address)
         self.sock = wire.CountingSocket(sock, routed=True)
         self.log_start(address, resumed)
@@ -348,7 +348,7 @@ class ParameterServer:
                 self.tick(time.monotonic())
         finally:
             self.evaluator.close()
-            self.sock.close()
+            self.sock.close(CLOSE_LINGER_MS)
             self.zap.close()
             self.context.term()
 
