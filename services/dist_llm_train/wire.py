@@ -64,6 +64,7 @@ from .ml.codecs import LAYOUT, Encoded, all_finite, check_encoded, decode as dec
 
 DESCRIPTOR = struct.Struct("!BBQ")  # array name code, dtype code, length in elements
 MAX_ARRAYS = max(len(layout) for layout in LAYOUT.values())
+MAX_FRAMES = 1 + MAX_ARRAYS  # frame 0 and one frame per array: no message of the protocol has more
 MAX_TOKEN_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES = 256, 128, 2048
 
 ACCEPTED, STOP, DELTA = 1, 2, 4  # flag bits
@@ -97,6 +98,11 @@ ERROR_CODES: dict[str, int] = {
     "server_error": 16,  # the PS could not handle a valid message (logged with the traceback)
     # a worker's report (worker -> PS): its own training cannot go on; the PS ends the run failed with the text
     "training_failed": 17,
+    # the connection (ps/server.py): frames of one message past MAX_FRAMES; a key no longer admitted; a HELLO
+    # under another name than the one the connection's key was registered for
+    "too_many_frames": 18,
+    "not_admitted": 19,
+    "wrong_identity": 20,
 }
 ERROR_NAMES = {number: name for name, number in ERROR_CODES.items()}
 
@@ -309,6 +315,15 @@ def decode(frames: Sequence[Any], *, max_bytes: int, numel: int | None) -> Messa
     return build(kind, values, text, flags, session, version, payload)
 
 
+def check_bounds(frames: int, total: int, *, max_frames: int, max_bytes: int) -> None:
+    """A message of `frames` frames and `total` bytes so far: WireError as soon as it passes either bound, so a
+    receiver can stop keeping it at the frame that broke the bound."""
+    if frames > max_frames:
+        raise WireError("too_many_frames", f"message of more than {max_frames} frames")
+    if total > max_bytes:
+        raise WireError("oversize", f"message of more than {max_bytes} bytes (the limit)")
+
+
 def buffer_of(frame: Any) -> memoryview:
     return memoryview(frame.buffer if isinstance(frame, zmq.Frame) else frame).cast("B")
 
@@ -436,6 +451,29 @@ class CountingSocket:
         frames = self.sock.recv_multipart(flags, copy=False)
         self._count(frames, 1)
         return frames
+
+    def recv_bounded(self, max_frames: int, max_bytes: int, flags: int = 0) -> tuple[list[zmq.Frame], WireError | None]:
+        """One message, read a frame at a time and checked as it is read (`check_bounds`; a ROUTER's routing id
+        is not part of the message). Past a bound the rest is read and dropped frame by frame: the frames kept
+        are those within the bounds, and the error says which bound broke. ZeroMQ hands over a multipart
+        message only once it holds all of it (docs/architecture.md says what that leaves to bound)."""
+        first = self.sock.recv(flags, copy=False)
+        frames, more = [first], first.more
+        count, total = (0, 0) if self.routed else (1, len(first))
+        error = None
+        while more:
+            frame = self.sock.recv(copy=False)
+            more, count, total = frame.more, count + 1, total + len(frame)
+            if error is None:
+                try:
+                    check_bounds(count, total, max_frames=max_frames, max_bytes=max_bytes)
+                    frames.append(frame)
+                    continue
+                except WireError as exc:
+                    error = exc.with_traceback(None)  # a traceback would keep this call's frames alive
+            self._count([first, frame] if self.routed else [frame], 1)  # dropped at once, but it came in
+        self._count(frames, 1)
+        return frames, error
 
     def _count(self, frames: list[Any], direction: int) -> None:
         n = wire_bytes(frames[1:] if self.routed else frames)

@@ -43,7 +43,7 @@ def test_a_poisoned_push_is_refused_and_the_run_ends_on_its_own_terms(tmp_path, 
     with ml_run(tmp_path, process_log, {"ml.budget.max_versions": 300, "ml.staleness.bound": 1000}) as run:
         run.start()
         wait_for_version(run, 20, 120)
-        probe = Probe(run, NUMEL)
+        probe = Probe(run, NUMEL, name="poisoner")
         answer = poison(run, probe)
         probe.close()
         final = run.wait_end(120)
@@ -63,7 +63,7 @@ def test_a_poisoned_push_past_a_raised_bound_fails_the_run_within_seconds(tmp_pa
     with ml_run(tmp_path, process_log, overrides) as run:
         run.start()
         wait_for_version(run, 20, 120)
-        probe = Probe(run, NUMEL)
+        probe = Probe(run, NUMEL, name="poisoner")
         answer = poison(run, probe)
         pushed = time.monotonic()
         probe.close()

@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-import zmq
 
 from dist_llm_train import wire
 from dist_llm_train.ml.codecs import encode
-from test_ps_protocol import Worker, serve  # noqa: F401 (a fixture)
+from test_ps_protocol import serve  # noqa: F401 (a fixture)
 
 POISON = 3e38  # the largest round float32 below its maximum: finite, so the wire's NaN / Inf check passes it
 
@@ -99,11 +98,7 @@ def test_a_training_failed_text_becomes_one_bounded_line(serve):
 def test_an_error_from_a_stranger_or_with_another_code_is_refused(serve):
     server, connect = serve({})
     member = connect("member")
-    stranger = Worker.__new__(Worker)  # a socket that never said HELLO
-    stranger.sock = member.sock.context.socket(zmq.DEALER)
-    stranger.sock.setsockopt(zmq.LINGER, 0)
-    stranger.sock.connect(server.sock.sock.getsockopt(zmq.LAST_ENDPOINT).decode())
-    stranger.numel = server.numel
+    stranger = connect("stranger", hello=False)  # admitted, but never said HELLO
     unknown = stranger.ask(wire.Error("training_failed", "let me end your run"))
     other = member.ask(wire.Error("server_error", "not a worker's report"))
     stranger.sock.close()

@@ -13,6 +13,7 @@ from ml_support import ML_CI
 
 from dist_llm_train import wire
 from dist_llm_train.config import load_run_config
+from dist_llm_train.dataplane import KeyRegistry, new_credential, setup_client
 from dist_llm_train.demo import free_port
 from dist_llm_train.ml.codecs import encode
 from dist_llm_train.ps.server import ParameterServer
@@ -22,14 +23,18 @@ LIMIT = 64 << 20
 
 
 class Worker:
-    def __init__(self, context, address, name, numel):
+    """A worker played message by message, its key admitted by the PS (`admit`); `hello`: join at once."""
+
+    def __init__(self, context, address, name, numel, server, admit, hello=True):
         self.sock = context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        setup_client(self.sock, admit(name), name, server.public)
         self.sock.connect(address)
         self.numel, self.params, self.version = numel, None, 0
-        welcome = self.ask(wire.Hello(TOKEN, name, 0))
-        self.session = welcome.session
-        self.take(self.ask(wire.Pull(self.session)))
+        if hello:
+            welcome = self.ask(wire.Hello(TOKEN, name, 0))
+            self.session = welcome.session
+            self.take(self.ask(wire.Pull(self.session)))
 
     def send(self, msg):
         self.sock.send_multipart(wire.encode(msg))
@@ -58,11 +63,19 @@ def serve():
     def start(overrides):
         config = load_run_config(ML_CI, {"ml.budget.eval_every": 10**6, "ml.budget.eval_every_s": 1e9, **overrides})
         address = f"tcp://127.0.0.1:{free_port()}"
-        server = ParameterServer(config, TOKEN, address, logging.getLogger("ps-test"))
+        key, registry, keys = new_credential("curve"), KeyRegistry("curve"), {}
+
+        def admit(name):  # what the controller's registration does for the PS
+            own = new_credential("curve")
+            keys[name] = own.public
+            registry.replace(keys)
+            return own
+
+        server = ParameterServer(config, TOKEN, address, logging.getLogger("ps-test"), key=key, registry=registry)
         thread = threading.Thread(target=server.serve, daemon=True)
         thread.start()
         servers.append((server, thread))
-        return server, lambda name: Worker(context, address, name, server.numel)
+        return server, lambda name, hello=True: Worker(context, address, name, server.numel, key, admit, hello)
 
     yield start
     for server, thread in servers:

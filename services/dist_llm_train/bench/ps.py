@@ -1,7 +1,8 @@
 """`dist-llm-train bench ps`: parameter-server throughput, wire efficiency, and (with --wan) time to target.
 
 (1) Throughput: the real ParameterServer (async, window 1, mean, SGD; evaluation and checkpoints off) on
-loopback, and 8 worker processes that push one precomputed update of the default model (938,240
+loopback, under each data-plane authentication (`ml.data_plane_auth`: curve, the default, encrypts every byte;
+plain authenticates without encrypting), and 8 worker processes that push one precomputed update of the default model (938,240
 parameters) as fast as the PS answers; each ACK carries the fresh parameters, of which a worker reads only
 the header (a real worker's decode would take CPU from the PS being measured on 2 cores). Accepted-and-applied updates per second over `--seconds`, after a warm-up, from the PS's own
 version counter; beside it the physical bound of this machine: memcpy bandwidth (one large tensor copy,
@@ -49,6 +50,7 @@ import zmq
 
 from .. import wire
 from ..config import RunConfig, load_run_config
+from ..dataplane import Credential, KeyRegistry, new_credential, setup_client
 from ..ml.codecs import LAYOUT, encode, nbytes
 
 REPO = Path(__file__).resolve().parents[3]
@@ -111,13 +113,14 @@ def memcpy_gb_s(megabytes: int = 256, runs: int = 7) -> float:
     return src.numel() * 4 / best / 1e9
 
 
-def push_forever(address: str, codec: str, index: int, stop: Any) -> None:
+def push_forever(address: str, codec: str, index: int, stop: Any, key: Credential, server: str) -> None:
     """A lightweight worker: one precomputed update, pushed again as soon as each ACK is in. It reads only
     the ACK's header (the version to push against next): on 2 cores, a worker's own checks and copies of
     the parameters would take CPU from the PS being measured."""
     torch.set_num_threads(1)
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
+    setup_client(sock, key, f"bench-{index}", server)
     sock.connect(address)
 
     def ask(msg: wire.Message) -> list[zmq.Frame]:
@@ -138,25 +141,29 @@ def header_version(frames: list[zmq.Frame]) -> int:
     return wire.HEADER.unpack_from(frames[0].buffer)[-1]
 
 
-def throughput_config(codec: str) -> RunConfig:
+def throughput_config(codec: str, auth: str) -> RunConfig:
     data = json.loads(json.dumps(THROUGHPUT_CONFIG))
     data["ml"]["compression"] = {"codec": codec, "ratio": 0.01}
+    data["ml"]["data_plane_auth"] = auth
     return RunConfig.model_validate(data)
 
 
-def measure_throughput(codec: str, workers: int, seconds: float) -> dict[str, float]:
+def measure_throughput(codec: str, auth: str, workers: int, seconds: float) -> dict[str, float]:
     from ..ps.server import ParameterServer
 
     log = logging.getLogger("bench-ps")
     log.setLevel(logging.WARNING)
     port = free_port()
-    server = ParameterServer(throughput_config(codec), TOKEN, f"tcp://127.0.0.1:{port}", log)
+    server_key, keys = new_credential(auth), [new_credential(auth) for _ in range(workers)]
+    registry = KeyRegistry(auth, fixed={f"bench-{i}": key.public for i, key in enumerate(keys)})
+    server = ParameterServer(throughput_config(codec, auth), TOKEN, f"tcp://127.0.0.1:{port}", log, key=server_key,
+                             registry=registry)
     serving = threading.Thread(target=server.serve, daemon=True)
     serving.start()
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
-    procs = [spawn.Process(target=push_forever, args=(f"tcp://127.0.0.1:{port}", codec, i, stop), daemon=True)
-             for i in range(workers)]
+    procs = [spawn.Process(target=push_forever, args=(f"tcp://127.0.0.1:{port}", codec, i, stop, keys[i],
+                                                      server_key.public), daemon=True) for i in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -200,20 +207,22 @@ def print_throughput(workers: int, seconds: float) -> None:
     bandwidth = memcpy_gb_s()
     print(f"(1) PS throughput: {workers} workers on loopback, default model, async window 1; "
           f"memcpy {bandwidth:.2f} GB/s on this machine")
-    print(f"{'codec':<10} {'updates/s':>10} {'bytes/update':>14} {'bound/s':>10} {'of bound':>9} "
+    print(f"{'auth':<6} {'codec':<10} {'updates/s':>10} {'bytes/update':>14} {'bound/s':>10} {'of bound':>9} "
           f"{'PS CPU ms/upd':>14} {'of it the loop':>15} {'workers CPU ms/upd':>19}")
-    of_bound = {}
-    for codec in ("none", "topk"):
-        got = measure_throughput(codec, workers, seconds)
+    of_bound, rate = {}, {}
+    for auth, codec in (("curve", "none"), ("curve", "topk"), ("plain", "none"), ("plain", "topk")):
+        got = measure_throughput(codec, auth, workers, seconds)
         bound = bandwidth * 1e9 / got["bytes_per_update"]
-        of_bound[codec] = got["updates_per_s"] / bound
-        print(f"{codec:<10} {got['updates_per_s']:>10.1f} {got['bytes_per_update']:>14,.0f} {bound:>10.1f} "
+        of_bound[auth, codec], rate[auth, codec] = got["updates_per_s"] / bound, got["updates_per_s"]
+        print(f"{auth:<6} {codec:<10} {got['updates_per_s']:>10.1f} {got['bytes_per_update']:>14,.0f} {bound:>10.1f} "
               f"{100 * got['updates_per_s'] / bound:>8.1f}% {got['ps_cpu_ms']:>14.2f} {got['loop_cpu_ms']:>15.2f} "
               f"{got['workers_cpu_ms']:>19.2f}",
               flush=True)
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes take their share)")
-    judge(f"dense >= {TARGETS['dense_of_bound']:.0%} of the bound ({of_bound['none']:.1%})",
-          of_bound["none"] >= TARGETS["dense_of_bound"])
+    for codec in ("none", "topk"):
+        print(f"curve / plain, {codec}: {rate['curve', codec] / rate['plain', codec]:.2f}x (what encryption costs)")
+    judge(f"dense >= {TARGETS['dense_of_bound']:.0%} of the bound (curve {of_bound['curve', 'none']:.1%}, plain "
+          f"{of_bound['plain', 'none']:.1%})", of_bound["curve", "none"] >= TARGETS["dense_of_bound"])
 
 
 # ---- (2) wire efficiency ----------------------------------------------------------------------------------

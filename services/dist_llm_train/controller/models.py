@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import MAX_SEED
+from ..dataplane import KEY_PATTERN
 from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
 
 # Counts, sizes, indices and versions: SQLite stores integers as signed 64 bits (2**63 was a 500),
@@ -35,6 +36,14 @@ class RegisterIn(RequestBody):
     index: Count = Field(description="compose container number - 1")
     capacity: float = Field(gt=0, le=MAX_FIGURE, description="declared capacity (1.0 = nominal)")
     memory_mb: int = Field(gt=0, le=MAX_COUNT, description="declared memory, MiB")
+    data_key: str | None = Field(None, pattern=KEY_PATTERN,
+                                 description="the key this worker proves to the PS (Z85): its CURVE public key, "
+                                             "or its PLAIN password (dataplane.py); none: no data plane")
+
+
+class PsKey(RequestBody):
+    mode: Literal["curve", "plain"] = Field(description="ml.data_plane_auth of the run")
+    public_key: str | None = Field(pattern=KEY_PATTERN, description="the PS's CURVE public key (Z85); null for plain")
 
 
 class RegisterOut(BaseModel):
@@ -43,6 +52,11 @@ class RegisterOut(BaseModel):
     mode: str
     heartbeat_interval_s: float
     config: dict[str, Any]
+    ps_key: PsKey | None = None  # null until the PS announced its key (GET /ps/key asks again)
+
+
+class PsWorkersOut(BaseModel):
+    keys: dict[str, str]  # worker name -> the data key it registered, for every live worker
 
 
 class TelemetryIn(RequestBody):

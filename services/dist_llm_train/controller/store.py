@@ -25,6 +25,10 @@ from typing import Any, Iterator
 from .scheduling.base import TaskView, WorkerView
 from .tasks import TaskSpec
 
+class KeyInUse(ValueError):
+    """A data key already registered by another live worker."""
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
     id INTEGER PRIMARY KEY CHECK (id = 1),   -- one run per database
@@ -83,6 +87,10 @@ CREATE TABLE IF NOT EXISTS workers (
     UNIQUE (name, incarnation)
 );
 CREATE INDEX IF NOT EXISTS workers_by_status ON workers (status);
+CREATE TABLE IF NOT EXISTS data_keys (       -- apart from workers: /status lists workers' columns
+    worker_id TEXT PRIMARY KEY,
+    data_key TEXT NOT NULL                   -- what the worker proves to the PS (dataplane.py)
+);
 CREATE TABLE IF NOT EXISTS telemetry (
     worker_id TEXT PRIMARY KEY,
     samples INTEGER NOT NULL,
@@ -202,11 +210,16 @@ class Store:
     # ---- workers ----------------------------------------------------------------------------
 
     def register_worker(self, name: str, index: int, capacity: float, memory_mb: int,
-                        now: float) -> tuple[str, list[tuple[str, str | None]]]:
+                        now: float, data_key: str | None = None) -> tuple[str, list[tuple[str, str | None]]]:
         """A new incarnation of worker `name`; a live earlier incarnation is retired as 'replaced'
         (its process restarted, so it cannot be running its task any more) and its task requeued.
-        Returns (worker_id, [(retired worker_id, its requeued task id or None)])."""
+        Returns (worker_id, [(retired worker_id, its requeued task id or None)]). KeyInUse (nothing
+        changed) when `data_key` is another live worker's."""
         with self.transaction():
+            if data_key is not None and self.db.execute(
+                    "SELECT 1 FROM data_keys JOIN workers USING (worker_id) WHERE data_key = ? AND status = 'alive'"
+                    " AND name != ?", (data_key, name)).fetchone():
+                raise KeyInUse("data_key: registered by another live worker")
             retired = [(old, self._retire(old, "replaced", now)) for (old,) in self.db.execute(
                 "SELECT worker_id FROM workers WHERE name = ? AND status = 'alive'", (name,)).fetchall()]
             (last,) = self.db.execute(
@@ -217,7 +230,14 @@ class Store:
                 " registered_at, idle_since) VALUES (?, ?, ?, ?, ?, ?, 'alive', ?, ?)",
                 (worker_id, name, last + 1, index, capacity, memory_mb, now, now),
             )
+            if data_key is not None:
+                self.db.execute("INSERT INTO data_keys (worker_id, data_key) VALUES (?, ?)", (worker_id, data_key))
         return worker_id, retired
+
+    def live_data_keys(self) -> dict[str, str]:
+        """name -> data key of every live worker that registered one (what the PS admits)."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT name, data_key FROM workers JOIN data_keys USING (worker_id) WHERE status = 'alive'")}
 
     def worker(self, worker_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()

@@ -137,6 +137,10 @@ class MLConfig(Section):
                                 "one and a worker whose own update is larger reports its training diverged; null = "
                                 "10 * sqrt(d) for a model of d parameters (RMS 10 per coordinate, at least 80x the "
                                 "largest honest update measured: ml/divergence.py)")
+    data_plane_auth: Literal["curve", "plain"] = Field(
+        "curve", description="who may talk to the PS (dataplane.py): curve = each worker's own keypair, every byte "
+                             "encrypted; plain = each worker's own password, not encrypted (trusted networks only: "
+                             "it saves CURVE's cost, make bench-ps)")
     reply_timeout_s: float = Field(120.0, gt=0, description="worker: a PS silent this long after a request is presumed "
                                    "gone (socket rebuilt, HELLO again); sync mode adds staleness.sync_timeout_s")
 

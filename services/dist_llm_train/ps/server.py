@@ -3,8 +3,16 @@
 Per message (`handle`): decode and check it (`wire.decode`), act, answer. A refused message is answered with
 ERROR and its code, counted (`errors`, by code) and logged (throttled); nothing a peer sends stops the loop.
 
-    HELLO  run token checked (constant time) -> a new session; the same worker name saying HELLO again
-           (a rebuilt socket, a restarted worker) retires its old session first
+    HELLO  run token checked (constant time), and the name must be the one whose key the connection proved
+           (wrong_identity otherwise) -> a new session; the same worker name saying HELLO again (a rebuilt
+           socket, a restarted worker) retires its old session first
+
+Who may connect (ml.data_plane_auth, dataplane.py): only a connection whose key the controller registered for a
+live worker gets through the handshake (ps/zap.py); every message then carries that key's ZAP user id, and a
+message whose key is no longer admitted (the worker was declared dead or replaced) is refused `not_admitted`
+and its session closed. A message is read a frame at a time (`CountingSocket.recv_bounded`): past
+wire.MAX_FRAMES frames or `ml.max_message_mb` bytes the rest is dropped as it is read, the error counted, and
+the sender cut off (`cut_off`: its key banned, its connection closed, no answer).
     PULL   -> PARAMS: dense, or a delta against the worker's replica (below)
     PUSH   staleness s = version now - base version; accepted or refused by the protocol, refused when its L2
            norm is above `ml.max_update_norm` (ml/divergence.py), then ACK with the worker's new parameters
@@ -59,6 +67,7 @@ import hmac
 import logging
 import math
 import secrets
+import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -71,6 +80,7 @@ from torch import Tensor
 
 from .. import wire
 from ..config import RunConfig
+from ..dataplane import HEALTH_NAME, Credential, KeyRegistry, setup_server
 from ..ml.codecs import Encoded, all_finite, decode, encode, nbytes
 from ..ml.data import load_corpus, split, validation_batches
 from ..ml.divergence import max_update_norm, update_norm
@@ -85,12 +95,17 @@ from .optimizer import build_optimizer
 from .report import END_STATES, Curve, LogThrottle, Reporter
 from .rounds import AdaptiveBounds, SyncBarrier, VersionRate, Window
 from .staleness import accept, staleness
+from .zap import ZapHandler
 
 LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
 CLOSE_LINGER_MS = 2000  # the last STOP replies still go out on close (a LINGER of 0 dropped a queued one)
 POLL_S = 0.1  # the loop's tick when no message comes: sync deadlines, evaluations, budgets, reports
 RECENT_TRAIN = 20  # final_train_loss: mean over the last this many steps
 IO_THREADS = 2  # ZeroMQ threads moving the PS's bytes (kernel copies), beside the loop's own thread
+# Complete messages ZeroMQ may queue per connection before it stops reading that connection: a worker has one
+# request out at a time (a BYE may follow it), so 4 never holds an honest worker back, and bounds what a
+# connection can park in the PS to 4 messages of ml.max_message_mb (ZeroMQ's default: 1000).
+RCV_HWM = 4
 MAX_REPORT_TEXT = 400  # characters of a worker's training_failed text kept in the run's reason
 
 
@@ -163,10 +178,13 @@ class Counters:
 
 
 class ParameterServer:
-    def __init__(self, config: RunConfig, token: str, address: str, log: logging.Logger, *, run_id: str = "local",
+    def __init__(self, config: RunConfig, token: str, address: str, log: logging.Logger, *, key: Credential,
+                 registry: KeyRegistry, fetch_keys: Callable[[], dict[str, str]] | None = None, run_id: str = "local",
                  run_dir: Path | None = None, checkpoint_dir: Path | None = None,
                  run_elapsed: Callable[[], float | None] = lambda: None, reporter: Reporter | None = None):
-        """ConfigError if the aggregation rule cannot hold for the window, or the data cannot be read."""
+        """`key`: the PS's own (CURVE: its keypair); `registry`: the keys it admits, refreshed from `fetch_keys`
+        (the controller's list of live workers; None: fixed). ConfigError if the aggregation rule cannot hold for
+        the window, or the data cannot be read, or `key` is not of the run's ml.data_plane_auth."""
         ml = config.ml
         if ml is None:
             raise ConfigError("the PS needs an ML run config (mode: ml)")
@@ -225,9 +243,17 @@ class ParameterServer:
             budget.max_versions, math.ceil(budget.max_tokens / self.tokens_per_update))
         self.curve = Curve(run_dir, most) if run_dir is not None else None
 
+        if key.mode != ml.data_plane_auth or registry.mode != ml.data_plane_auth:
+            raise ConfigError(f"ml.data_plane_auth: the run uses {ml.data_plane_auth}; the PS was given a {key.mode} "
+                              f"key and a {registry.mode} registry")
+        self.registry = registry
         self.context = zmq.Context(io_threads=IO_THREADS)
+        self.zap = ZapHandler(self.context, registry, fetch_keys, log)
+        self.zap.start()
         sock = self.context.socket(zmq.ROUTER)
+        setup_server(sock, key)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)  # a single frame above the limit: dropped by ZeroMQ
+        sock.setsockopt(zmq.RCVHWM, RCV_HWM)
         sock.bind(address)
         self.sock = wire.CountingSocket(sock, routed=True)
         self.log_start(address, resumed)
@@ -239,9 +265,9 @@ class ParameterServer:
     def log_start(self, address: str, resumed: bool) -> None:
         ml, dense = self.ml, 4 * self.numel
         up = nbytes(encode(torch.ones(self.numel), self.codec, self.ratio))
-        self.log.info("PS on %s: %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, codec %s "
+        self.log.info("PS on %s (%s): %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, codec %s "
                       "(%.1f KB per update, %.2f %% of dense, up%s), local steps %d; %s at version %d",
-                      address, ml.model.arch, "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim,
+                      address, ml.data_plane_auth, ml.model.arch, "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim,
                                                                          ml.model.layers)),
                       self.numel, dense / 1e6, ml.staleness.protocol, self.window_size, self.codec, up / 1e3,
                       100 * up / dense, " and down" if self.down_codec == self.codec else "; dense down",
@@ -323,6 +349,7 @@ class ParameterServer:
         finally:
             self.evaluator.close()
             self.sock.close(CLOSE_LINGER_MS)
+            self.zap.close()
             self.context.term()
 
     def request_stop(self) -> None:
@@ -337,10 +364,10 @@ class ParameterServer:
     def drain(self, limit: int = 64) -> None:
         for _ in range(limit):
             try:
-                frames = self.sock.recv(zmq.NOBLOCK)
+                frames, too_big = self.sock.recv_bounded(wire.MAX_FRAMES, self.max_bytes, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.handle(frames, time.monotonic())
+            self.handle(frames, too_big, time.monotonic())
 
     def tick(self, now: float) -> None:
         if self.ml.staleness.protocol == "sync" and self.ended is None and self.barrier.due(now):
@@ -359,11 +386,21 @@ class ParameterServer:
             self.reporter.publish(self.report_body(done=False))
             self.last_publish = now
 
-    def handle(self, frames: list, now: float) -> None:
+    def handle(self, frames: list, too_big: wire.WireError | None, now: float) -> None:
+        """One message: `frames` as `recv_bounded` kept them, `too_big` the bound it broke, if any."""
         peer = bytes(frames[0].buffer)
+        if too_big is not None:  # counted, and no answer: the connection is closed
+            self.refuse(peer, too_big)
+            self.cut_off(peer, frames[1], too_big)
+            return
         try:
+            name = self.registry.name_of(frames[1].get("User-Id"))
+            if name is None:
+                self.close_sessions_of(peer, "its key is no longer admitted")
+                raise wire.WireError("not_admitted", "this connection's key is no longer registered for a live "
+                                                     "worker (declared dead or replaced): register again")
             msg = wire.decode(frames[1:], max_bytes=self.max_bytes, numel=self.numel)
-            reply = self.dispatch(peer, msg, now)
+            reply = self.dispatch(peer, name, msg, now)
         except wire.WireError as exc:
             reply = self.refuse(peer, exc)
         except Exception as exc:  # a bug must not take the data plane down: log it, answer, go on
@@ -390,11 +427,15 @@ class ParameterServer:
         named = next((s.name for s in self.sessions.values() if s.peer == peer), None)
         return repr(named) if named else f"connection {peer.hex()}"
 
-    def dispatch(self, peer: bytes, msg: wire.Message, now: float) -> wire.Message | None:
+    def dispatch(self, peer: bytes, name: str, msg: wire.Message, now: float) -> wire.Message | None:
+        """`name`: the worker the connection's key proves it is."""
         if isinstance(msg, wire.Ping):
             c = self.counters
             return wire.Pong(self.version, c.accepted, c.rejected, sum(c.errors.values()))
         if isinstance(msg, wire.Hello):
+            if msg.name != name or name == HEALTH_NAME:
+                raise wire.WireError("wrong_identity", f"HELLO as {msg.name[:64]!r} on a connection whose key is "
+                                                       f"registered for {name!r}")
             return self.hello(peer, msg, now)
         if isinstance(msg, (wire.Pull, wire.Push, wire.Bye)):
             sess = self.session_of(peer, msg.session)
@@ -441,6 +482,26 @@ class ParameterServer:
         if sess.peer != peer:
             raise wire.WireError("session_mismatch", f"session {session:016x} belongs to another connection")
         return sess
+
+    def cut_off(self, peer: bytes, frame: zmq.Frame, why: wire.WireError) -> None:
+        """A message past the bounds: ZeroMQ held all of it before the PS saw its first frame (it delivers a
+        multipart message whole), so the sender is not given a second one. Its key is banned (it must register
+        again, with a new key) and its connection closed: shut down under ZeroMQ, which then drops it."""
+        user = frame.get("User-Id")
+        name = self.registry.name_of(user)
+        if user:
+            self.registry.ban(user)
+        self.close_sessions_of(peer, f"message past the bounds ({why.code})")
+        try:
+            with socket.fromfd(frame.get(zmq.SRCFD), socket.AF_INET, socket.SOCK_STREAM) as dup:  # ZeroMQ keeps its fd
+                dup.shutdown(socket.SHUT_RDWR)
+        except (OSError, zmq.ZMQError) as exc:
+            self.log.warning("could not close the connection of %r: %s", name, exc)
+        self.log.warning("worker %r sent a message past the bounds (%s): key banned, connection closed", name, why)
+
+    def close_sessions_of(self, peer: bytes, why: str) -> None:
+        for sess in [s for s in self.sessions.values() if s.peer == peer]:
+            self.retire(sess, why)
 
     def retire(self, sess: Session, why: str) -> None:
         self.sessions.pop(sess.id, None)

@@ -11,6 +11,7 @@ What a task runner (synthetic.run_task, ml_loop.run_shard) may use:
     agent.index, agent.speed  this worker's index and compute speed factor
     agent.run_id              the run this worker registered in
     agent.settings, agent.log
+    agent.data_key            this worker's data-plane key (dataplane.Credential; ML mode), agent.ps_key()
     agent.client              ControlClient of the task loop's thread
     agent.stopping            Event set when the run is over or the worker must stop
     agent.holds(worker_id)    False once re-registered or stopping: drop the task
@@ -25,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from ..dataplane import Credential, new_credential
 from ..settings import Settings, touch
 from .client import Conflict, ControlClient, ControlError, Gone, NotFound, TokenRefused, Unreachable
 from .synthetic import run_task
@@ -51,6 +53,8 @@ class Agent:
         self.bytes_down = 0
         self.tasks_done = 0
         self.speed_factor = 1.0  # from the preset, updated by every heartbeat and next-task answer
+        self.data_key: Credential | None = None  # ML: made at start; only its public part is registered
+        self._ps_key: dict[str, Any] | None = None  # the PS's, from the registration answer or GET /ps/key
 
     @property
     def speed(self) -> float:
@@ -62,6 +66,8 @@ class Agent:
         heartbeats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         try:
             self.config = self.client.get_json("/config")
+            if self.config["mode"] == "ml":
+                self.data_key = new_credential(self.config["ml"]["data_plane_auth"])
             self.register(self.client)
             heartbeats.start()
             self._task_loop()
@@ -93,13 +99,25 @@ class Agent:
                 "name": self.name, "index": self.index,
                 "capacity": workers["capacity"][self.index % len(workers["capacity"])],
                 "memory_mb": workers["memory_mb"][self.index % len(workers["memory_mb"])],
+                **({"data_key": self.data_key.public} if self.data_key is not None else {}),
             })
             self.worker_id = answer["worker_id"]
+            self._ps_key = answer.get("ps_key") or self._ps_key
             self.run_id = answer["run_id"]
             self.config = answer["config"]
             self.heartbeat_interval_s = answer["heartbeat_interval_s"]
             self.log.info("registered as %s in run %s (mode %s, speed %g)", self.worker_id, answer["run_id"],
                           answer["mode"], self.speed)
+
+    def ps_key(self, refresh: bool = False) -> dict[str, Any] | None:
+        """The PS's data-plane key ({mode, public_key}) as the controller knows it; `refresh` asks again (the PS
+        may have announced it after this worker registered). None while the PS has not announced one."""
+        if refresh or self._ps_key is None:
+            try:
+                self._ps_key = self.client.get_json("/ps/key")
+            except NotFound:
+                pass
+        return self._ps_key
 
     def holds(self, worker_id: str) -> bool:
         return not self.stopping.is_set() and self.worker_id == worker_id

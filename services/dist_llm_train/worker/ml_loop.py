@@ -1,7 +1,8 @@
 """ML mode on a worker: train on one shard through the parameter server until the run is over.
 
 `run_shard(agent, task)` runs the whole task: build the model (same seed as the PS) and this shard's batches
-(`task["shard"]` of `task["num_shards"]` of the training text), connect a DEALER to PS_ADDRESS, say HELLO
+(`task["shard"]` of `task["num_shards"]` of the training text), connect a DEALER to PS_ADDRESS with this
+worker's data-plane key (dataplane.py; CURVE checks the PS's public key from the controller), say HELLO
 with the run token (WELCOME must name the same model and config, else the worker waits and tries again),
 PULL the parameters, then one round after another:
 
@@ -14,7 +15,8 @@ PULL the parameters, then one round after another:
 A refused update is dropped (its compressed part is lost with it; the error-feedback residual keeps only
 what compression left out) and the ACK's fresh parameters resync the worker. ERROR `unknown_session` (the PS
 restarted) or any other ERROR: HELLO again and take dense parameters. The PS gone (its connection closed,
-seen by a socket monitor) or silent for `ml.reply_timeout_s` (+ `staleness.sync_timeout_s` in sync mode,
+seen by a socket monitor), a handshake the PS refused (the key not admitted yet or any more: the heartbeat
+thread registers again when the controller says so), or silent for `ml.reply_timeout_s` (+ `staleness.sync_timeout_s` in sync mode,
 where an ACK waits for the round): rebuild the socket and HELLO again. The loop ends when an answer carries
 STOP or the agent is stopping (the controller ended the run); the task is then completed.
 
@@ -51,6 +53,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import wire
 from ..config import RunConfig
+from ..dataplane import Credential, setup_client
 from ..ml.codecs import ErrorFeedback, encode
 from ..ml.data import BatchSampler, load_corpus, shard, split
 from ..ml.divergence import divergence, max_update_norm
@@ -67,6 +70,7 @@ TELEMETRY_S = 1.0
 RETRY_S = 5.0  # after a WELCOME for another model or config
 SLICE_STEPS = 5  # local steps between updates of the compute-time counter
 POLL_S = 0.5  # how often a wait for the PS looks at agent.stopping
+REFUSED_WAIT_S = 1.0  # after a handshake the PS refused: the key may be admitted a moment later
 
 
 class PsGone(Exception):
@@ -76,9 +80,12 @@ class PsGone(Exception):
 class PsLink:
     """The worker's DEALER to the PS: one request, one reply, with a deadline; bytes counted across sockets."""
 
-    def __init__(self, address: str, max_bytes: int, reply_timeout_s: float, stopping: threading.Event):
+    def __init__(self, address: str, max_bytes: int, reply_timeout_s: float, stopping: threading.Event,
+                 key: Credential, name: str):
         self.address, self.max_bytes, self.reply_timeout_s = address, max_bytes, reply_timeout_s
-        self.stopping = stopping
+        self.stopping, self.key, self.name = stopping, key, name
+        self.server_key: str | None = None  # CURVE: the PS's public key, set before `connect`
+        self.connects = 0
         self.context = zmq.Context()
         self.sock: wire.CountingSocket | None = None
         self.monitor: zmq.Socket | None = None
@@ -89,7 +96,9 @@ class PsLink:
         self.close_socket()
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        setup_client(sock, self.key, self.name, self.server_key)
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         sock.connect(self.address)
         self.sock = wire.CountingSocket(sock)
 
@@ -110,8 +119,9 @@ class PsLink:
             if self.sock.sock in ready:  # before the monitor: a reply may come just before the PS leaves
                 return wire.decode(self.sock.recv(), max_bytes=self.max_bytes, numel=self.numel)
             if self.monitor in ready:
-                recv_monitor_message(self.monitor)
-                raise PsGone(f"the PS at {self.address} closed the connection")
+                if recv_monitor_message(self.monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                    raise PsGone(f"the PS at {self.address} closed the connection")
+                raise PsGone(f"the PS at {self.address} refused the handshake (key not admitted, or not this PS's)")
         raise PsGone(f"no answer from the PS at {self.address} within {self.reply_timeout_s:g} s")
 
     def tell(self, msg: wire.Message) -> None:
@@ -163,7 +173,8 @@ class ShardTrainer:
         self.honest: deque[torch.Tensor] = deque(maxlen=ATTACK_SAMPLES)
         self.attack_noise = torch.Generator().manual_seed(self.config.seed + 7919 * (agent.index + 1))
         timeout = ml.reply_timeout_s + (ml.staleness.sync_timeout_s if ml.staleness.protocol == "sync" else 0)
-        self.link = PsLink(agent.settings.ps_address, ml.max_message_mb << 20, timeout, agent.stopping)
+        self.link = PsLink(agent.settings.ps_address, ml.max_message_mb << 20, timeout, agent.stopping,
+                           agent.data_key, agent.name)
         self.throttle = LogThrottle(self.log, 5.0)
         self.session: int | None = None
         self.params: torch.Tensor | None = None
@@ -187,11 +198,14 @@ class ShardTrainer:
                         break
                     self.log.warning("%s: reconnecting", exc)
                     self.session = None
-                    self.link.connect()
+                    if "refused the handshake" in str(exc):
+                        self.agent.stopping.wait(REFUSED_WAIT_S)
+                    self.link.server_key = None  # asked again: a PS whose checkpoints were removed has a new one
+                    self.link.close_socket()
                 except wire.WireError as exc:  # a new socket too: a stray reply must not answer the next request
                     self.log.error("bad message from the PS: %s: reconnecting and saying HELLO again", exc)
                     self.session = None
-                    self.link.connect()
+                    self.link.close_socket()
                 self.telemetry()
         finally:
             if self.session is not None:
@@ -203,6 +217,8 @@ class ShardTrainer:
 
     def join(self) -> bool:
         """HELLO, check the WELCOME, PULL dense parameters. True if the PS says the run is over."""
+        if self.link.sock is None and not self.connect():
+            return False
         welcome = self.link.request(wire.Hello(self.agent.settings.run_token, self.agent.name, self.agent.index))
         if isinstance(welcome, wire.Error):
             self.log.error("PS refused HELLO: %s %s; trying again in %g s", welcome.code, welcome.text, RETRY_S)
@@ -220,6 +236,19 @@ class ShardTrainer:
         if welcome.stop:
             return True
         return self.take(self.link.request(wire.Pull(self.session)))
+
+    def connect(self) -> bool:
+        """A new socket to the PS with its current key; False (after a wait) while the PS has announced none."""
+        if self.ml.data_plane_auth == "curve" and self.link.server_key is None:
+            key = self.agent.ps_key(refresh=self.link.connects > 0)
+            if key is None or key["mode"] != "curve":
+                self.throttle.info("ps_key", "the PS has not announced its key yet: waiting")
+                self.agent.stopping.wait(RETRY_S / 5)
+                return False
+            self.link.server_key = key["public_key"]
+        self.link.connect()
+        self.link.connects += 1
+        return True
 
     def round(self) -> bool:
         """One computation, PUSH, ACK. True if the PS says the run is over."""

@@ -1,11 +1,11 @@
-"""/ps/report: the parameter server's counters and losses; `done` ends an ML run."""
+"""/ps: the parameter server's report (counters, losses; `done` ends an ML run) and the data plane's keys."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
 from ..deps import Authorized, Ctl
-from ..models import Empty, PsReportIn
+from ..models import Empty, PsKey, PsReportIn, PsWorkersOut
 
 router = APIRouter(tags=["ps"], dependencies=[Authorized])
 
@@ -27,3 +27,31 @@ async def ps_report(body: PsReportIn, ctl: Ctl) -> Empty:
     if body.done:
         ctl.run.write_row_once()
     return Empty()
+
+
+@router.post("/ps/key", response_model=Empty)
+async def announce_key(body: PsKey, ctl: Ctl) -> Empty:
+    """The PS's data-plane key (public: its secret stays in the PS), handed to workers as they register."""
+    if ctl.config.mode != "ml":
+        raise HTTPException(409, "this is a basic run: it has no parameter server")
+    if body.mode != ctl.config.ml.data_plane_auth or (body.mode == "curve") != (body.public_key is not None):
+        raise HTTPException(422, f"the run's ml.data_plane_auth is {ctl.config.ml.data_plane_auth}; a curve key "
+                                 "needs public_key, a plain one none")
+    ctl.store.save_report("ps_key", body.model_dump(mode="json"), ctl.clock())
+    ctl.log.info("the PS announced its data-plane key (%s)", body.mode)
+    return Empty()
+
+
+@router.get("/ps/key", response_model=PsKey)
+async def get_key(ctl: Ctl) -> PsKey:
+    """The PS's key for a worker that registered before the PS announced it (or after a PS restart); 404 until then."""
+    saved = ctl.store.report("ps_key")
+    if saved is None:
+        raise HTTPException(404, "the PS has not announced its key yet")
+    return PsKey(**saved[0])
+
+
+@router.get("/ps/workers", response_model=PsWorkersOut)
+async def worker_keys(ctl: Ctl) -> PsWorkersOut:
+    """The data keys of the live workers: the PS admits these and no other (dead and replaced ones drop out)."""
+    return PsWorkersOut(keys=ctl.store.live_data_keys())

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 
 from .. import dispatch, telemetry
 from ..context import Controller
 from ..deps import Authorized, Ctl, LiveWorker
 from ..health import note_requeue
 from ..runstate import END_STATES
-from ..models import (Empty, HeartbeatIn, HeartbeatOut, NextTaskIn, NextTaskOut, RegisterIn, RegisterOut,
+from ..models import (Empty, HeartbeatIn, HeartbeatOut, NextTaskIn, NextTaskOut, PsKey, RegisterIn, RegisterOut,
                       TaskOut, TelemetryIn)
+from ..store import KeyInUse
 
 router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[Authorized])
 
 
 @router.post("/register", response_model=RegisterOut)
 async def register(body: RegisterIn, ctl: Ctl) -> RegisterOut:
-    """A new incarnation of the named worker; a live older one is retired and its task requeued."""
+    """A new incarnation of the named worker; a live older one is retired and its task requeued. The
+    answer carries the PS's key once the PS announced it. 409 when `data_key` is another live worker's."""
     now = ctl.clock()
-    worker_id, retired = ctl.store.register_worker(body.name, body.index, body.capacity, body.memory_mb, now)
+    try:
+        worker_id, retired = ctl.store.register_worker(body.name, body.index, body.capacity, body.memory_mb, now,
+                                                       body.data_key)
+    except KeyInUse as exc:
+        raise HTTPException(409, str(exc)) from None
     ctl.liveness.seen(worker_id, now)
     ctl.metrics.events["registrations"] += 1
     ctl.log.info("worker %s registered (index %d, capacity %g, memory %d MiB)",
@@ -31,7 +37,12 @@ async def register(body: RegisterIn, ctl: Ctl) -> RegisterOut:
             note_requeue(ctl, task_id, old_id, "replaced")
     return RegisterOut(worker_id=worker_id, run_id=ctl.run.meta["run_id"], mode=ctl.config.mode,
                        heartbeat_interval_s=ctl.config.controller.heartbeat_interval_s,
-                       config=ctl.config.model_dump(mode="json"))
+                       config=ctl.config.model_dump(mode="json"), ps_key=ps_key(ctl))
+
+
+def ps_key(ctl: Controller) -> PsKey | None:
+    saved = ctl.store.report("ps_key")
+    return None if saved is None else PsKey(**saved[0])
 
 
 @router.post("/{worker_id}/heartbeat", response_model=HeartbeatOut)
