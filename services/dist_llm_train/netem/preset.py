@@ -55,6 +55,8 @@ class LinkSpec(Section):
     jitter_ms: float = Field(0.0, ge=0, le=10_000, description="stdev of a normal per-packet variation of the delay, ms")
     loss_pct: float = Field(0.0, ge=0, le=100, description="share of packets dropped, %, once per container per round trip")
     rate_mbit: float | None = Field(None, gt=0, le=100_000, description="access-link capacity in each direction, Mbit/s; null = unlimited")
+    queue_packets: int | None = Field(None, ge=2, le=100_000, description="the rate limiter's queue, in 1514-byte "
+                                      "frames (a DropTail buffer); null = sized from the bandwidth-delay product")
     down: bool = Field(False, description="the link is cut: nothing passes in either direction (used by outage phases)")
     tcp: TcpSpec = Field(TcpSpec(), description="TCP settings of the container's namespace")
 
@@ -184,7 +186,7 @@ class Preset:
         self.workers = tuple(base.changed(e.link_change()) for e in entries)
         self.compute_speeds = tuple(e.compute_speed for e in entries)
         self.phases = tuple(data.phases)
-        self._check_jitter()
+        self._check_links()
 
     def _bases(self) -> list[tuple[str, Role, int, LinkSpec]]:
         """(where in the file, role, a worker index taking it, resolved link) for every entry."""
@@ -195,9 +197,9 @@ class Preset:
             bases.append((f"workers.{k}" if self.file.workers else "default", "worker", k, link))
         return bases
 
-    def _check_jitter(self) -> None:
-        """jitter_ms <= delay_ms for every link a container can take: each entry, and each entry
-        under every combination of the phases that target it."""
+    def _check_links(self) -> None:
+        """For every link a container can take (each entry, and each entry under every combination of
+        the phases that target it): jitter_ms <= delay_ms, and queue_packets only with a rate cap."""
         for where, role, index, link in self._bases():
             phases = [(k, p) for k, p in enumerate(self.phases) if p.targets_container(role, index)]
             for n in range(len(phases) + 1):
@@ -210,6 +212,10 @@ class Preset:
                         raise ConfigError(f"{self.source}: {at}: jitter_ms {resolved.jitter_ms:g} is above "
                                           f"delay_ms {resolved.delay_ms:g} (a normal jitter that large makes "
                                           "the delay negative for many packets)")
+                    if resolved.queue_packets is not None and resolved.rate_mbit is None and not resolved.down:
+                        at = where + "".join(f" under phases.{k}" for k, _ in combo)
+                        raise ConfigError(f"{self.source}: {at}: queue_packets {resolved.queue_packets} without "
+                                          "rate_mbit (it is the rate limiter's queue; an unlimited link has none)")
 
     def link_for(self, role: Role, index: int = 0) -> LinkSpec:
         """The container's link without phases (worker `index` takes workers[index mod len])."""

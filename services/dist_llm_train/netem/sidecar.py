@@ -51,7 +51,7 @@ from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
 from . import counters, lateness, tcp
 from .backends import CHOICES, choose
-from .backends.base import Backend, LinkError, in_namespace, run_commands
+from .backends.base import Backend, LinkError, in_namespace, queue_packets_in_force, run_commands
 from .backends.userspace import delayer_argv
 from .nshandle import NamespaceGone, NamespaceHandle
 from .preset import LinkSpec, Preset, Role, load_preset
@@ -108,7 +108,9 @@ class NamespaceLink:
         self.link = link
 
     def change(self, link: LinkSpec) -> None:
-        run_commands(self.netns, self.backend.change(link))
+        """Move the link to `link` in place: qdiscs of the same kind are changed, not replaced (flows and
+        queues stay), and the delayer re-reads its spec on SIGHUP."""
+        run_commands(self.netns, self.backend.change(link, self.link))
         spec = self.backend.delayer_spec(link)
         if spec is not None and self.delayer is not None and spec != self.backend.delayer_spec(self.link):
             atomic_write(self.spec_file, json.dumps(spec).encode())
@@ -519,6 +521,7 @@ class Sidecar:
         for item in self.applied.values():
             entry = {"role": item.target.role, "index": item.target.index, "address": item.target.address,
                      **item.link.model_dump(), "installed": item.ns is not None, "since": item.since,
+                     "queue_packets_in_force": queue_packets_in_force(item.link) if item.ns is not None else None,
                      "tcp_in_force": item.tcp}
             if item.ns is not None and item.ns.delayer is not None:
                 stats = item.ns.delayer_stats() or {}
@@ -744,7 +747,7 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
             if before != after:
                 label = role if role != "worker" else f"worker-{index}"
                 print(f"# {label}: {link_text(after)}")
-                for argv in backend.change(after):
+                for argv in backend.change(after, before):
                     print(" ".join(argv))
         shown += 1
 

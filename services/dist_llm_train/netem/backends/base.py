@@ -61,14 +61,33 @@ def queue_seconds(link: LinkSpec) -> float:
     return 0.1 + 2 * (link.delay_ms + 2 * link.jitter_ms) / 1000
 
 
-def tbf_args(link: LinkSpec) -> list[str]:
-    """tbf at the link's rate. burst = 5 ms at the rate (at least two frames): enough that timer
-    and scheduling latency never starve the link; limit = queue_seconds at the rate, in bytes."""
+def queue_bytes(link: LinkSpec) -> int:
+    """The rate limiter's queue in bytes: `queue_packets` frames when the preset sets it (a DropTail
+    buffer, as calibrated emulators give it), else queue_seconds at the rate (at least the burst
+    and two frames)."""
     assert link.rate_mbit is not None
+    if link.queue_packets is not None:
+        return link.queue_packets * WIRE_PACKET_BYTES
     bytes_per_s = link.rate_mbit * 1e6 / 8
-    burst = max(2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * 0.005))
-    limit = max(burst + 2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
-    return ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(burst), "limit", str(limit)]
+    return max(tbf_burst(link) + 2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
+
+
+def queue_packets_in_force(link: LinkSpec) -> int | None:
+    """The rate limiter's queue in frames, as reported (None: no rate limiter, or the link is down)."""
+    if link.rate_mbit is None or link.down:
+        return None
+    return link.queue_packets or queue_bytes(link) // WIRE_PACKET_BYTES
+
+
+def tbf_burst(link: LinkSpec) -> int:
+    """5 ms at the rate (at least two frames): enough that timer and scheduling latency never starve the link."""
+    assert link.rate_mbit is not None
+    return max(2 * WIRE_PACKET_BYTES, math.ceil(link.rate_mbit * 1e6 / 8 * 0.005))
+
+
+def tbf_args(link: LinkSpec) -> list[str]:
+    """tbf at the link's rate, with tbf_burst and a limit of queue_bytes."""
+    return ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(tbf_burst(link)), "limit", str(queue_bytes(link))]
 
 
 def ingress_root(link: LinkSpec) -> list[str]:
@@ -103,14 +122,26 @@ class Backend(ABC):
             ("tc", "qdisc", "add", "dev", IFACE, "handle", "ffff:", "ingress"),
             ("tc", "filter", "add", "dev", IFACE, "parent", "ffff:", "protocol", "ip", "prio", "1",
              "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", IFB),
-            *self.change(link),
+            *self.change(link),  # no previous: both leaves are put in place (replace)
         ]
 
-    def change(self, link: LinkSpec) -> list[Argv]:
-        """Replace both leaf qdiscs; packets already queued in the old ones are dropped."""
-        egress = ["blackhole"] if link.down else self.egress_leaf(link)
-        return [("tc", "qdisc", "replace", "dev", IFACE, "parent", LINK_CLASS, *egress),
-                ("tc", "qdisc", "replace", "dev", IFB, "root", *ingress_root(link))]
+    def change(self, link: LinkSpec, previous: LinkSpec | None = None) -> list[Argv]:
+        """Set both leaf qdiscs to `link`'s. A leaf of the same kind as `previous`'s (a tbf whose rate
+        a trace step moves) is changed in place, `tc qdisc change`: its queue, counters and the
+        flows through it stay. Another kind (or no previous) is replaced: packets queued in the
+        old one are dropped. A leaf that stays the same is left alone."""
+        commands = []
+        for where, leaf in ((("dev", IFACE, "parent", LINK_CLASS), self.egress_qdisc),
+                            (("dev", IFB, "root"), ingress_root)):
+            new, old = leaf(link), None if previous is None else leaf(previous)
+            if new == old:
+                continue
+            verb = "change" if old is not None and old[0] == new[0] != "blackhole" else "replace"
+            commands.append(("tc", "qdisc", verb, *where, *new))
+        return commands
+
+    def egress_qdisc(self, link: LinkSpec) -> list[str]:
+        return ["blackhole"] if link.down else self.egress_leaf(link)
 
     def remove(self) -> list[Argv]:
         """Delete everything `apply` added: eth0 is left with the kernel's default qdisc."""
