@@ -74,7 +74,8 @@ def link_text(link: LinkSpec) -> str:
     if link.down:
         return "DOWN (nothing passes either way)"
     rate = "unlimited" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s"
-    return f"delay {link.delay_ms:g} ms, jitter {link.jitter_ms:g} ms, loss {link.loss_pct:g} %, rate {rate}"
+    trace = "" if link.trace is None else f" (now; following {link.trace}, {link.trace_end} at its end)"
+    return f"delay {link.delay_ms:g} ms, jitter {link.jitter_ms:g} ms, loss {link.loss_pct:g} %, rate {rate}{trace}"
 
 
 class NamespaceLink:
@@ -442,8 +443,9 @@ class Sidecar:
                 self.problem(f"change:{item.target.label}", f"cannot change the link of {item.target.name}: {exc}")
                 continue
             item.link, item.since = want, time.time()
-            log.info("t=%.1fs %s: %s (phases: %s)", t, item.target.name, link_text(want),
-                     ", ".join(self.preset.phases_active(t)) or "none")
+            # A trace steps every second or so: its steps go to the debug log, phases to the info log.
+            log.log(logging.DEBUG if want.trace else logging.INFO, "t=%.1fs %s: %s (phases: %s)", t, item.target.name,
+                    link_text(want), ", ".join(self.preset.phases_active(t)) or "none")
 
     def watch_delayers(self) -> None:
         for item in self.applied.values():

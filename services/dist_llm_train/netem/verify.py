@@ -56,8 +56,9 @@ def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float,
     t = 0.0 if t0_wall is None else time.time() - t0_wall
     start = preset.quiet_window(t, seconds, containers)
     if start is None:
-        raise SystemExit(f"verify: the phases of {preset.name} never leave these links unchanged and up "
-                         f"for the {seconds:.0f} s a measurement takes")
+        raise SystemExit(f"verify: the phases or traces of {preset.name} never leave these links unchanged and up "
+                         f"for the {seconds:.0f} s a measurement takes (a traced link is measured by "
+                         "`make bench-trace`, netem/README.md)")
     if start > t:
         print(f"waiting {start - t:.1f} s for the links to stay unchanged for {seconds:.0f} s", file=sys.stderr)
         time.sleep(start - t + 0.3)
