@@ -171,3 +171,14 @@ def test_the_shipped_trace_preset_moves_each_worker_every_second():
         rates = {preset.link_at("worker", index, t).rate_mbit for t in range(60)}
         assert len(rates) >= 10
     assert preset.link_for("controller").is_identity
+
+
+def test_the_bench_verdict_needs_both_correlation_and_a_small_error():
+    from dist_llm_train.bench.trace import follow_figures
+
+    expected = [10.0, 5.0, 20.0, 10.0]
+    close = follow_figures([9.5, 4.8, 19.0, 9.6], expected)
+    assert close["pearson_r"] > 0.99 and close["mae_mbit"] == pytest.approx(0.525)
+    assert close["mae_share"] == pytest.approx(0.525 / 11.25) and close["passed"]
+    assert not follow_figures([5.0, 2.5, 10.0, 5.0], expected)["passed"]  # r = 1, but half the rate: MAE 50 %
+    assert not follow_figures([10.0, 20.0, 5.0, 10.0], expected)["passed"]  # right mean, wrong shape
