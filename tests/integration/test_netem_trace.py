@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dist_llm_train.bench.trace import follow
 from dist_llm_train.netem.backends import choose
 from dist_llm_train.netem.preset import load_preset
 from dist_llm_train.netem.sidecar import NamespaceLink
@@ -78,3 +79,14 @@ def test_a_trace_step_changes_the_tbf_in_place_and_the_delayers_delay(pair, tmp_
         assert link.delayer_stats()["spec"]["delay_ms"] == 40
     finally:
         assert link.remove() == []
+
+
+def test_a_bulk_flow_keeps_flowing_through_a_step_down(tmp_path):
+    # A step from 24 to 6 Mbit/s (a smaller tbf bucket) once stalled the link for 10 s: aggregates queued
+    # under the big bucket were longer than the new one, and tbf never sends those.
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "step.csv").write_text("t_s,rate_mbit,delay_ms,loss_pct\n0,24,10,\n2,6,20,\n5,6,,\n")
+    (tmp_path / "step.yaml").write_text("workers: [{trace: traces/step.csv, trace_end: hold}]")
+    series = follow(load_preset(str(tmp_path / "step.yaml"), tmp_path), 0, 5, "cubic")
+    assert min(series["wire"][:2]) > 0.85 * 24
+    assert min(series["wire"][2:]) > 0.85 * 6, series

@@ -68,6 +68,14 @@ def test_a_rate_step_changes_the_qdiscs_in_place(name, leaf, from_unlimited):
     assert [a[2] for a in backend.change(CELLULAR, down)] == ["replace", "replace"]
 
 
+def test_a_traced_links_tbf_splits_aggregates_so_a_step_down_never_stalls_it():
+    # Peak bucket of two frames at 10 Gbit/s: the largest packet the tbf takes whole is 3028 B.
+    traced = CELLULAR.model_copy(update={"trace": "traces/t.csv"})
+    assert tbf_args(traced) == ["tbf", "rate", "10000000bit", "burst", "6250", "limit", "265000",
+                                "peakrate", "10000000000bit", "mtu", "3028"]
+    assert tbf_args(traced.model_copy(update={"rate_mbit": 8000}))[8] == "16000000000bit"  # always above the rate
+
+
 def test_netem_apply_change_remove():
     backend = NetemBackend()
     assert lines(backend.apply(CELLULAR)) == SETUP + [

@@ -10,8 +10,8 @@ delayer), namespace `server` stays unimpaired. One bulk TCP flow server -> worke
 crosses the ifb's tbf and the delayer) runs from a warm-up of WARMUP_S at the trace's t = 0 values,
 then for `--seconds` while the link is moved to `preset.link_at(worker, t)` at every step, as the
 sidecar does (`NamespaceLink.change`: tc qdisc change, delayer SIGHUP). Measured in 1 s buckets
-aligned with the trace's clock, against the trace's time-weighted mean rate over each bucket
-(`Trace.mean_rate`): `wire`, the bytes the ifb's tbf sent (`tc -s qdisc show`: frames, as the rate
+aligned with the trace's clock (over the times the counters were really read), against the trace's
+time-weighted mean rate over the same span (`Trace.mean_rate`): `wire`, the bytes the ifb's tbf sent (`tc -s qdisc show`: frames, as the rate
 counts them), and `goodput`, the payload the worker's TCP socket received in order (`ss -ti`
 bytes_received: after the delayer, without headers, so about 1448/1514 = 95.6 % of the wire).
 
@@ -30,10 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..netem import tcp
 from ..netem.backends import choose
-from ..netem.backends.base import IFB, run_commands
-from ..netem.preset import LinkSpec, TcpSpec, load_preset
+from ..netem.backends.base import IFB
+from ..netem.preset import LinkSpec, load_preset
 from ..netem.probe import Endpoint, Server, run_client
 from ..netem.sidecar import NamespaceLink
 from ..netem.testbed import ADDRESSES, VethPair
@@ -49,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--netem-dir", default="netem", help="folder of the presets")
     parser.add_argument("--seconds", type=int, default=40, help="how much of each trace to follow, from t = 0")
     parser.add_argument("--congestion-control", default="cubic", choices=("cubic", "bbr", "reno"),
-                        help="the flow's TCP algorithm (the presets' default: cubic)")
+                        help="the flow's TCP algorithm, set on its socket (the presets' default: cubic)")
 
 
 def follow_figures(measured: list[float], expected: list[float]) -> dict:
@@ -78,8 +77,6 @@ def follow(preset, index: int, seconds: int, congestion_control: str) -> dict[st
     backend, _ = choose("userspace")
     with VethPair() as pair, tempfile.TemporaryDirectory() as workdir:
         pair.name_eth0()
-        for side in ("a", "b"):
-            run_commands(pair.netns(side), tcp.commands(TcpSpec(congestion_control=congestion_control)))
         worker = Endpoint("worker", pair.netns("a"), ADDRESSES["a"], preset.link_at("worker", index, 0))
         server = Endpoint("server", pair.netns("b"), ADDRESSES["b"], LinkSpec())
         link = NamespaceLink(backend, worker.netns, "worker", seed=1, workdir=Path(workdir))
@@ -87,7 +84,8 @@ def follow(preset, index: int, seconds: int, congestion_control: str) -> dict[st
         sink = Server(worker)
         flow = threading.Thread(target=run_client, args=(server, "tcp", "--host", worker.address, "--port",
                                                          str(sink.tcp_port), "--seconds", str(seconds + 3),
-                                                         "--warmup", str(WARMUP_S)),
+                                                         "--warmup", str(WARMUP_S),
+                                                         "--congestion-control", congestion_control),
                                 kwargs={"timeout_s": seconds + WARMUP_S + 60}, daemon=True)
         try:
             flow.start()
@@ -96,27 +94,30 @@ def follow(preset, index: int, seconds: int, congestion_control: str) -> dict[st
                 time.sleep(0.05)
             time.sleep(WARMUP_S)
             t0 = time.monotonic()
-            samples = [counts(worker.netns)]
+            # (s after t0 when read, wire bytes, goodput bytes)
+            samples = [(time.monotonic() - t0, *counts(worker.netns))]
             while len(samples) <= seconds:
                 t = time.monotonic() - t0
+                if t >= len(samples):  # a bucket ends: read the counters before anything else
+                    samples.append((t, *counts(worker.netns)))
+                    continue
                 want = preset.link_at("worker", index, t)
                 if want != link.link:
                     link.change(want)
                 change = preset.next_change(t)
-                due = len(samples)  # the next bucket boundary, s after t0
-                wake = due if change is None else min(due, change)
+                wake = len(samples) if change is None else min(len(samples), change)
                 time.sleep(max(0.0, wake - (time.monotonic() - t0)))
-                if time.monotonic() - t0 >= due:
-                    samples.append(counts(worker.netns))
             flow.join(timeout=WARMUP_S + 30)
         finally:
             sink.close()
             link.remove()
     base = preset.link_for("worker", index)
     trace = preset.traces[base.trace]
-    return {"trace": [trace.mean_rate(k, k + 1, base.trace_end, base.rate_mbit) for k in range(seconds)],
-            **{name: [(b[i] - a[i]) * 8 / 1e6 for a, b in zip(samples, samples[1:])]
-               for i, name in enumerate(("wire", "goodput"))}}
+    # Each bucket over the times its counters were really read (a busy host reads some late), the trace too.
+    spans = list(zip(samples, samples[1:]))
+    return {"trace": [trace.mean_rate(a[0], b[0], base.trace_end, base.rate_mbit) for a, b in spans],
+            **{name: [(b[i] - a[i]) * 8 / 1e6 / (b[0] - a[0]) for a, b in spans]
+               for i, name in ((1, "wire"), (2, "goodput"))}}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -38,7 +38,8 @@ SIZING_MBIT = 1000.0  # queue sizing for a link without a rate cap (the delayer 
 MIN_QUEUE_PACKETS = 1000  # the kernel's default txqueuelen / netem limit
 LINK_CLASS, ARP_CLASS = "1:1", "1:2"
 LINE_RATE = "10gbit"  # the htb classes only sort traffic; the leaf qdiscs shape it
-HTB_QUANTUM = "60000"  # bytes per round; set, or htb warns that rate / r2q is too big
+HTB_QUANTUM = "60000"
+TRACE_PEAK_MBIT = 10_000.0  # a traced link's tbf peak rate (see tbf_args): no shaping of its own at these rates  # bytes per round; set, or htb warns that rate / r2q is too big
 
 
 class LinkError(RuntimeError):
@@ -86,8 +87,17 @@ def tbf_burst(link: LinkSpec) -> int:
 
 
 def tbf_args(link: LinkSpec) -> list[str]:
-    """tbf at the link's rate, with tbf_burst and a limit of queue_bytes."""
-    return ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(tbf_burst(link)), "limit", str(queue_bytes(link))]
+    """tbf at the link's rate, with tbf_burst and a limit of queue_bytes.
+
+    A traced link's tbf is moved in place to other rates, and so to other bursts; tbf never sends a
+    queued packet longer than its bucket, so an aggregate (GSO/GRO, up to 64 KB) queued under a big
+    burst would stall the link for good after a step down (measured: 10 s of nothing at 24 -> 6
+    Mbit/s). For those links a peak bucket of two frames (`mtu`) at a peak rate far above the rate
+    caps the largest packet the tbf takes whole: it splits every aggregate into frames at enqueue."""
+    args = ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(tbf_burst(link)), "limit", str(queue_bytes(link))]
+    if link.trace is not None:
+        args += ["peakrate", rate_arg(max(TRACE_PEAK_MBIT, 2 * link.rate_mbit)), "mtu", str(2 * WIRE_PACKET_BYTES)]
+    return args
 
 
 def ingress_root(link: LinkSpec) -> list[str]:
