@@ -38,8 +38,8 @@ SIZING_MBIT = 1000.0  # queue sizing for a link without a rate cap (the delayer 
 MIN_QUEUE_PACKETS = 1000  # the kernel's default txqueuelen / netem limit
 LINK_CLASS, ARP_CLASS = "1:1", "1:2"
 LINE_RATE = "10gbit"  # the htb classes only sort traffic; the leaf qdiscs shape it
-HTB_QUANTUM = "60000"
-TRACE_PEAK_MBIT = 10_000.0  # a traced link's tbf peak rate (see tbf_args): no shaping of its own at these rates  # bytes per round; set, or htb warns that rate / r2q is too big
+HTB_QUANTUM = "60000"  # bytes per round; set, or htb warns that rate / r2q is too big
+TRACE_PEAK_MBIT = 10_000.0  # a traced link's tbf peak rate (see tbf_args): no shaping of its own at these rates
 
 
 class LinkError(RuntimeError):
