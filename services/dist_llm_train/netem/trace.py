@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from .sizing import FRAME_BYTES
+
 TraceEnd = Literal["loop", "hold"]
 CSV_HEADER = ("t_s", "rate_mbit", "delay_ms", "loss_pct")
 # Bounds of LinkSpec's fields (preset.py): a trace cannot ask for what a preset could not.
 LIMITS = {"rate_mbit": (0.0, 100_000.0, False), "delay_ms": (0.0, 10_000.0, True), "loss_pct": (0.0, 100.0, True)}
 MAHIMAHI_INTERVAL_MS = 1000
-MAHIMAHI_PACKET_BYTES = 1500  # what one delivery opportunity carries (an IP packet of a 1500-byte MTU)
-FRAME_BYTES = 1514  # that packet as the tbf counts it (backends/base.py WIRE_PACKET_BYTES)
 
 
 class TraceError(ValueError):

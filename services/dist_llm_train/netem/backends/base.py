@@ -28,13 +28,12 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Sequence
 
 from ..preset import LinkSpec
+from ..sizing import FRAME_BYTES
 
 Argv = tuple[str, ...]
 
 IFACE = "eth0"  # a compose container's only interface
 IFB = "dlt-ifb0"  # the ingress-shaping device we add to each namespace (<= 15 characters)
-WIRE_PACKET_BYTES = 1514  # an Ethernet frame of a 1500-byte MTU, as tc counts it
-SIZING_MBIT = 1000.0  # queue sizing for a link without a rate cap (the delayer sizes the same way)
 MIN_QUEUE_PACKETS = 1000  # the kernel's default txqueuelen / netem limit
 LINK_CLASS, ARP_CLASS = "1:1", "1:2"
 LINE_RATE = "10gbit"  # the htb classes only sort traffic; the leaf qdiscs shape it
@@ -68,22 +67,22 @@ def queue_bytes(link: LinkSpec) -> int:
     and two frames)."""
     assert link.rate_mbit is not None
     if link.queue_packets is not None:
-        return link.queue_packets * WIRE_PACKET_BYTES
+        return link.queue_packets * FRAME_BYTES
     bytes_per_s = link.rate_mbit * 1e6 / 8
-    return max(tbf_burst(link) + 2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
+    return max(tbf_burst(link) + 2 * FRAME_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
 
 
 def queue_packets_in_force(link: LinkSpec) -> int | None:
     """The rate limiter's queue in frames, as reported (None: no rate limiter, or the link is down)."""
     if link.rate_mbit is None or link.down:
         return None
-    return link.queue_packets or queue_bytes(link) // WIRE_PACKET_BYTES
+    return link.queue_packets or queue_bytes(link) // FRAME_BYTES
 
 
 def tbf_burst(link: LinkSpec) -> int:
     """5 ms at the rate (at least two frames): enough that timer and scheduling latency never starve the link."""
     assert link.rate_mbit is not None
-    return max(2 * WIRE_PACKET_BYTES, math.ceil(link.rate_mbit * 1e6 / 8 * 0.005))
+    return max(2 * FRAME_BYTES, math.ceil(link.rate_mbit * 1e6 / 8 * 0.005))
 
 
 def tbf_args(link: LinkSpec) -> list[str]:
@@ -96,7 +95,7 @@ def tbf_args(link: LinkSpec) -> list[str]:
     caps the largest packet the tbf takes whole: it splits every aggregate into frames at enqueue."""
     args = ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(tbf_burst(link)), "limit", str(queue_bytes(link))]
     if link.trace is not None:
-        args += ["peakrate", rate_arg(max(TRACE_PEAK_MBIT, 2 * link.rate_mbit)), "mtu", str(2 * WIRE_PACKET_BYTES)]
+        args += ["peakrate", rate_arg(max(TRACE_PEAK_MBIT, 2 * link.rate_mbit)), "mtu", str(2 * FRAME_BYTES)]
     return args
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 
 from ..preset import LinkSpec
-from .base import MIN_QUEUE_PACKETS, SIZING_MBIT, WIRE_PACKET_BYTES, Backend, ms_arg, queue_seconds, rate_arg
+from ..sizing import FRAME_BYTES, SIZING_MBIT
+from .base import MIN_QUEUE_PACKETS, Backend, ms_arg, queue_seconds, rate_arg
 
 
 def netem_limit(link: LinkSpec) -> int:
-    packets_per_s = (link.rate_mbit or SIZING_MBIT) * 1e6 / 8 / WIRE_PACKET_BYTES
+    packets_per_s = (link.rate_mbit or SIZING_MBIT) * 1e6 / 8 / FRAME_BYTES
     delay_s = (link.delay_ms + 4 * link.jitter_ms) / 1000
     if link.queue_packets is not None:  # what is in flight in the delay line, plus the preset's rate queue
         return math.ceil(packets_per_s * delay_s) + link.queue_packets
