@@ -82,6 +82,7 @@ from .sizing import IP_PACKET_BYTES, SIZING_MBIT
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_QUEUE = 0, 1, 2, 3
 STATS_INTERVAL_S = 1.0
 MIN_QUEUE = 1024  # the kernel's default nfnetlink queue length (not the qdiscs' MIN_QUEUE_PACKETS)
+SPEC_NOW = "spec now"  # begins the line logged after each SIGHUP (the sidecar logs traced links' at debug)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # 35 on x86 and arm; the module lacks it before 3.14
 
 
@@ -271,7 +272,7 @@ class Delayer:
             self.queue.configure(maxlen, gso)
             self.maxlen, self.gso = maxlen, gso
         self.spec = self.timeline.spec = spec
-        self.log(f"spec now {asdict(spec)} (queue_maxlen {maxlen}, gso {'on' if gso else 'off'})")
+        self.log(f"{SPEC_NOW} {asdict(spec)} (queue_maxlen {maxlen}, gso {'on' if gso else 'off'})")
 
     def stats(self) -> dict:
         """What the stats file holds. Counters are totals since start; late_ms, timer_late_ms and

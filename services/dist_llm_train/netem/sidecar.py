@@ -53,6 +53,7 @@ from . import counters, lateness, tcp
 from .backends import CHOICES, choose
 from .backends.base import Backend, LinkError, in_namespace, queue_packets_in_force, run_commands
 from .backends.userspace import delayer_argv
+from .delayer import SPEC_NOW
 from .nshandle import NamespaceGone, NamespaceHandle
 from .preset import LinkSpec, Preset, Role, load_preset
 from .probe import SERVICES, Endpoint, ProbeError, expected, judge, measure_pair
@@ -162,7 +163,9 @@ class NamespaceLink:
         for line in proc.stdout:
             line = line.rstrip()
             self.delayer_output.append(line)
-            log.info("%s: %s", self.label, line)
+            # A trace re-specs the delayer every step: those confirmations go to the debug log.
+            step = self.link is not None and self.link.trace is not None and f"] {SPEC_NOW} " in line
+            log.log(logging.DEBUG if step else logging.INFO, "%s: %s", self.label, line)
         proc.stdout.close()
 
     def delayer_problem(self) -> str | None:
