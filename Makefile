@@ -40,7 +40,7 @@ TEST_RUN := $(TEST_RUN_IN) $(IMAGE)
 HIVEMIND_TESTS := tests/integration/test_hivemind_run.py
 
 .PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-e2e \
-	experiments report bench bench-controller bench-netem bench-tcp bench-ps bench-ps-wan clean \
+	experiments report bench bench-controller bench-netem bench-tcp bench-trace bench-ps bench-ps-wan clean \
 	browser-image test-browser lighthouse report-serve
 
 help: ## list targets and variables
@@ -143,7 +143,7 @@ report: image dirs ## tables and plots from runs/ into runs/report/ (README=READ
 	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(IMAGE) \
 		dist-llm-train report --runs runs $(if $(README),--readme $(README))
 
-bench: bench-controller bench-netem bench-tcp bench-ps bench-ps-wan ## every benchmark
+bench: bench-controller bench-netem bench-tcp bench-trace bench-ps bench-ps-wan ## every benchmark
 
 bench-controller: image ## controller API latency and scheduling-cycle time
 	docker run --rm $(IMAGE) dist-llm-train bench controller
@@ -153,6 +153,9 @@ bench-netem: preflight image ## emulation fidelity and cost per preset
 
 bench-tcp: preflight image ## one TCP flow on lossy presets, cubic vs bbr, beside the Mathis bound (netem/README.md table)
 	$(DRIVER_RUN) dist-llm-train bench tcp
+
+bench-trace: image ## does a traced link's throughput follow its trace (TRACE_PROFILE=varying, TRACE_SECONDS=40 per trace)
+	$(TEST_RUN) dist-llm-train bench trace --profile $(or $(TRACE_PROFILE),varying) --seconds $(or $(TRACE_SECONDS),40)
 
 bench-ps: image ## PS throughput and wire efficiency (local processes in one container)
 	docker run --rm $(IMAGE) dist-llm-train bench ps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dist_llm_train.netem.backends import BACKENDS, choose
-from dist_llm_train.netem.backends.base import queue_seconds, tbf_args
+from dist_llm_train.netem.backends.base import queue_packets_in_force, queue_seconds, tbf_args
 from dist_llm_train.netem.backends.tc_netem import NetemBackend, netem_limit
 from dist_llm_train.netem.backends.userspace import UserspaceBackend
 from dist_llm_train.netem.preset import LinkSpec
@@ -35,6 +35,45 @@ def test_tbf_sizing_by_hand():
     assert tbf_args(CELLULAR) == ["tbf", "rate", "10000000bit", "burst", "6250", "limit", "265000"]
     # 1 Mbit/s: 5 ms is 625 B, below two frames: burst 3028.
     assert tbf_args(LinkSpec(rate_mbit=1))[4] == "3028"
+
+
+def test_queue_packets_sets_the_rate_limiters_queue():
+    # 362 frames of 1514 B = 548068 B, whatever the delay; without it the BDP rule's 265000 B = 175 frames.
+    china_korea = LinkSpec(delay_ms=304, loss_pct=0.25, rate_mbit=6.25, queue_packets=362)
+    assert tbf_args(china_korea) == ["tbf", "rate", "6250000bit", "burst", "3907", "limit", "548068"]
+    assert queue_packets_in_force(china_korea) == 362
+    assert queue_packets_in_force(CELLULAR) == 175
+    assert queue_packets_in_force(LinkSpec(delay_ms=5)) is None
+    assert queue_packets_in_force(china_korea.model_copy(update={"down": True})) is None
+    # netem holds the delay line too: 6.25 Mbit/s = 516.0 frames/s x 0.304 s = 157 in flight, + 362.
+    assert netem_limit(china_korea) == 157 + 362
+
+
+@pytest.mark.parametrize("name, leaf, from_unlimited", [
+    ("netem", "netem delay 40ms 8ms distribution normal loss 1% rate 5000000bit limit 1000", ["change", "replace"]),
+    ("userspace", "tbf rate 5000000bit burst 3125 limit 132500", ["replace", "replace"])])
+def test_a_rate_step_changes_the_qdiscs_in_place(name, leaf, from_unlimited):
+    # A trace step (rate 10 -> 5 Mbit/s): `tc qdisc change`, so the tbf keeps its queue and the flows.
+    backend = BACKENDS[name]()
+    step = CELLULAR.model_copy(update={"rate_mbit": 5})
+    assert lines(backend.change(step, CELLULAR)) == [
+        f"tc qdisc change dev eth0 parent 1:1 {leaf}",
+        "tc qdisc change dev dlt-ifb0 root tbf rate 5000000bit burst 3125 limit 132500",
+    ]
+    assert backend.change(CELLULAR, CELLULAR) == []  # nothing moved: nothing run
+    # Another kind of qdisc (pfifo -> tbf when a cap appears, up -> down, down -> up) is replaced.
+    assert [a[2] for a in backend.change(CELLULAR, CELLULAR.model_copy(update={"rate_mbit": None}))] == from_unlimited
+    down = CELLULAR.model_copy(update={"down": True})
+    assert [a[2] for a in backend.change(down, CELLULAR)] == ["replace", "replace"]
+    assert [a[2] for a in backend.change(CELLULAR, down)] == ["replace", "replace"]
+
+
+def test_a_traced_links_tbf_splits_aggregates_so_a_step_down_never_stalls_it():
+    # Peak bucket of two frames at 10 Gbit/s: the largest packet the tbf takes whole is 3028 B.
+    traced = CELLULAR.model_copy(update={"trace": "traces/t.csv"})
+    assert tbf_args(traced) == ["tbf", "rate", "10000000bit", "burst", "6250", "limit", "265000",
+                                "peakrate", "10000000000bit", "mtu", "3028"]
+    assert tbf_args(traced.model_copy(update={"rate_mbit": 8000}))[8] == "16000000000bit"  # always above the rate
 
 
 def test_netem_apply_change_remove():

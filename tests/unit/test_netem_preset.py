@@ -52,6 +52,8 @@ def write(tmp_path: Path, text: str) -> Path:
     ("phases: [{targets: [everyone], link: {down: true}}]", "phases.0.targets", "unknown target 'everyone'"),
     ("phases: [{link: {}}]", "phases.0", "names no field"),
     ("phases: [{link: {compute_speed: 2}}]", "phases.0.link.compute_speed", "extra inputs"),
+    ("default: {rate_mbit: 5, queue_packets: 1}", "default.queue_packets", "greater than or equal to 2"),
+    ("default: {rate_mbit: 5, queue_packets: 2.5}", "default.queue_packets", "valid integer"),
     ("- just a list", "(top level)", "expected a mapping"),
 ])
 def test_bad_presets_are_refused_with_file_and_field(tmp_path, text, field, words):
@@ -74,6 +76,30 @@ def test_jitter_above_delay_is_refused_where_it_happens(tmp_path, text, where):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=f"{path}: {where}: jitter_ms .* is above delay_ms"):
         load_preset(str(path), NETEM_DIR)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("default: {queue_packets: 100}", "default"),
+    ("default: {rate_mbit: 5, queue_packets: 100}\nworkers: [{rate_mbit: null}]", "workers.0"),
+    ("default: {rate_mbit: 5, queue_packets: 100}\nphases: [{link: {rate_mbit: null}}]", "default under phases.0"),
+])
+def test_queue_packets_without_a_rate_is_refused_where_it_happens(tmp_path, text, where):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"{path}: {where}: queue_packets 100 without rate_mbit"):
+        load_preset(str(path), NETEM_DIR)
+
+
+@pytest.mark.parametrize("name, rate, delay, loss, queue", [
+    ("china_korea", 6.25, 304, 0.25, 362),
+    ("brazil_colombia", 3.04, 260, 0, 426),
+])
+def test_pantheon_calibrated_paths_carry_the_papers_figures(name, rate, delay, loss, queue):
+    # Pantheon's one-way delay is added in each direction (RTT = 2 x); ours once per round trip.
+    preset = load_preset(name, NETEM_DIR)
+    for index in range(3):
+        assert preset.link_for("worker", index) == LinkSpec(rate_mbit=rate, delay_ms=delay, loss_pct=loss,
+                                                            queue_packets=queue)
+    assert preset.link_for("controller").is_identity and preset.link_for("ps").is_identity
 
 
 def test_unknown_name_lists_the_presets():

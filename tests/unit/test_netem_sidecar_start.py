@@ -83,3 +83,24 @@ def test_a_sidecar_started_into_a_running_run_resumes_its_clock_and_says_so(monk
     assert car.now_t() == 42.5 and car.ready()  # phases resume at the run's time; no probe, no wait
     assert "restarted 42 s into the run" in car.problems["restarted"]
     assert not car.report()["healthy"]  # the controller marks the run degraded
+
+
+def test_the_report_and_verify_say_which_queue_is_in_force(tmp_path):
+    from dist_llm_train.netem.sidecar import NamespaceLink
+    from dist_llm_train.netem.verify import queue_lines
+
+    car = sidecar(2, 60)
+    links = {0: LinkSpec(delay_ms=304, rate_mbit=6.25, queue_packets=362), 1: LinkSpec(delay_ms=40, jitter_ms=8, rate_mbit=10)}
+    targets = []
+    for index, link in links.items():
+        handle = NamespaceHandle.open(os.getpid(), lambda: True)
+        target = Target(f"id-{index}", f"p-worker-{index}", "worker", index, handle.pid, "10.0.0.1")
+        ns = NamespaceLink(UserspaceBackend(), handle.path, target.label, 0, workdir=tmp_path)
+        car.applied[target.id] = Applied(target, link, ns, {"congestion_control": "cubic"}, handle)
+        targets.append(target)
+    add(car, "controller")  # nothing installed: no queue
+    report = car.links_report()
+    assert [report[f"p-worker-{i}"]["queue_packets_in_force"] for i in (0, 1)] == [362, 175]
+    assert report["p-controller-0"]["queue_packets_in_force"] is None
+    assert queue_lines(targets, report) == ["  p-worker-0: 362 packets (the preset's queue_packets)",
+                                            "  p-worker-1: 175 packets (from the BDP rule)"]

@@ -1,4 +1,4 @@
-"""`dist-llm-train bench controller|netem|ps|tcp|lighthouse`: run one benchmark and print its figures.
+"""`dist-llm-train bench controller|netem|ps|tcp|trace|lighthouse`: run one benchmark and print its figures.
 
 Each target is a module of this package exposing `configure(parser)` and `main(args)`, imported
 only when chosen (the netem bench needs the Docker SDK, the PS bench torch; the controller
@@ -15,6 +15,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "controller": ("dist_llm_train.bench.controller", "control-plane API latency and scheduling-cycle time"),
     "netem": ("dist_llm_train.bench.netem", "WAN emulation fidelity and cost per preset"),
     "ps": ("dist_llm_train.bench.ps", "parameter-server throughput, wire efficiency, time to target"),
+    "trace": ("dist_llm_train.bench.trace", "does a traced link's throughput follow its trace (1 s buckets)"),
     "tcp": ("dist_llm_train.bench.tcp", "one TCP flow's goodput on lossy presets per congestion control, beside Mathis"),
     "lighthouse": ("dist_llm_train.bench.lighthouse", "Lighthouse scores of the report page (runs/report)"),
 }

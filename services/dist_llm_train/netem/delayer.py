@@ -77,12 +77,12 @@ from collections import deque
 from dataclasses import asdict, dataclass
 
 from . import lateness, nfqueue
+from .sizing import IP_PACKET_BYTES, SIZING_MBIT
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_QUEUE = 0, 1, 2, 3
 STATS_INTERVAL_S = 1.0
-SIZING_MBIT = 1000.0  # queue sizing when the spec has no rate cap
-WIRE_PACKET_BYTES = 1500
-MIN_QUEUE = 1024  # the kernel's own default
+MIN_QUEUE = 1024  # the kernel's default nfnetlink queue length (not the qdiscs' MIN_QUEUE_PACKETS)
+SPEC_NOW = "spec now"  # begins the line logged after each SIGHUP (the sidecar logs traced links' at debug)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # 35 on x86 and arm; the module lacks it before 3.14
 
 
@@ -138,7 +138,7 @@ def queue_maxlen(spec: Spec) -> int:
     1024 caps 1500-byte traffic at ~245 Mbit/s at 50 ms; an overflow is a drop (never a bypass)."""
     rate_bps = (spec.rate_mbit or SIZING_MBIT) * 1e6
     hold_s = (spec.delay_ms + 4 * spec.jitter_ms + 10) / 1000
-    return max(MIN_QUEUE, math.ceil(2 * rate_bps / (8 * WIRE_PACKET_BYTES) * hold_s))
+    return max(MIN_QUEUE, math.ceil(2 * rate_bps / (8 * IP_PACKET_BYTES) * hold_s))
 
 
 class Timeline:
@@ -272,7 +272,7 @@ class Delayer:
             self.queue.configure(maxlen, gso)
             self.maxlen, self.gso = maxlen, gso
         self.spec = self.timeline.spec = spec
-        self.log(f"spec now {asdict(spec)} (queue_maxlen {maxlen}, gso {'on' if gso else 'off'})")
+        self.log(f"{SPEC_NOW} {asdict(spec)} (queue_maxlen {maxlen}, gso {'on' if gso else 'off'})")
 
     def stats(self) -> dict:
         """What the stats file holds. Counters are totals since start; late_ms, timer_late_ms and

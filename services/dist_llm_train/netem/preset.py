@@ -28,12 +28,15 @@ from pydantic import Field, field_validator, model_validator
 from ..config import read_yaml_mapping
 from ..schema import ConfigError, Section, validate
 from ..worker.config import MAX_COMPUTE_SPEED, MIN_COMPUTE_SPEED
+from . import trace as traces
+from .trace import Trace, TraceEnd
 
 Role = Literal["controller", "ps", "worker"]
 # `host` applies nothing: the namespace keeps the algorithm it inherited from the host's default.
 CongestionControl = Literal["cubic", "bbr", "reno", "host"]
 TARGET = re.compile(r"^(all|controller|ps|workers|worker:\d+)$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+TRACE = re.compile(r"^traces/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(csv|mahi)$")
 
 
 class TcpSpec(Section):
@@ -55,8 +58,21 @@ class LinkSpec(Section):
     jitter_ms: float = Field(0.0, ge=0, le=10_000, description="stdev of a normal per-packet variation of the delay, ms")
     loss_pct: float = Field(0.0, ge=0, le=100, description="share of packets dropped, %, once per container per round trip")
     rate_mbit: float | None = Field(None, gt=0, le=100_000, description="access-link capacity in each direction, Mbit/s; null = unlimited")
+    queue_packets: int | None = Field(None, ge=2, le=100_000, description="the rate limiter's queue, in 1514-byte "
+                                      "frames (a DropTail buffer); null = sized from the bandwidth-delay product")
     down: bool = Field(False, description="the link is cut: nothing passes in either direction (used by outage phases)")
+    trace: str | None = Field(None, description="traces/<file>.csv or .mahi (in the preset's folder): the rate, delay "
+                                                "and loss over time, over the fields above (netem/README.md)")
+    trace_end: TraceEnd = Field("loop", description="after the trace's end: loop it, or hold its last values")
     tcp: TcpSpec = Field(TcpSpec(), description="TCP settings of the container's namespace")
+
+    @field_validator("trace")
+    @classmethod
+    def _trace(cls, trace: str | None) -> str | None:
+        if trace is not None and not TRACE.match(trace):
+            raise ValueError(f"{trace!r}: a trace is named traces/<file>.csv or traces/<file>.mahi (letters, digits, "
+                             "'-', '_', '.'), relative to the preset's folder")
+        return trace
 
     @property
     def is_identity(self) -> bool:
@@ -111,6 +127,9 @@ class Phase(Section):
     def _period(self) -> "Phase":
         if not self.link.model_fields_set:
             raise ValueError("link: names no field to change")
+        if self.link.model_fields_set & {"trace", "trace_end"}:
+            raise ValueError("link.trace: a phase cannot set a trace (name it on the entry; a phase may still "
+                             "change a traced link's other fields, or cut it)")
         if "tcp" in self.link.model_fields_set:
             raise ValueError("link.tcp: a phase cannot change TCP settings (a socket's congestion control is fixed "
                              "when it opens); set tcp per entry instead")
@@ -184,7 +203,8 @@ class Preset:
         self.workers = tuple(base.changed(e.link_change()) for e in entries)
         self.compute_speeds = tuple(e.compute_speed for e in entries)
         self.phases = tuple(data.phases)
-        self._check_jitter()
+        self.traces = self._load_traces()
+        self._check_links()
 
     def _bases(self) -> list[tuple[str, Role, int, LinkSpec]]:
         """(where in the file, role, a worker index taking it, resolved link) for every entry."""
@@ -195,21 +215,48 @@ class Preset:
             bases.append((f"workers.{k}" if self.file.workers else "default", "worker", k, link))
         return bases
 
-    def _check_jitter(self) -> None:
-        """jitter_ms <= delay_ms for every link a container can take: each entry, and each entry
-        under every combination of the phases that target it."""
+    def _load_traces(self) -> dict[str, Trace]:
+        """Every trace an entry names, read from the preset's folder; ConfigError naming the entry and the
+        trace's file and line when one cannot be used."""
+        loaded: dict[str, Trace] = {}
+        for where, _, _, link in self._bases():
+            if link.trace is not None and link.trace not in loaded:
+                try:
+                    loaded[link.trace] = traces.load(Path(self.source).parent / link.trace)
+                except traces.TraceError as exc:
+                    raise ConfigError(f"{self.source}: {where}.trace: {exc}") from None
+        return loaded
+
+    def _traced(self, link: LinkSpec, t: float) -> LinkSpec:
+        """The link with its trace's values at time t in force (itself without a trace)."""
+        if link.trace is None:
+            return link
+        return link.model_copy(update=self.traces[link.trace].at(t, link.trace_end).update())
+
+    def _trace_forms(self, link: LinkSpec) -> list[LinkSpec]:
+        """Every form the link takes under its trace (itself without a trace)."""
+        if link.trace is None:
+            return [link]
+        return [link.model_copy(update=v.update()) for v in self.traces[link.trace].all_values()]
+
+    def _check_links(self) -> None:
+        """For every link a container can take (each entry, under each step of its trace and every
+        combination of the phases that target it): jitter_ms <= delay_ms, and queue_packets only
+        with a rate cap."""
         for where, role, index, link in self._bases():
             phases = [(k, p) for k, p in enumerate(self.phases) if p.targets_container(role, index)]
-            for n in range(len(phases) + 1):
-                for combo in itertools.combinations(phases, n):
-                    resolved = link
-                    for _, phase in combo:
-                        resolved = resolved.changed(phase.link)
-                    if resolved.jitter_ms > resolved.delay_ms:
-                        at = where + "".join(f" under phases.{k}" for k, _ in combo)
-                        raise ConfigError(f"{self.source}: {at}: jitter_ms {resolved.jitter_ms:g} is above "
-                                          f"delay_ms {resolved.delay_ms:g} (a normal jitter that large makes "
-                                          "the delay negative for many packets)")
+            combos = [c for n in range(len(phases) + 1) for c in itertools.combinations(phases, n)]
+            for combo, resolved in itertools.product(combos, self._trace_forms(link)):
+                for _, phase in combo:
+                    resolved = resolved.changed(phase.link)
+                at = where + (f" under {link.trace}" if link.trace else "") + "".join(f" under phases.{k}" for k, _ in combo)
+                if resolved.jitter_ms > resolved.delay_ms:
+                    raise ConfigError(f"{self.source}: {at}: jitter_ms {resolved.jitter_ms:g} is above "
+                                      f"delay_ms {resolved.delay_ms:g} (a normal jitter that large makes "
+                                      "the delay negative for many packets)")
+                if resolved.queue_packets is not None and resolved.rate_mbit is None and not resolved.down:
+                    raise ConfigError(f"{self.source}: {at}: queue_packets {resolved.queue_packets} without "
+                                      "rate_mbit (it is the rate limiter's queue; an unlimited link has none)")
 
     def link_for(self, role: Role, index: int = 0) -> LinkSpec:
         """The container's link without phases (worker `index` takes workers[index mod len])."""
@@ -220,29 +267,33 @@ class Preset:
         return self.workers[index % len(self.workers)]
 
     def link_at(self, role: Role, index: int, t: float) -> LinkSpec:
-        """The container's link at time t (seconds after the run started; phases applied)."""
-        link = self.link_for(role, index)
+        """The container's link at time t (seconds after the run started; its trace, then phases applied)."""
+        link = self._traced(self.link_for(role, index), t)
         for phase in self.phases:
             if phase.active(t) and phase.targets_container(role, index):
                 link = link.changed(phase.link)
         return link
 
     def links_over_time(self, role: Role, index: int) -> list[LinkSpec]:
-        """Every link the container can take (base, and under each combination of its phases)."""
+        """Every link the container can take (base, under each step of its trace and each combination
+        of its phases)."""
         phases = [p for p in self.phases if p.targets_container(role, index)]
         links = []
         for n in range(len(phases) + 1):
             for combo in itertools.combinations(phases, n):
-                link = self.link_for(role, index)
-                for phase in combo:
-                    link = link.changed(phase.link)
-                if link not in links:
-                    links.append(link)
+                for link in self._trace_forms(self.link_for(role, index)):
+                    for phase in combo:
+                        link = link.changed(phase.link)
+                    if link not in links:
+                        links.append(link)
         return links
 
     def next_change(self, t: float) -> float | None:
-        """The first time after t at which any phase begins or ends; None if links never change again."""
-        times = [b for b in (p.next_boundary(t) for p in self.phases) if b is not None]
+        """The first time after t at which any phase begins or ends or any trace steps; None if links
+        never change again."""
+        traced = {(link.trace, link.trace_end) for _, _, _, link in self._bases() if link.trace is not None}
+        times = [b for b in (*(p.next_boundary(t) for p in self.phases),
+                             *(self.traces[name].next_change(t, end) for name, end in traced)) if b is not None]
         return min(times) if times else None
 
     def quiet_window(self, t: float, seconds: float, containers: list[tuple[Role, int]],

@@ -51,8 +51,9 @@ from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
 from . import counters, lateness, tcp
 from .backends import CHOICES, choose
-from .backends.base import Backend, LinkError, in_namespace, run_commands
+from .backends.base import Backend, LinkError, in_namespace, queue_packets_in_force, run_commands
 from .backends.userspace import delayer_argv
+from .delayer import SPEC_NOW
 from .nshandle import NamespaceGone, NamespaceHandle
 from .preset import LinkSpec, Preset, Role, load_preset
 from .probe import SERVICES, Endpoint, ProbeError, expected, judge, measure_pair
@@ -74,7 +75,8 @@ def link_text(link: LinkSpec) -> str:
     if link.down:
         return "DOWN (nothing passes either way)"
     rate = "unlimited" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s"
-    return f"delay {link.delay_ms:g} ms, jitter {link.jitter_ms:g} ms, loss {link.loss_pct:g} %, rate {rate}"
+    trace = "" if link.trace is None else f" (now; following {link.trace}, {link.trace_end} at its end)"
+    return f"delay {link.delay_ms:g} ms, jitter {link.jitter_ms:g} ms, loss {link.loss_pct:g} %, rate {rate}{trace}"
 
 
 class NamespaceLink:
@@ -108,7 +110,9 @@ class NamespaceLink:
         self.link = link
 
     def change(self, link: LinkSpec) -> None:
-        run_commands(self.netns, self.backend.change(link))
+        """Move the link to `link` in place: qdiscs of the same kind are changed, not replaced (flows and
+        queues stay), and the delayer re-reads its spec on SIGHUP."""
+        run_commands(self.netns, self.backend.change(link, self.link))
         spec = self.backend.delayer_spec(link)
         if spec is not None and self.delayer is not None and spec != self.backend.delayer_spec(self.link):
             atomic_write(self.spec_file, json.dumps(spec).encode())
@@ -159,7 +163,9 @@ class NamespaceLink:
         for line in proc.stdout:
             line = line.rstrip()
             self.delayer_output.append(line)
-            log.info("%s: %s", self.label, line)
+            # A trace re-specs the delayer every step: those confirmations go to the debug log.
+            step = self.link is not None and self.link.trace is not None and f"] {SPEC_NOW} " in line
+            log.log(logging.DEBUG if step else logging.INFO, "%s: %s", self.label, line)
         proc.stdout.close()
 
     def delayer_problem(self) -> str | None:
@@ -440,8 +446,9 @@ class Sidecar:
                 self.problem(f"change:{item.target.label}", f"cannot change the link of {item.target.name}: {exc}")
                 continue
             item.link, item.since = want, time.time()
-            log.info("t=%.1fs %s: %s (phases: %s)", t, item.target.name, link_text(want),
-                     ", ".join(self.preset.phases_active(t)) or "none")
+            # A trace steps every second or so: its steps go to the debug log, phases to the info log.
+            log.log(logging.DEBUG if want.trace else logging.INFO, "t=%.1fs %s: %s (phases: %s)", t, item.target.name,
+                    link_text(want), ", ".join(self.preset.phases_active(t)) or "none")
 
     def watch_delayers(self) -> None:
         for item in self.applied.values():
@@ -519,6 +526,7 @@ class Sidecar:
         for item in self.applied.values():
             entry = {"role": item.target.role, "index": item.target.index, "address": item.target.address,
                      **item.link.model_dump(), "installed": item.ns is not None, "since": item.since,
+                     "queue_packets_in_force": queue_packets_in_force(item.link) if item.ns is not None else None,
                      "tcp_in_force": item.tcp}
             if item.ns is not None and item.ns.delayer is not None:
                 stats = item.ns.delayer_stats() or {}
@@ -744,7 +752,7 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
             if before != after:
                 label = role if role != "worker" else f"worker-{index}"
                 print(f"# {label}: {link_text(after)}")
-                for argv in backend.change(after):
+                for argv in backend.change(after, before):
                     print(" ".join(argv))
         shown += 1
 

@@ -60,6 +60,16 @@ class VethPair:
         holder.kill()
         raise TimeoutError("unshare --net did not create a namespace within 5 s")
 
+    def name_eth0(self) -> None:
+        """Rename both devices eth0, as in a container: the backends shape `eth0`."""
+        for side in ("a", "b"):
+            self.run(side, "ip", "link", "set", DEVICES[side], "down")
+            self.run(side, "ip", "link", "set", DEVICES[side], "name", "eth0")
+            self.run(side, "ip", "link", "set", "eth0", "up")
+
+    def netns(self, side: str) -> str:
+        return f"/proc/{self.holders[side].pid}/ns/net"
+
     def enter(self, side: str, *argv: str) -> list[str]:
         return in_namespace(f"/proc/{self.holders[side].pid}/ns/net", argv)
 

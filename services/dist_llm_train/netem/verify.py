@@ -56,8 +56,9 @@ def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float,
     t = 0.0 if t0_wall is None else time.time() - t0_wall
     start = preset.quiet_window(t, seconds, containers)
     if start is None:
-        raise SystemExit(f"verify: the phases of {preset.name} never leave these links unchanged and up "
-                         f"for the {seconds:.0f} s a measurement takes")
+        raise SystemExit(f"verify: the phases or traces of {preset.name} never leave these links unchanged and up "
+                         f"for the {seconds:.0f} s a measurement takes (a traced link is measured by "
+                         "`make bench-trace`, netem/README.md)")
     if start > t:
         print(f"waiting {start - t:.1f} s for the links to stay unchanged for {seconds:.0f} s", file=sys.stderr)
         time.sleep(start - t + 0.3)
@@ -134,6 +135,17 @@ def tcp_lines(preset: Preset, targets: list[Target], links: dict) -> tuple[list[
         if want != "host" and got["congestion_control"] != want:
             problems.append(f"{target.name}: TCP congestion control {got['congestion_control']}, preset {want}")
     return lines, problems
+
+
+def queue_lines(targets: list[Target], links: dict) -> list[str]:
+    """One line per rate-limited container: its rate limiter's queue in force, and where the size comes from."""
+    lines = []
+    for target in targets:
+        entry = links.get(target.name) or {}
+        if entry.get("queue_packets_in_force") is not None:
+            source = "the preset's queue_packets" if entry.get("queue_packets") is not None else "from the BDP rule"
+            lines.append(f"  {target.name}: {entry['queue_packets_in_force']} packets ({source})")
+    return lines or ["  (no rate limiter installed)"]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -224,6 +236,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"profile": preset.name, "backend": state["backend"], "results": results,
                           "tcp": {t.name: state["links"].get(t.name, {}).get("tcp_in_force") for t in targets},
+                          "queue_packets": {t.name: state["links"].get(t.name, {}).get("queue_packets_in_force")
+                                            for t in targets},
                           "problems": problems, "ok": not failed}))
     else:
         print(f"\nprofile {preset.name}, backend {state['backend']}; RTT from {RTT_SAMPLES} UDP echoes, loss from "
@@ -231,6 +245,8 @@ def main(args: argparse.Namespace) -> int:
         print_table(rows)
         print("\nTCP in force (netem/README.md, 'TCP'):")
         print("\n".join(tcp_summary))
+        print("\nRate limiter queue in force (netem/README.md, 'queue_packets'):")
+        print("\n".join(queue_lines(targets, state["links"])))
         print("(a run in progress sends its own traffic through these links: on capped links it queues with the "
               "probes and raises the RTT; the sidecar's probe before the run, in runs/<run_id>/link.json, is quiet)")
         for line in skipped:

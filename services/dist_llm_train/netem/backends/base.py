@@ -28,17 +28,17 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Sequence
 
 from ..preset import LinkSpec
+from ..sizing import FRAME_BYTES
 
 Argv = tuple[str, ...]
 
 IFACE = "eth0"  # a compose container's only interface
 IFB = "dlt-ifb0"  # the ingress-shaping device we add to each namespace (<= 15 characters)
-WIRE_PACKET_BYTES = 1514  # an Ethernet frame of a 1500-byte MTU, as tc counts it
-SIZING_MBIT = 1000.0  # queue sizing for a link without a rate cap (the delayer sizes the same way)
 MIN_QUEUE_PACKETS = 1000  # the kernel's default txqueuelen / netem limit
 LINK_CLASS, ARP_CLASS = "1:1", "1:2"
 LINE_RATE = "10gbit"  # the htb classes only sort traffic; the leaf qdiscs shape it
 HTB_QUANTUM = "60000"  # bytes per round; set, or htb warns that rate / r2q is too big
+TRACE_PEAK_MBIT = 10_000.0  # a traced link's tbf peak rate (see tbf_args): no shaping of its own at these rates
 
 
 class LinkError(RuntimeError):
@@ -61,14 +61,42 @@ def queue_seconds(link: LinkSpec) -> float:
     return 0.1 + 2 * (link.delay_ms + 2 * link.jitter_ms) / 1000
 
 
-def tbf_args(link: LinkSpec) -> list[str]:
-    """tbf at the link's rate. burst = 5 ms at the rate (at least two frames): enough that timer
-    and scheduling latency never starve the link; limit = queue_seconds at the rate, in bytes."""
+def queue_bytes(link: LinkSpec) -> int:
+    """The rate limiter's queue in bytes: `queue_packets` frames when the preset sets it (a DropTail
+    buffer, as calibrated emulators give it), else queue_seconds at the rate (at least the burst
+    and two frames)."""
     assert link.rate_mbit is not None
+    if link.queue_packets is not None:
+        return link.queue_packets * FRAME_BYTES
     bytes_per_s = link.rate_mbit * 1e6 / 8
-    burst = max(2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * 0.005))
-    limit = max(burst + 2 * WIRE_PACKET_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
-    return ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(burst), "limit", str(limit)]
+    return max(tbf_burst(link) + 2 * FRAME_BYTES, math.ceil(bytes_per_s * queue_seconds(link)))
+
+
+def queue_packets_in_force(link: LinkSpec) -> int | None:
+    """The rate limiter's queue in frames, as reported (None: no rate limiter, or the link is down)."""
+    if link.rate_mbit is None or link.down:
+        return None
+    return link.queue_packets or queue_bytes(link) // FRAME_BYTES
+
+
+def tbf_burst(link: LinkSpec) -> int:
+    """5 ms at the rate (at least two frames): enough that timer and scheduling latency never starve the link."""
+    assert link.rate_mbit is not None
+    return max(2 * FRAME_BYTES, math.ceil(link.rate_mbit * 1e6 / 8 * 0.005))
+
+
+def tbf_args(link: LinkSpec) -> list[str]:
+    """tbf at the link's rate, with tbf_burst and a limit of queue_bytes.
+
+    A traced link's tbf is moved in place to other rates, and so to other bursts; tbf never sends a
+    queued packet longer than its bucket, so an aggregate (GSO/GRO, up to 64 KB) queued under a big
+    burst would stall the link for good after a step down (measured: 10 s of nothing at 24 -> 6
+    Mbit/s). For those links a peak bucket of two frames (`mtu`) at a peak rate far above the rate
+    caps the largest packet the tbf takes whole: it splits every aggregate into frames at enqueue."""
+    args = ["tbf", "rate", rate_arg(link.rate_mbit), "burst", str(tbf_burst(link)), "limit", str(queue_bytes(link))]
+    if link.trace is not None:
+        args += ["peakrate", rate_arg(max(TRACE_PEAK_MBIT, 2 * link.rate_mbit)), "mtu", str(2 * FRAME_BYTES)]
+    return args
 
 
 def ingress_root(link: LinkSpec) -> list[str]:
@@ -103,14 +131,26 @@ class Backend(ABC):
             ("tc", "qdisc", "add", "dev", IFACE, "handle", "ffff:", "ingress"),
             ("tc", "filter", "add", "dev", IFACE, "parent", "ffff:", "protocol", "ip", "prio", "1",
              "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", IFB),
-            *self.change(link),
+            *self.change(link),  # no previous: both leaves are put in place (replace)
         ]
 
-    def change(self, link: LinkSpec) -> list[Argv]:
-        """Replace both leaf qdiscs; packets already queued in the old ones are dropped."""
-        egress = ["blackhole"] if link.down else self.egress_leaf(link)
-        return [("tc", "qdisc", "replace", "dev", IFACE, "parent", LINK_CLASS, *egress),
-                ("tc", "qdisc", "replace", "dev", IFB, "root", *ingress_root(link))]
+    def change(self, link: LinkSpec, previous: LinkSpec | None = None) -> list[Argv]:
+        """Set both leaf qdiscs to `link`'s. A leaf of the same kind as `previous`'s (a tbf whose rate
+        a trace step moves) is changed in place, `tc qdisc change`: its queue, counters and the
+        flows through it stay. Another kind (or no previous) is replaced: packets queued in the
+        old one are dropped. A leaf that stays the same is left alone."""
+        commands = []
+        for where, leaf in ((("dev", IFACE, "parent", LINK_CLASS), self.egress_qdisc),
+                            (("dev", IFB, "root"), ingress_root)):
+            new, old = leaf(link), None if previous is None else leaf(previous)
+            if new == old:
+                continue
+            verb = "change" if old is not None and old[0] == new[0] != "blackhole" else "replace"
+            commands.append(("tc", "qdisc", verb, *where, *new))
+        return commands
+
+    def egress_qdisc(self, link: LinkSpec) -> list[str]:
+        return ["blackhole"] if link.down else self.egress_leaf(link)
 
     def remove(self) -> list[Argv]:
         """Delete everything `apply` added: eth0 is left with the kernel's default qdisc."""

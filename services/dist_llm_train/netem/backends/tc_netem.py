@@ -6,7 +6,8 @@ delay, jitter, loss and rate:
 plus the rate cap on ingress through the ifb (base.py). netem's `limit` (packets held, 1000 by
 default) must cover everything in flight: at the rate (or SIZING_MBIT without a cap), every
 packet that arrives during the delay + 4 jitter, plus the rate queue (`queue_seconds`); a
-smaller limit silently drops at high bandwidth-delay products.
+smaller limit silently drops at high bandwidth-delay products. A link with `queue_packets` gets
+exactly what is in flight during the delay + 4 jitter, plus those packets: its DropTail queue.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 import math
 
 from ..preset import LinkSpec
-from .base import MIN_QUEUE_PACKETS, SIZING_MBIT, WIRE_PACKET_BYTES, Backend, ms_arg, queue_seconds, rate_arg
+from ..sizing import FRAME_BYTES, SIZING_MBIT
+from .base import MIN_QUEUE_PACKETS, Backend, ms_arg, queue_seconds, rate_arg
 
 
 def netem_limit(link: LinkSpec) -> int:
-    packets_per_s = (link.rate_mbit or SIZING_MBIT) * 1e6 / 8 / WIRE_PACKET_BYTES
-    hold_s = (link.delay_ms + 4 * link.jitter_ms) / 1000 + queue_seconds(link)
-    return max(MIN_QUEUE_PACKETS, math.ceil(2 * packets_per_s * hold_s))
+    packets_per_s = (link.rate_mbit or SIZING_MBIT) * 1e6 / 8 / FRAME_BYTES
+    delay_s = (link.delay_ms + 4 * link.jitter_ms) / 1000
+    if link.queue_packets is not None:  # what is in flight in the delay line, plus the preset's rate queue
+        return math.ceil(packets_per_s * delay_s) + link.queue_packets
+    return max(MIN_QUEUE_PACKETS, math.ceil(2 * packets_per_s * (delay_s + queue_seconds(link))))
 
 
 class NetemBackend(Backend):
