@@ -157,8 +157,8 @@ bench-tcp: preflight image ## one TCP flow on lossy presets, cubic vs bbr, besid
 bench-trace: image ## does a traced link's throughput follow its trace (TRACE_PROFILE=varying, TRACE_SECONDS=40 per trace)
 	$(TEST_RUN) dist-llm-train bench trace --profile $(or $(TRACE_PROFILE),varying) --seconds $(or $(TRACE_SECONDS),40)
 
-bench-ps: image ## PS throughput and wire efficiency (local processes in one container)
-	docker run --rm $(IMAGE) dist-llm-train bench ps
+bench-ps: image ## PS throughput (loopback and a 1 Gbit/s link, CURVE and PLAIN) and wire efficiency (one container)
+	$(TEST_RUN) dist-llm-train bench ps
 
 bench-ps-wan: preflight image dirs ## PS time to target and utilization under lan / high_rtt (compose stacks, <= 46 min)
 	$(DRIVER_RUN) dist-llm-train bench ps --skip throughput wire parity --wan

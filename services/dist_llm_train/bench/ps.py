@@ -11,7 +11,9 @@ CPU time per update of the PS process (its loop thread plus ZeroMQ's IO threads,
 of its loop thread alone, and of the workers: on a 2-core machine the PS and the workers share the cores, so
 their sum bounds the rate (2 cores / CPU per update) before the network does. Loopback TCP copies each byte
 twice (sender into the kernel, kernel to the receiver), so even a PS doing nothing else would reach about
-half of the memcpy bound.
+half of the memcpy bound. Then (`--link-mbit`, default 1000) the same four cases with the PS in one network
+namespace and the workers in another, joined by a veth pair whose two ends each have a tbf at that rate: what
+CURVE costs where a link, not the CPU, is the narrow part.
 
 (2) Wire efficiency: bytes on the socket (frames + ZMTP frame headers, as `wire.CountingSocket` counts) of one
 PUSH per codec against the dense fp32 payload, and the framing's share; then the validation loss each codec
@@ -52,6 +54,7 @@ from .. import wire
 from ..config import RunConfig, load_run_config
 from ..dataplane import Credential, KeyRegistry, new_credential, setup_client
 from ..ml.codecs import LAYOUT, encode, nbytes
+from ..netem.testbed import ADDRESSES, DEVICES, VethPair
 
 REPO = Path(__file__).resolve().parents[3]
 TOKEN = "bench-ps-token-0123456789"
@@ -62,10 +65,13 @@ THROUGHPUT_CONFIG = {
                       "checkpoint_every": 10**9}},
 }
 WAN_MATRIX = "experiments/bench_ps.yaml"
+LINK_PORT = 5555  # the PS's port in its own namespace (nothing else listens there)
+LINK_BURST_BYTES = 262_144  # the tbf's bucket: above rate / HZ at 1 Gbit/s and a 64 KB GSO segment
 PARITY_CONFIG = REPO / "configs" / "ml_ci.yaml"
 # What each figure should reach (the issue's targets), printed beside it as a verdict.
 TARGETS = {
     "dense_of_bound": 0.40,      # (1) dense updates/s >= 40 % of memcpy bandwidth / bytes per update
+    "curve_of_plain": 0.90,      # (1) CURVE's dense rate >= 0.9x of the unencrypted (plain) one
     "topk_of_dense": 0.03,       # (2a) top-k 1 % (fp16 values) bytes on the socket <= 3 % of dense fp32
     "framing_of_payload": 0.01,  # (2a) frame headers <= 1 % of the payload
     "parity": {"fp16": 0.05, "int8": 0.05, "topk": 0.10, "topk, dense down": 0.10},  # (2b) val loss within this of dense
@@ -77,6 +83,9 @@ TARGETS = {
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=8, help="pushing processes in the throughput test")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per throughput case")
+    parser.add_argument("--link-mbit", type=float, default=1000.0,
+                        help="(1) once more with the PS and the workers in two network namespaces joined by a link of "
+                             "this rate each way (tbf; needs NET_ADMIN and SYS_ADMIN); 0: loopback only")
     parser.add_argument("--parity-versions", type=int, default=None,
                         help="PS versions of each codec's run in (2) (default: the config's own budget, 600)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "wire", "parity"],
@@ -89,7 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     if "throughput" not in args.skip:
-        print_throughput(args.workers, args.seconds)
+        print_throughput(args.workers, args.seconds, args.link_mbit)
     if "wire" not in args.skip:
         print_wire_sizes()
     if "parity" not in args.skip:
@@ -113,10 +122,14 @@ def memcpy_gb_s(megabytes: int = 256, runs: int = 7) -> float:
     return src.numel() * 4 / best / 1e9
 
 
-def push_forever(address: str, codec: str, index: int, stop: Any, key: Credential, server: str) -> None:
+def push_forever(address: str, codec: str, index: int, stop: Any, key: Credential, server: str,
+                 netns: str | None = None) -> None:
     """A lightweight worker: one precomputed update, pushed again as soon as each ACK is in. It reads only
     the ACK's header (the version to push against next): on 2 cores, a worker's own checks and copies of
-    the parameters would take CPU from the PS being measured."""
+    the parameters would take CPU from the PS being measured. `netns`: the network namespace to connect from
+    (entered before ZeroMQ starts its threads, which inherit it)."""
+    if netns is not None:
+        enter_netns(netns)
     torch.set_num_threads(1)
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
@@ -137,6 +150,17 @@ def push_forever(address: str, codec: str, index: int, stop: Any, key: Credentia
     context.term()
 
 
+def enter_netns(path: str) -> int:
+    """Move the calling thread into the network namespace at `path`; returns a descriptor of the one it left."""
+    left = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
+    try:
+        os.setns(target, os.CLONE_NEWNET)
+    finally:
+        os.close(target)
+    return left
+
+
 def header_version(frames: list[zmq.Frame]) -> int:
     return wire.HEADER.unpack_from(frames[0].buffer)[-1]
 
@@ -148,22 +172,32 @@ def throughput_config(codec: str, auth: str) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def measure_throughput(codec: str, auth: str, workers: int, seconds: float) -> dict[str, float]:
+def measure_throughput(codec: str, auth: str, workers: int, seconds: float,
+                       link: VethPair | None = None) -> dict[str, float]:
+    """One case on loopback, or with `link` the PS in its namespace `a` and the workers in `b`."""
     from ..ps.server import ParameterServer
 
     log = logging.getLogger("bench-ps")
     log.setLevel(logging.WARNING)
-    port = free_port()
+    port = free_port() if link is None else LINK_PORT
+    host = "127.0.0.1" if link is None else ADDRESSES["a"]
     server_key, keys = new_credential(auth), [new_credential(auth) for _ in range(workers)]
     registry = KeyRegistry(auth, fixed={f"bench-{i}": key.public for i, key in enumerate(keys)})
-    server = ParameterServer(throughput_config(codec, auth), TOKEN, f"tcp://127.0.0.1:{port}", log, key=server_key,
-                             registry=registry)
+    home = enter_netns(link.netns("a")) if link is not None else None
+    try:  # the PS's context (its IO threads) and its bound socket are made in namespace a
+        server = ParameterServer(throughput_config(codec, auth), TOKEN, f"tcp://{host}:{port}", log, key=server_key,
+                                 registry=registry)
+    finally:
+        if home is not None:
+            os.setns(home, os.CLONE_NEWNET)
+            os.close(home)
     serving = threading.Thread(target=server.serve, daemon=True)
     serving.start()
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
-    procs = [spawn.Process(target=push_forever, args=(f"tcp://127.0.0.1:{port}", codec, i, stop, keys[i],
-                                                      server_key.public), daemon=True) for i in range(workers)]
+    procs = [spawn.Process(target=push_forever, args=(f"tcp://{host}:{port}", codec, i, stop, keys[i], server_key.public,
+                                                      link.netns("b") if link else None), daemon=True)
+             for i in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -203,26 +237,45 @@ def judge(what: str, ok: bool | None) -> None:
     print(f"  target {what}: {'no figure' if ok is None else 'met' if ok else 'MISSED'}", flush=True)
 
 
-def print_throughput(workers: int, seconds: float) -> None:
+def print_throughput(workers: int, seconds: float, link_mbit: float) -> None:
     bandwidth = memcpy_gb_s()
-    print(f"(1) PS throughput: {workers} workers on loopback, default model, async window 1; "
-          f"memcpy {bandwidth:.2f} GB/s on this machine")
+    print(f"(1) PS throughput: {workers} workers, default model, async window 1; memcpy {bandwidth:.2f} GB/s on this "
+          "machine")
+    rate = throughput_table("loopback", workers, seconds, bandwidth)
+    if link_mbit:
+        with VethPair() as link:
+            for side, device in DEVICES.items():  # each direction its own rate limiter, as the sidecar's tbf
+                link.run(side, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", f"{link_mbit:g}mbit",
+                         "burst", str(LINK_BURST_BYTES), "latency", "50ms")
+            throughput_table(f"a {link_mbit:g} Mbit/s link each way (two namespaces, tbf)", workers, seconds,
+                             bandwidth, link)
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes take their share)")
+    judge(f"curve dense >= {TARGETS['curve_of_plain']:.0%} of plain dense on loopback "
+          f"({rate['curve', 'none'] / rate['plain', 'none']:.2f}x)",
+          rate["curve", "none"] >= TARGETS["curve_of_plain"] * rate["plain", "none"])
+
+
+def throughput_table(where: str, workers: int, seconds: float, bandwidth: float,
+                     link: VethPair | None = None) -> dict[tuple[str, str], float]:
+    """The four cases (auth x codec) in one place; updates/s by (auth, codec)."""
+    print(f"{where}:")
     print(f"{'auth':<6} {'codec':<10} {'updates/s':>10} {'bytes/update':>14} {'bound/s':>10} {'of bound':>9} "
           f"{'PS CPU ms/upd':>14} {'of it the loop':>15} {'workers CPU ms/upd':>19}")
     of_bound, rate = {}, {}
     for auth, codec in (("curve", "none"), ("curve", "topk"), ("plain", "none"), ("plain", "topk")):
-        got = measure_throughput(codec, auth, workers, seconds)
+        got = measure_throughput(codec, auth, workers, seconds, link)
         bound = bandwidth * 1e9 / got["bytes_per_update"]
         of_bound[auth, codec], rate[auth, codec] = got["updates_per_s"] / bound, got["updates_per_s"]
         print(f"{auth:<6} {codec:<10} {got['updates_per_s']:>10.1f} {got['bytes_per_update']:>14,.0f} {bound:>10.1f} "
               f"{100 * got['updates_per_s'] / bound:>8.1f}% {got['ps_cpu_ms']:>14.2f} {got['loop_cpu_ms']:>15.2f} "
               f"{got['workers_cpu_ms']:>19.2f}",
               flush=True)
-    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes take their share)")
     for codec in ("none", "topk"):
         print(f"curve / plain, {codec}: {rate['curve', codec] / rate['plain', codec]:.2f}x (what encryption costs)")
-    judge(f"dense >= {TARGETS['dense_of_bound']:.0%} of the bound (curve {of_bound['curve', 'none']:.1%}, plain "
-          f"{of_bound['plain', 'none']:.1%})", of_bound["curve", "none"] >= TARGETS["dense_of_bound"])
+    if link is None:
+        judge(f"dense >= {TARGETS['dense_of_bound']:.0%} of the bound (curve {of_bound['curve', 'none']:.1%}, plain "
+              f"{of_bound['plain', 'none']:.1%})", of_bound["curve", "none"] >= TARGETS["dense_of_bound"])
+    return rate
 
 
 # ---- (2) wire efficiency ----------------------------------------------------------------------------------
