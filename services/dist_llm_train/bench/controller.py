@@ -91,9 +91,6 @@ class Connection:
         self.writer.write(b"%s %s HTTP/1.1\r\nhost: bench\r\nauthorization: %s\r\n%scontent-type: application/json"
                           b"\r\ncontent-length: %d\r\n\r\n%s" % (method.encode(), target.encode(), self.auth,
                                                                   self.identity, len(body), body))
-
-    def identify(self, secret: str) -> None:
-        self.identity = b"x-worker-secret: %s\r\n" % secret.encode()
         status_line = await self.reader.readline()
         if not status_line:
             raise ConnectionError("closed by the server")
@@ -103,6 +100,10 @@ class Connection:
             if name.lower() == b"content-length":
                 length = int(value)
         return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def identify(self, secret: str) -> None:
+        """Send this worker's secret (its registration's answer) on every later request."""
+        self.identity = b"x-worker-secret: %s\r\n" % secret.encode()
 
     def close(self) -> None:
         if self.writer is not None:
