@@ -74,6 +74,24 @@ def test_a_restarted_worker_takes_its_name_back_once_the_old_incarnation_is_dead
     assert {t["task_id"]: t["requeues"] for t in db["tasks"] if t["requeues"]} == {victim["task"]: 1}
 
 
+def test_a_worker_restarted_after_the_run_ended_stops_as_after_the_run(tmp_path, process_log):
+    # Nobody is declared dead once the run is over, so the name stays held: the new process has nothing to do.
+    with ci_run(tmp_path, process_log) as run:
+        run.start()
+        final = run.wait_end(timeout_s=90)
+        run.wait_workers_exit(timeout_s=10)
+        started = time.monotonic()
+        run.start_worker(1)
+        exits = run.wait_workers_exit(timeout_s=30)
+        took = time.monotonic() - started
+        db = truth(run.db_path)
+
+    assert final["run"]["state"] == "finished"
+    assert exits[1] == 0 and took < 10  # at once, not after the 9 s a live run's wait may take
+    assert "registration refused after the run ended: nothing to do" in open(process_log.name).read()
+    assert [w["worker_id"] for w in db["workers"] if w["idx"] == 1] == ["local-worker-1.1"]
+
+
 def test_frozen_worker_is_declared_dead_then_comes_back_as_a_new_incarnation(tmp_path, process_log):
     with ci_run(tmp_path, process_log) as run:
         run.start()

@@ -11,7 +11,8 @@ agent sends from then on (X-Worker-Secret); registering again sends the previous
 the name is ours. The secret lives in memory only (the container's root is read-only, its /tmp a
 tmpfs that a restart empties): a restarted container cannot prove its previous incarnation, so the
 controller answers 409 until that one is declared dead (heartbeat_timeout_s of silence, 5 s by
-default), and the new process retries its registration until then.
+default), and the new process retries its registration until then (once the run is over nobody is
+declared dead any more: such a worker has nothing to do and stops as after the run).
 
 What a task runner (synthetic.run_task, ml_loop.run_shard) may use:
     agent.config              resolved run config (dict), as the controller sent it
@@ -129,6 +130,11 @@ class Agent:
                     answer = client.post_json("/workers/register", body)
                     break
                 except Conflict as exc:
+                    if client.get_json("/healthz")["run_state"] not in LIVE_STATES:
+                        # Nobody is declared dead after the run: the name stays held, and there is nothing to do.
+                        self.log.info("registration refused after the run ended: nothing to do")
+                        self.stopping.set()
+                        return
                     if time.monotonic() > deadline or self.stopping.is_set():
                         raise
                     if not warned:
