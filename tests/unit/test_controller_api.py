@@ -261,7 +261,8 @@ def test_basic_run_finishes_when_every_task_is_done_and_writes_its_row(h, tmp_pa
 def test_telemetry_feeds_the_ewma_shown_in_status(h):
     worker = h.register()
 
-    h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 100.0, "step_time_s": 1.0}, headers=h.auth(worker))
+    h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 100.0, "step_time_s": 1.0},
+                  headers=h.auth(worker))
     h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 300.0, "epoch": 2}, headers=h.auth(worker))
     h.heartbeat(worker, {"rtt_ms": 4.0})
     h.heartbeat(worker, {"rtt_ms": 8.0})

@@ -15,8 +15,8 @@ def h(tmp_path):
 
 
 def register(h, name, key, index=0, proof=None):
-    return h.client.post("/workers/register", headers=AUTH if proof is None else h.auth(proof), json={"name": name, "index": index, "capacity": 1.0,
-                                                                  "memory_mb": 1, "data_key": key})
+    return h.client.post("/workers/register", headers=AUTH if proof is None else h.auth(proof),
+                         json={"name": name, "index": index, "capacity": 1.0, "memory_mb": 1, "data_key": key})
 
 
 def test_the_ps_lists_exactly_the_live_workers_keys(h):

@@ -781,7 +781,8 @@ def main(args: argparse.Namespace) -> int:
 
     log.info(why)
     http = httpx.Client(base_url=settings.controller_url, timeout=3.0,
-                        headers={"Authorization": f"Bearer {settings.run_token}", "X-Role-Token": settings.sidecar_token})
+                        headers={"Authorization": f"Bearer {settings.run_token}",
+                                 "X-Role-Token": settings.sidecar_token})
     sidecar = Sidecar(preset, backend, settings, project, docker.from_env(), http)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("%s: stopping", signal.Signals(signum).name),

@@ -1,8 +1,8 @@
 """`dist-llm-train ps`: the parameter server of an ML run (ps/server.py), wired to the controller.
 
 Start: the resolved run config from the controller (`GET /config`, with RUN_TOKEN), the run id from
-`GET /status`; what only the PS may do at the controller (announce its key, read the live workers' keys, report)
-also carries PS_TOKEN (a builtin run's PS refuses to start without it); the PS's data-plane key (`ps_key`: kept next to the run's checkpoints, so a restarted PS
+`GET /status`; what only the PS may do at the controller (announce its key, read the live workers' keys,
+report) also carries PS_TOKEN (a builtin run's PS refuses to start without it); the PS's data-plane key (`ps_key`: kept next to the run's checkpoints, so a restarted PS
 keeps the identity its workers know) announced at `POST /ps/key`; the aggregation rule is checked for its window (a rule that cannot hold is refused: exit 2
 with the reason, never the mean instead); the newest checkpoint of this run id under CHECKPOINT_DIR is
 resumed; then the ROUTER listens on PS_ADDRESS's port. Results go to RUNS_DIR/<run_id>/ (curve.csv,

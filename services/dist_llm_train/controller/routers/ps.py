@@ -16,8 +16,9 @@ FAILURE_PREFIXES = ("failed", "error")
 
 @router.post("/ps/report", response_model=Empty, dependencies=[PsReporter])
 async def ps_report(body: PsReportIn, ctl: Ctl) -> Empty:
-    """Store the latest report (PS_TOKEN; in a hivemind run also worker 0's secret). `done: true` ends the run: `failed` when its reason starts with
-    'failed' or 'error', `finished` otherwise. 409 in a basic run, which has no PS."""
+    """Store the latest report (PS_TOKEN; in a hivemind run also worker 0's secret). `done: true` ends the run:
+    `failed` when its reason starts with 'failed' or 'error', `finished` otherwise. 409 in a basic run, which has
+    no PS."""
     if ctl.config.mode != "ml":
         raise HTTPException(409, "this is a basic run: it has no parameter server")
     with ctl.store.transaction():
