@@ -17,8 +17,10 @@ HIVEMIND_IMAGE ?= $(firstword $(subst :, ,$(IMAGE)))-hivemind:$(lastword $(subst
 # A PEM bundle pip (and npm) trust when building the hivemind and browser images behind a TLS-intercepting
 # proxy: by default $$PIP_CERT, else the host's own bundle; never committed, never in a final image.
 EXTRA_CA ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
-# The file compose reads RUN_TOKEN from (the controller refuses workers without it).
+# The file compose reads the credentials from: RUN_TOKEN (admits to the run) and each role's own
+# (SIDECAR_TOKEN, PS_TOKEN, OPERATOR_TOKEN; compose gives each only to its service).
 ENV_FILE ?= .env
+CREDENTIALS := RUN_TOKEN SIDECAR_TOKEN PS_TOKEN OPERATOR_TOKEN
 # Whoever runs make; a driver container (DRIVER_RUN) is root but passes the caller's ids on.
 HOST_UID ?= $(shell id -u)
 HOST_GID ?= $(shell id -g)
@@ -39,7 +41,7 @@ TEST_RUN := $(TEST_RUN_IN) $(IMAGE)
 # The tests of the hivemind trainer that need hivemind itself (the main image's run skips them).
 HIVEMIND_TESTS := tests/integration/test_hivemind_run.py
 
-.PHONY: help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-e2e \
+.PHONY: FORCE help preflight base-image image image-hivemind docker/extra-ca.pem dirs check up down logs ps verify test test-e2e \
 	experiments report bench bench-controller bench-netem bench-tcp bench-trace bench-ps bench-ps-wan clean \
 	browser-image test-browser lighthouse report-serve
 
@@ -52,8 +54,8 @@ help: ## list targets and variables
 	@echo "           CONFIG=$(CONFIG)  NETEM_BACKEND=$(NETEM_BACKEND) (auto|netem|userspace)"
 	@echo "           TCP_CC=$(TCP_CC) (empty: the preset's, default cubic; cubic|bbr|reno|host)"
 	@echo "           MATRIX=$(MATRIX) (experiments/<MATRIX>.yaml)  IMAGE=$(IMAGE)  BASE_IMAGE=$(BASE_IMAGE)"
-	@echo "           ENV_FILE=$(ENV_FILE): the RUN_TOKEN, written by the first make up (mode 600) and then kept;"
-	@echo "           to rotate it: make down, rm $(ENV_FILE), make up (a new token recreates every container)"
+	@echo "           ENV_FILE=$(ENV_FILE): RUN_TOKEN and the role credentials, written by the first make up (mode 600)"
+	@echo "           and then kept; to rotate them: make down, rm $(ENV_FILE), make up (recreates every container)"
 
 # What must hold before compose is touched. More checks join as prerequisites of this target.
 preflight: ## check Docker Engine >= 20.10 and Compose >= 2.20.2 (every compose target runs it first)
@@ -84,11 +86,15 @@ docker/extra-ca.pem:
 	elif [ -r "$(EXTRA_CA)" ]; then cmp -s "$(EXTRA_CA)" $@ || cp "$(EXTRA_CA)" $@; \
 	else echo "EXTRA_CA=$(EXTRA_CA) (or PIP_CERT): no such file; give a PEM bundle, or EXTRA_CA= for none" >&2; exit 1; fi
 
-# A random run token, written only when the file is missing and never rotated by a target: a new
-# token changes every service's environment, and compose then recreates every container.
-$(ENV_FILE):
-	@umask 077 && echo "RUN_TOKEN=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
-	@echo "wrote $@ with a new RUN_TOKEN (kept until you delete it)"
+# Each credential random, written only when the file lacks it and never rotated by a target: a new
+# value changes services' environment, and compose then recreates them. So a run of this rule that
+# finds every credential writes nothing (an .env from before the role credentials gets them added once).
+$(ENV_FILE): FORCE
+	@umask 077 && for name in $(CREDENTIALS); do grep -q "^$$name=" $@ 2>/dev/null && continue; \
+		echo "$$name=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> $@ && \
+		echo "wrote a new $$name to $@ (kept until you delete it)"; done
+
+FORCE:
 
 dirs:
 	@mkdir -p runs checkpoints

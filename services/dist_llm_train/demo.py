@@ -28,6 +28,7 @@ import yaml
 
 from .config import RunConfig, load_run_config
 from .schema import ConfigError
+from .settings import ROLE_TOKENS
 
 END_STATES = ("finished", "timeout", "stopped", "failed")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # services/, so children import this checkout
@@ -83,6 +84,8 @@ class LocalRun:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
             "RUN_TOKEN": secrets.token_hex(16),
+            # every role's credential; each child gets only its own (spawn), as compose gives them
+            **{name: secrets.token_hex(16) for name in ROLE_TOKENS.values()},
             "CONFIG": str(config_path),
             "CONTROLLER_URL": self.url,
             "PS_ADDRESS": f"tcp://127.0.0.1:{free_port()}",
@@ -105,7 +108,10 @@ class LocalRun:
         self.close()
 
     def spawn(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "dist_llm_train", *args], env=self.env,
+        """`dist-llm-train <role> ...` with the run's environment, less the role credentials not the role's."""
+        own = {"controller": set(ROLE_TOKENS.values()), "ps": {ROLE_TOKENS["ps"]}}.get(args[0], set())
+        env = {k: v for k, v in self.env.items() if k not in set(ROLE_TOKENS.values()) - own}
+        return subprocess.Popen([sys.executable, "-m", "dist_llm_train", *args], env=env,
                                 stdout=self.output, stderr=subprocess.STDOUT if self.output else None)
 
     def start(self) -> None:
@@ -141,7 +147,8 @@ class LocalRun:
 
     def stop_run(self, reason: str) -> None:
         httpx.post(self.url + "/run/stop", json={"reason": reason}, timeout=10,
-                   headers={"Authorization": f"Bearer {self.env['RUN_TOKEN']}"})
+                   headers={"Authorization": f"Bearer {self.env['RUN_TOKEN']}",
+                            "X-Role-Token": self.env["OPERATOR_TOKEN"]})
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
         deadline = time.monotonic() + timeout_s

@@ -19,7 +19,7 @@ KNOWN_WEAK_TOKENS = {"changeme", "change-me", "token", "secret", "password", "te
 
 @dataclass(frozen=True)
 class Settings:
-    run_token: str  # RUN_TOKEN: shared secret every worker, PS and sidecar presents to the controller
+    run_token: str  # RUN_TOKEN: shared secret every worker, PS and sidecar presents to the controller (admission)
     config_path: Path  # CONFIG: the run config (YAML)
     profile: str  # NETEM_PROFILE: WAN preset under netem/ (recorded in the CSV row); "" = no emulation (local runs)
     controller_url: str  # CONTROLLER_URL
@@ -41,15 +41,30 @@ class Settings:
     compose_project: str | None = None  # COMPOSE_PROJECT: the compose project whose containers the sidecar shapes
     tcp_cc: str | None = None  # TCP_CC: replaces every preset entry's tcp.congestion_control (cubic, bbr, reno, host)
     delayer_nice: int = 0  # DELAYER_NICE: niceness of the userspace delayers (-20..19; below 0 needs CAP_SYS_NICE)
+    # The role credentials (controller/deps.py): each opens its role's routes, besides RUN_TOKEN. The controller
+    # holds all three; compose gives the sidecar, the PS and the operator's tools only their own.
+    sidecar_token: str | None = None  # SIDECAR_TOKEN: /links
+    ps_token: str | None = None  # PS_TOKEN: /ps/report, /ps/key (announce), /ps/workers
+    operator_token: str | None = None  # OPERATOR_TOKEN: /run/stop
 
 
-def check_token(token: str) -> str:
+ROLE_TOKENS = {"sidecar": "SIDECAR_TOKEN", "ps": "PS_TOKEN", "operator": "OPERATOR_TOKEN"}
+
+
+def check_token(token: str, name: str = "RUN_TOKEN") -> str:
     if len(token) < MIN_TOKEN_LENGTH or token.lower() in KNOWN_WEAK_TOKENS:
         raise ConfigError(
-            f"RUN_TOKEN: must be at least {MIN_TOKEN_LENGTH} characters and not a well-known value "
+            f"{name}: must be at least {MIN_TOKEN_LENGTH} characters and not a well-known value "
             "(`make up` writes a random one to .env)"
         )
     return token
+
+
+def require_role_tokens(settings: Settings, *roles: str) -> None:
+    """ConfigError naming the first of `roles` (keys of ROLE_TOKENS) whose credential is not set."""
+    for role in roles:
+        if getattr(settings, f"{role}_token") is None:
+            raise ConfigError(f"{ROLE_TOKENS[role]}: not set (`make up` writes a random one to .env)")
 
 
 def _int_or_none(name: str, raw: str | None, minimum: int = 1) -> int | None:
@@ -91,6 +106,8 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         compose_project=env.get("COMPOSE_PROJECT") or None,
         tcp_cc=_choice("TCP_CC", env.get("TCP_CC"), TCP_CC_CHOICES),
         delayer_nice=_nice(env.get("DELAYER_NICE")),
+        **{f"{role}_token": check_token(env[name], name) if env.get(name) else None
+           for role, name in ROLE_TOKENS.items()},
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+CREDENTIALS = ("RUN_TOKEN", "SIDECAR_TOKEN", "PS_TOKEN", "OPERATOR_TOKEN")  # what `make up` writes to .env
 END_STATES = {"finished", "timeout", "stopped", "failed"}
 
 
@@ -35,13 +36,13 @@ class Stack:
         self.runs_dir = home / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         (home / "checkpoints").mkdir(parents=True, exist_ok=True)
-        # The stack's RUN_TOKEN, in a file of its own that compose reads (ENV_FILE for make):
-        # written by `make up` itself, or by `up` below as make would.
+        # The stack's credentials (RUN_TOKEN and the role credentials), in a file of its own that compose
+        # reads (ENV_FILE for make): written by `make up` itself, or by `up` below as make would.
         self.env_file = home / ".env"
 
     @property
     def env(self) -> dict[str, str]:
-        inherited = {k: v for k, v in os.environ.items() if k != "RUN_TOKEN"}  # it would override the file
+        inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}  # they would override the file
         return {
             **inherited,
             "COMPOSE_PROJECT_NAME": self.project,
@@ -67,7 +68,7 @@ class Stack:
         """`docker compose up -d`: the stack without the Makefile's image build and checks."""
         if not self.env_file.exists():
             self.env_file.touch(mode=0o600)
-            self.env_file.write_text(f"RUN_TOKEN={secrets.token_hex(16)}\n")
+            self.env_file.write_text("".join(f"{name}={secrets.token_hex(16)}\n" for name in CREDENTIALS))
         result = self.compose("up", "-d", check=False)
         if result.returncode != 0:
             raise RuntimeError(f"compose up failed:\n{result.stdout}\n{result.stderr}\n{self.logs()}")

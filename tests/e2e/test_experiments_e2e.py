@@ -20,7 +20,7 @@ import pytest
 from dist_llm_train.experiments.runner import OK_STATUS
 from dist_llm_train.results import read_rows
 
-from .stack import REPO
+from .stack import CREDENTIALS, REPO
 
 
 def dlt(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def workspace():
     # The runner tears every stack down itself; this only cleans up after a runner that crashed.
     subprocess.run(["docker", "compose", "-p", project, "--project-directory", str(REPO), "-f", str(REPO / "compose.yaml"),
                     "--profile", "ml", "down", "-v", "--remove-orphans", "--timeout", "10"],
-                   env={**os.environ, "RUN_TOKEN": "x" * 32}, capture_output=True, timeout=180)
+                   env={**os.environ, **{name: "x" * 32 for name in CREDENTIALS}}, capture_output=True, timeout=180)
     shutil.rmtree(runs.parent, ignore_errors=True)
 
 

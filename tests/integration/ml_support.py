@@ -79,7 +79,8 @@ class Probe:
         else:
             if key is None:
                 key = new_credential(run.config.ml.data_plane_auth)
-                self.worker_id = register(run, name, key.public)["worker_id"]
+                registered = register(run, name, key.public)
+                self.worker_id, self.secret = registered["worker_id"], registered["secret"]
                 threading.Thread(target=self.heartbeats, args=(run,), daemon=True).start()
             server = ps_public_key(run) if key.mode == "curve" else None
         self.key, self.server = key, server
@@ -87,7 +88,7 @@ class Probe:
 
     def heartbeats(self, run: LocalRun) -> None:
         url = f"{run.env['CONTROLLER_URL']}/workers/{self.worker_id}/heartbeat"
-        headers = {"Authorization": f"Bearer {run.env['RUN_TOKEN']}"}
+        headers = {"Authorization": f"Bearer {run.env['RUN_TOKEN']}", "X-Worker-Secret": self.secret}
         while not self.silent.wait(0.5):
             try:
                 httpx.post(url, json={}, headers=headers, timeout=5)

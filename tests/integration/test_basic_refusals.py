@@ -1,5 +1,5 @@
-"""Refusals seen from outside, with real processes: a bad config stops the controller before it
-serves, a worker with the wrong token exits 3, a worker that cannot learn its index exits 2, and a
+"""Refusals seen from outside, with real processes: a bad config or a missing role credential stops the
+controller before it serves, a worker with the wrong token exits 3, a worker that cannot learn its index exits 2, and a
 chunked upload over the size cap is cut off with 413 by the real server."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sys
 
 from basic_support import REPO, ci_run
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "services")}
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "services"), "SIDECAR_TOKEN": "s" * 24, "PS_TOKEN": "p" * 24,
+       "OPERATOR_TOKEN": "o" * 24}
 
 
 def dlt(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -36,6 +37,15 @@ def test_controller_refuses_a_weak_token_with_exit_2(tmp_path):
 
     assert done.returncode == 2
     assert "RUN_TOKEN" in done.stderr
+
+
+def test_controller_without_a_role_credential_exits_2_naming_it(tmp_path):
+    done = dlt("controller", "--port", "0", env={**ENV, "RUN_TOKEN": "a" * 32, "PS_TOKEN": "",
+                                                  "STATE_DIR": str(tmp_path / "state")})
+
+    assert done.returncode == 2
+    assert "PS_TOKEN: not set" in done.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def test_worker_with_the_wrong_token_exits_3_and_says_why(tmp_path, process_log):

@@ -31,7 +31,8 @@ def controller(tmp_path: Path):
     # No worker will come: the run stays `running` until someone stops it.
     config.write_text(yaml.safe_dump({"name": "watched", "mode": "basic", "timeout_s": 600, "tasks": {"count": 3}}))
     port = free_port()
-    env = {**os.environ, "RUN_TOKEN": "w" * 8 + "0123456789abcdef", "CONFIG": str(config), "RUNS_DIR": str(tmp_path / "runs"),
+    env = {**os.environ, "RUN_TOKEN": "w" * 8 + "0123456789abcdef", "SIDECAR_TOKEN": "s" * 24, "PS_TOKEN": "p" * 24,
+           "OPERATOR_TOKEN": "o" * 24, "CONFIG": str(config), "RUNS_DIR": str(tmp_path / "runs"),
            "STATE_DIR": str(tmp_path / "state"), "LINK_GATE": "0", "NETEM_PROFILE": "lan"}
     (tmp_path / "state").mkdir()
     process = subprocess.Popen([sys.executable, "-m", "dist_llm_train", "controller", "--host", "127.0.0.1",
@@ -54,7 +55,8 @@ def controller(tmp_path: Path):
 
 def test_a_run_past_its_deadline_is_stopped_and_its_row_written(controller, capsys, monkeypatch):
     url, env, runs = controller
-    monkeypatch.setenv("RUN_TOKEN", env["RUN_TOKEN"])  # inside the container, compose sets it
+    for name in ("RUN_TOKEN", "OPERATOR_TOKEN"):  # inside the controller's container, compose sets them
+        monkeypatch.setenv(name, env[name])
 
     started = time.monotonic()
     watch_run(deadline_s=2.0, grace_s=10, url=url)
@@ -70,6 +72,7 @@ def test_a_run_past_its_deadline_is_stopped_and_its_row_written(controller, caps
 
 def test_a_controller_that_never_answers_is_given_up_on(capsys, monkeypatch):
     monkeypatch.setenv("RUN_TOKEN", "x" * 24)
+    monkeypatch.setenv("OPERATOR_TOKEN", "y" * 24)
 
     watch_run(deadline_s=0.5, grace_s=1, url=f"http://127.0.0.1:{free_port()}")
 

@@ -16,6 +16,12 @@ from dist_llm_train.settings import Settings, from_env
 
 TOKEN = "unit-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ROLE_TOKENS = {"SIDECAR_TOKEN": "unit-sidecar-credential-0123", "PS_TOKEN": "unit-ps-credential-0123456",
+               "OPERATOR_TOKEN": "unit-operator-credential-01"}
+# The run token and a role's credential: what the sidecar, the PS and the operator send.
+SIDECAR_AUTH = {**AUTH, "X-Role-Token": ROLE_TOKENS["SIDECAR_TOKEN"]}
+PS_AUTH = {**AUTH, "X-Role-Token": ROLE_TOKENS["PS_TOKEN"]}
+OPERATOR_AUTH = {**AUTH, "X-Role-Token": ROLE_TOKENS["OPERATOR_TOKEN"]}
 
 BASIC = {
     "name": "unit",
@@ -47,7 +53,7 @@ def make_config(overrides: dict[str, Any] | None = None, base: dict | None = Non
 
 
 def make_settings(tmp: Path, link_gate: bool = False) -> Settings:
-    return from_env({"RUN_TOKEN": TOKEN, "STATE_DIR": str(tmp / "state"), "RUNS_DIR": str(tmp / "runs"),
+    return from_env({"RUN_TOKEN": TOKEN, **ROLE_TOKENS, "STATE_DIR": str(tmp / "state"), "RUNS_DIR": str(tmp / "runs"),
                      "LINK_GATE": "1" if link_gate else "0", "NETEM_PROFILE": "lan"})
 
 
@@ -62,19 +68,27 @@ class Harness:
                               log=logging.getLogger("controller.test"))
         self.client = TestClient(self.app)
         self.ctl: Controller = self.app.state.ctl
+        self.secrets: dict[str, str] = {}  # worker_id -> the secret its registration answered
 
-    def register(self, name: str = "w0", index: int = 0, memory_mb: int = 4096) -> str:
-        answer = self.client.post("/workers/register", headers=AUTH,
+    def register(self, name: str = "w0", index: int = 0, memory_mb: int = 4096, proof: str | None = None) -> str:
+        """Register `name`; `proof`: the worker_id of the live incarnation this call proves to be (its secret)."""
+        answer = self.client.post("/workers/register", headers=AUTH if proof is None else self.auth(proof),
                                   json={"name": name, "index": index, "capacity": 1.0, "memory_mb": memory_mb})
         assert answer.status_code == 200, answer.text
-        return answer.json()["worker_id"]
+        worker_id = answer.json()["worker_id"]
+        self.secrets[worker_id] = answer.json()["secret"]
+        return worker_id
+
+    def auth(self, worker_id: str) -> dict[str, str]:
+        """What worker `worker_id` sends: the run token and its own secret (none for a worker never registered)."""
+        return {**AUTH, **({"X-Worker-Secret": self.secrets[worker_id]} if worker_id in self.secrets else {})}
 
     def heartbeat(self, worker_id: str, telemetry: dict | None = None):
         body = {} if telemetry is None else {"telemetry": telemetry}
-        return self.client.post(f"/workers/{worker_id}/heartbeat", headers=AUTH, json=body)
+        return self.client.post(f"/workers/{worker_id}/heartbeat", headers=self.auth(worker_id), json=body)
 
     def next_task(self, worker_id: str) -> dict:
-        answer = self.client.post(f"/workers/{worker_id}/next-task", headers=AUTH, json={})
+        answer = self.client.post(f"/workers/{worker_id}/next-task", headers=self.auth(worker_id), json={})
         assert answer.status_code == 200, answer.text
         return answer.json()
 
@@ -83,7 +97,7 @@ class Harness:
 
     def complete(self, worker_id: str, task: dict, body: bytes | None = None):
         body = self.result_for(task) if body is None else body
-        return self.client.post(f"/tasks/{task['task_id']}/complete", headers=AUTH, content=body,
+        return self.client.post(f"/tasks/{task['task_id']}/complete", headers=self.auth(worker_id), content=body,
                                 params={"worker_id": worker_id, "lease": task["lease"]})
 
     def status(self) -> dict:

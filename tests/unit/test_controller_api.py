@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from controller_helpers import AUTH, Harness
+from controller_helpers import AUTH, Harness, OPERATOR_AUTH
 
 from dist_llm_train.results import read_rows
 
@@ -103,7 +103,7 @@ def test_bad_registration_is_422_and_registers_nobody(h, body):
 def test_bad_telemetry_is_422_and_changes_nothing(h, telemetry):
     worker = h.register()
 
-    answer = h.client.post(f"/workers/{worker}/telemetry", json=telemetry, headers=AUTH)
+    answer = h.client.post(f"/workers/{worker}/telemetry", json=telemetry, headers=h.auth(worker))
 
     assert answer.status_code == 422
     assert h.ctl.store.telemetry(worker) == {}
@@ -136,7 +136,7 @@ def test_out_of_range_telemetry_is_422_naming_the_field(h, route, field, value):
     body, where = ({field: value}, ["body", field]) if route == "telemetry" else \
         ({"telemetry": {field: value}}, ["body", "telemetry", field])
 
-    answer = h.client.post(f"/workers/{worker}/{route}", json=body, headers=AUTH)
+    answer = h.client.post(f"/workers/{worker}/{route}", json=body, headers=h.auth(worker))
 
     assert answer.status_code == 422, answer.text
     assert [e["loc"] for e in answer.json()["detail"]] == [where]
@@ -148,8 +148,8 @@ def test_figures_at_their_bounds_are_accepted_and_the_row_stays_finite(h, tmp_pa
     biggest = {"tokens_per_sec": 1e12, "step_time_s": 1e12, "rtt_ms": 1e12, "down_mbit": 1e12, "epoch": 2**53 - 1,
                "batch": 2**53 - 1, "bytes_up": 2**53 - 1, "bytes_down": 2**53 - 1, "staleness": 2**53 - 1}
 
-    answers = [h.client.post(f"/workers/{w}/telemetry", json=biggest, headers=AUTH) for w in workers]
-    stopped = h.client.post("/run/stop", json={}, headers=AUTH)
+    answers = [h.client.post(f"/workers/{w}/telemetry", json=biggest, headers=h.auth(w)) for w in workers]
+    stopped = h.client.post("/run/stop", json={}, headers=OPERATOR_AUTH)
 
     assert [a.status_code for a in answers] == [200, 200]
     assert stopped.status_code == 200
@@ -189,7 +189,7 @@ def test_task_flow_and_idempotent_completion(h):
     worker = h.register()
     answer = h.next_task(worker)
     task = answer["task"]
-    data = h.client.get(f"/tasks/{task['task_id']}/input", params={"lease": task["lease"]}, headers=AUTH)
+    data = h.client.get(f"/tasks/{task['task_id']}/input", params={"lease": task["lease"]}, headers=h.auth(worker))
 
     first = h.complete(worker, task)
     again = h.complete(worker, task)
@@ -261,8 +261,9 @@ def test_basic_run_finishes_when_every_task_is_done_and_writes_its_row(h, tmp_pa
 def test_telemetry_feeds_the_ewma_shown_in_status(h):
     worker = h.register()
 
-    h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 100.0, "step_time_s": 1.0}, headers=AUTH)
-    h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 300.0, "epoch": 2}, headers=AUTH)
+    h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 100.0, "step_time_s": 1.0},
+                  headers=h.auth(worker))
+    h.client.post(f"/workers/{worker}/telemetry", json={"tokens_per_sec": 300.0, "epoch": 2}, headers=h.auth(worker))
     h.heartbeat(worker, {"rtt_ms": 4.0})
     h.heartbeat(worker, {"rtt_ms": 8.0})
     row = h.status()["workers"][0]

@@ -5,7 +5,8 @@ from controller_helpers import AUTH, Harness, make_config
 
 
 def telemetry(h: Harness, worker_id: str, tokens_per_sec: float) -> None:
-    answer = h.client.post(f"/workers/{worker_id}/telemetry", headers=AUTH, json={"tokens_per_sec": tokens_per_sec})
+    answer = h.client.post(f"/workers/{worker_id}/telemetry", headers=h.auth(worker_id),
+                           json={"tokens_per_sec": tokens_per_sec})
     assert answer.status_code == 200, answer.text
 
 

@@ -3,7 +3,7 @@ re-registration, and the fresh timeout a restarted controller gives every live w
 
 from __future__ import annotations
 
-from controller_helpers import AUTH, Clock, Harness, make_config
+from controller_helpers import AUTH, Clock, Harness, OPERATOR_AUTH, make_config
 
 from dist_llm_train.controller import health
 
@@ -72,7 +72,7 @@ def test_restarted_worker_replaces_its_live_incarnation_and_frees_its_task(tmp_p
     first = h.register("w")
     task = h.next_task(first)["task"]
 
-    second = h.register("w")
+    second = h.register("w", proof=first)  # the same process, registering again: it proves the name is its
     old_beat = h.heartbeat(first)
     again = h.next_task(second)["task"]
 
@@ -110,6 +110,7 @@ def test_restart_resumes_the_held_lease(tmp_path):
     before.ctl.store.close()
 
     after = Harness(tmp_path, clock=clock)
+    after.secrets = before.secrets  # the worker kept its secret; the controller, its hash
     held = after.next_task(worker)["task"]
     done = after.complete(worker, task)
 
@@ -128,13 +129,13 @@ def test_another_config_starts_a_fresh_run(tmp_path):
 
     assert status["run"]["id"] != old
     assert status["workers"] == []
-    assert after.client.post(f"/workers/{worker}/heartbeat", json={}, headers=AUTH).status_code == 404
+    assert after.client.post(f"/workers/{worker}/heartbeat", json={}, headers=before.auth(worker)).status_code == 404
 
 
 def test_no_one_is_judged_after_the_run_ended(tmp_path):
     h = Harness(tmp_path)
     worker = h.register()
-    h.client.post("/run/stop", json={"reason": "enough"}, headers=AUTH)
+    h.client.post("/run/stop", json={"reason": "enough"}, headers=OPERATOR_AUTH)
 
     h.clock.advance(60.0)
     health.check(h.ctl, h.clock())

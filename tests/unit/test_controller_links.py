@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from controller_helpers import AUTH, Harness, make_config
+from controller_helpers import AUTH, Harness, SIDECAR_AUTH, make_config
 from test_controller_run import LINKS, ML, finish_all, the_row
 
 from dist_llm_train.controller import runstate
@@ -18,7 +18,7 @@ WITHIN = {"late_p99_ms": 0.42, "packets": 12000, "late_over_tolerance": 3, "drop
 def test_tcp_and_emulation_figures_reach_the_row_and_run_json(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     worker = h.register()
-    h.client.post("/links", json={**LINKS, "tcp_cc": "cubic", "emulation": WITHIN}, headers=AUTH)
+    h.client.post("/links", json={**LINKS, "tcp_cc": "cubic", "emulation": WITHIN}, headers=SIDECAR_AUTH)
     finish_all(h, worker)
     row = the_row(tmp_path)
     provenance = json.loads((tmp_path / "runs" / row["run_id"] / "run.json").read_text())
@@ -34,7 +34,7 @@ def test_emulation_out_of_tolerance_makes_a_finished_run_degraded_with_the_reaso
     late = {**WITHIN, "late_p99_ms": 7.9, "late_over_tolerance": 600, "drops": 12, "within_tolerance": False,
             "problems": ["worker-0: 5.0 % of 12000 packets released later than the tolerance",
                          "worker-0: 12 packets dropped that the preset did not ask for (NFQUEUE)"]}
-    h.client.post("/links", json={**LINKS, "tcp_cc": "bbr+cubic", "emulation": late}, headers=AUTH)
+    h.client.post("/links", json={**LINKS, "tcp_cc": "bbr+cubic", "emulation": late}, headers=SIDECAR_AUTH)
     finish_all(h, worker)
     row = the_row(tmp_path)
 
@@ -48,7 +48,7 @@ def test_a_preset_the_sidecar_cannot_apply_fails_the_waiting_run_with_the_reason
     h.register()
     why = "cannot set TCP congestion control cubic in dlt-worker-1: Operation not permitted"
     answer = h.client.post("/links", json={**LINKS, "ready": False, "healthy": False, "problems": [why],
-                                           "failed": why}, headers=AUTH)
+                                           "failed": why}, headers=SIDECAR_AUTH)
     row = the_row(tmp_path)
 
     assert answer.status_code == 200
@@ -70,7 +70,7 @@ def test_nonsense_emulation_figures_are_422(tmp_path):
     for bad in ({**WITHIN, "drops": -1}, {**WITHIN, "late_p99_ms": float("inf")}, {**WITHIN, "packets": 2**63},
                 {k: v for k, v in WITHIN.items() if k != "within_tolerance"}):
         body = json.dumps({**LINKS, "emulation": bad}, allow_nan=True)
-        answer = h.client.post("/links", content=body, headers={**AUTH, "Content-Type": "application/json"})
+        answer = h.client.post("/links", content=body, headers={**SIDECAR_AUTH, "Content-Type": "application/json"})
         assert answer.status_code == 422, bad
     assert h.status()["run"]["state"] == "waiting"
 
@@ -78,8 +78,8 @@ def test_nonsense_emulation_figures_are_422(tmp_path):
 def test_a_run_started_without_a_declared_worker_says_so(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     worker = h.register()
-    h.client.post("/links", json={**LINKS, "missing": ["worker-1"]}, headers=AUTH)
-    h.client.post("/links", json={**LINKS, "missing": []}, headers=AUTH)  # later reports do not change the start
+    h.client.post("/links", json={**LINKS, "missing": ["worker-1"]}, headers=SIDECAR_AUTH)
+    h.client.post("/links", json={**LINKS, "missing": []}, headers=SIDECAR_AUTH)  # later reports do not change the start
     finish_all(h, worker)
     row = the_row(tmp_path)
     assert row["status"] == "finished"
@@ -93,7 +93,7 @@ def test_a_hivemind_run_without_a_declared_worker_fails_when_the_sidecar_gives_u
                           "workers.start_wait_s": 20}, base=ML)
     h = Harness(tmp_path, config=config, link_gate=True)
     worker = h.register()
-    h.client.post("/links", json={**LINKS, "missing": ["worker-1"]}, headers=AUTH)
+    h.client.post("/links", json={**LINKS, "missing": ["worker-1"]}, headers=SIDECAR_AUTH)
     row = the_row(tmp_path)
 
     assert h.status()["run"]["state"] == "failed" and h.next_task(worker)["task"] is None
@@ -106,5 +106,5 @@ def test_a_hivemind_run_with_every_worker_starts(tmp_path):
     config = make_config({"ml.trainer": "hivemind", "ml.staleness.protocol": "sync", "workers.count": 1}, base=ML)
     h = Harness(tmp_path, config=config, link_gate=True)
     h.register()
-    h.client.post("/links", json={**LINKS, "missing": []}, headers=AUTH)
+    h.client.post("/links", json={**LINKS, "missing": []}, headers=SIDECAR_AUTH)
     assert h.status()["run"]["state"] == "running"

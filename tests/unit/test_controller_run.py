@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from controller_helpers import AUTH, BASIC, Harness, make_config
+from controller_helpers import AUTH, BASIC, Harness, OPERATOR_AUTH, PS_AUTH, SIDECAR_AUTH, make_config
 
 from dist_llm_train import results
 from dist_llm_train.controller import health
@@ -37,9 +37,9 @@ def test_gate_holds_tasks_until_the_sidecar_reports_ready(tmp_path):
     worker = h.register()
 
     waiting = h.next_task(worker)
-    not_ready = h.client.post("/links", json={**LINKS, "ready": False}, headers=AUTH)
+    not_ready = h.client.post("/links", json={**LINKS, "ready": False}, headers=SIDECAR_AUTH)
     still = h.next_task(worker)
-    h.client.post("/links", json=LINKS, headers=AUTH)
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)
     running = h.next_task(worker)
 
     assert not_ready.status_code == 200
@@ -73,7 +73,7 @@ def test_a_waiting_run_resumed_without_the_gate_starts(tmp_path):
 def test_bad_links_report_is_422_and_opens_nothing(tmp_path, body):
     h = Harness(tmp_path, link_gate=True)
 
-    answer = h.client.post("/links", json=body, headers=AUTH)
+    answer = h.client.post("/links", json=body, headers=SIDECAR_AUTH)
 
     assert answer.status_code == 422
     assert h.status()["run"]["state"] == "waiting"
@@ -95,7 +95,7 @@ def test_bad_links_report_is_422_and_opens_nothing(tmp_path, body):
 def test_out_of_range_links_report_is_422_naming_the_field(tmp_path, change, where):
     h = Harness(tmp_path, link_gate=True)
 
-    answer = h.client.post("/links", json={**LINKS, **change}, headers=AUTH)
+    answer = h.client.post("/links", json={**LINKS, **change}, headers=SIDECAR_AUTH)
 
     assert answer.status_code == 422, answer.text
     assert [e["loc"] for e in answer.json()["detail"]] == [where]
@@ -106,7 +106,7 @@ def test_out_of_range_links_report_is_422_naming_the_field(tmp_path, change, whe
 def test_compute_speed_at_the_presets_bounds_is_accepted(tmp_path, speeds):
     h = Harness(tmp_path, link_gate=True)
 
-    answer = h.client.post("/links", json={**LINKS, "compute_speed": speeds}, headers=AUTH)
+    answer = h.client.post("/links", json={**LINKS, "compute_speed": speeds}, headers=SIDECAR_AUTH)
 
     assert answer.status_code == 200, answer.text
     assert [h.ctl.speed_factor(i) for i in range(len(speeds))] == speeds
@@ -115,10 +115,10 @@ def test_compute_speed_at_the_presets_bounds_is_accepted(tmp_path, speeds):
 def test_links_row_columns_and_unhealthy_links_make_the_run_degraded(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     worker = h.register()
-    h.client.post("/links", json=LINKS, headers=AUTH)
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)
     h.client.post("/links", json={**LINKS, "healthy": False, "problems": ["delayer for dlt-worker-1 died"]},
-                  headers=AUTH)
-    h.client.post("/links", json=LINKS, headers=AUTH)  # healthy again: the run stays marked
+                  headers=SIDECAR_AUTH)
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)  # healthy again: the run stays marked
 
     finish_all(h, worker)
     row = the_row(tmp_path)
@@ -134,8 +134,8 @@ def test_links_row_columns_and_unhealthy_links_make_the_run_degraded(tmp_path):
 def test_profile_is_the_preset_the_run_started_under_and_netem_profile_the_latest(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     worker = h.register()
-    h.client.post("/links", json=LINKS, headers=AUTH)
-    h.client.post("/links", json={**LINKS, "profile": "high_rtt"}, headers=AUTH)  # make up PROFILE=high_rtt mid-run
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)
+    h.client.post("/links", json={**LINKS, "profile": "high_rtt"}, headers=SIDECAR_AUTH)  # make up PROFILE=high_rtt mid-run
 
     finish_all(h, worker)
     row = the_row(tmp_path)
@@ -146,10 +146,10 @@ def test_profile_is_the_preset_the_run_started_under_and_netem_profile_the_lates
 def test_the_presets_compute_speed_reaches_each_worker_by_index(tmp_path):
     h = Harness(tmp_path, config=make_config({"workers.count": 3}), link_gate=True)
     workers = [h.register(name=f"w{i}", index=i) for i in range(3)]
-    before = h.client.post(f"/workers/{workers[0]}/heartbeat", json={}, headers=AUTH).json()
-    h.client.post("/links", json={**LINKS, "compute_speed": [0.25, 1.0]}, headers=AUTH)
+    before = h.client.post(f"/workers/{workers[0]}/heartbeat", json={}, headers=h.auth(workers[0])).json()
+    h.client.post("/links", json={**LINKS, "compute_speed": [0.25, 1.0]}, headers=SIDECAR_AUTH)
 
-    beats = [h.client.post(f"/workers/{w}/heartbeat", json={}, headers=AUTH).json() for w in workers]
+    beats = [h.client.post(f"/workers/{w}/heartbeat", json={}, headers=h.auth(w)).json() for w in workers]
     asked = h.next_task(workers[2])
 
     assert before["speed_factor"] == 1.0
@@ -161,8 +161,8 @@ def test_probe_figures_it_could_not_measure_are_empty_in_the_row(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     probe = {**LINKS["probe"], "rtt_ms": None, "rtt_stdev_ms": None, "verdict": {"rtt_ms": False}}
 
-    answer = h.client.post("/links", json={**LINKS, "probe": probe}, headers=AUTH)
-    h.client.post("/run/stop", json={}, headers=AUTH)
+    answer = h.client.post("/links", json={**LINKS, "probe": probe}, headers=SIDECAR_AUTH)
+    h.client.post("/run/stop", json={}, headers=OPERATOR_AUTH)
     row = the_row(tmp_path)
 
     assert answer.status_code == 200
@@ -171,7 +171,7 @@ def test_probe_figures_it_could_not_measure_are_empty_in_the_row(tmp_path):
 
 def test_silent_sidecar_makes_the_run_degraded(tmp_path):
     h = Harness(tmp_path, link_gate=True)
-    h.client.post("/links", json=LINKS, headers=AUTH)
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)
 
     h.clock.advance(10.0)
     health.check(h.ctl, h.clock())
@@ -213,7 +213,7 @@ def test_waiting_for_the_links_does_not_count_against_timeout_s(tmp_path):
     h = Harness(tmp_path, link_gate=True)
     h.clock.advance(150.0)  # a slow probe: longer than timeout_s (100), shorter than the gate's budget
     health.check(h.ctl, h.clock())
-    h.client.post("/links", json=LINKS, headers=AUTH)
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)
 
     h.clock.advance(99.0)
     health.check(h.ctl, h.clock())
@@ -237,8 +237,8 @@ def test_stop_ends_the_run_once_and_late_completions_are_refused(tmp_path):
     worker = h.register()
     task = h.next_task(worker)["task"]
 
-    first = h.client.post("/run/stop", json={"reason": "operator"}, headers=AUTH).json()
-    second = h.client.post("/run/stop", json={"reason": "again"}, headers=AUTH).json()
+    first = h.client.post("/run/stop", json={"reason": "operator"}, headers=OPERATOR_AUTH).json()
+    second = h.client.post("/run/stop", json={"reason": "again"}, headers=OPERATOR_AUTH).json()
     late = h.complete(worker, task)
 
     assert first["run"]["state"] == "stopped" and first["run"]["reason"] == "operator"
@@ -251,10 +251,10 @@ def test_ps_report_ends_an_ml_run_with_its_figures(tmp_path):
     h = Harness(tmp_path, config=make_config(base=ML))
     worker = h.register()
     shard = h.next_task(worker)["task"]
-    h.client.post("/ps/report", json={**PS, "done": False}, headers=AUTH)
+    h.client.post("/ps/report", json={**PS, "done": False}, headers=PS_AUTH)
     running = h.status()["run"]["state"]
 
-    h.client.post("/ps/report", json=PS, headers=AUTH)
+    h.client.post("/ps/report", json=PS, headers=PS_AUTH)
     row = the_row(tmp_path)
 
     assert (shard["kind"], shard["shard"], shard["num_shards"]) == ("shard", 0, 2)
@@ -272,7 +272,7 @@ def test_ps_report_ends_an_ml_run_with_its_figures(tmp_path):
 def test_ps_failure_reason_ends_the_run_as_failed(tmp_path, reason):
     h = Harness(tmp_path, config=make_config(base=ML))
 
-    h.client.post("/ps/report", json={**PS, "reason": reason}, headers=AUTH)
+    h.client.post("/ps/report", json={**PS, "reason": reason}, headers=PS_AUTH)
 
     assert h.status()["run"]["state"] == "failed"
     assert the_row(tmp_path)["reason"] == reason
@@ -285,7 +285,7 @@ def test_ps_failure_reason_ends_the_run_as_failed(tmp_path, reason):
 def test_out_of_range_ps_report_is_422_naming_the_field(tmp_path, field, value):
     h = Harness(tmp_path, config=make_config(base=ML))
 
-    answer = h.client.post("/ps/report", json={**PS, field: value}, headers=AUTH)
+    answer = h.client.post("/ps/report", json={**PS, field: value}, headers=PS_AUTH)
 
     assert answer.status_code == 422, answer.text
     assert [e["loc"] for e in answer.json()["detail"]] == [["body", field]]
@@ -295,7 +295,7 @@ def test_out_of_range_ps_report_is_422_naming_the_field(tmp_path, field, value):
 def test_ps_report_in_a_basic_run_is_409(tmp_path):
     h = Harness(tmp_path)
 
-    answer = h.client.post("/ps/report", json=PS, headers=AUTH)
+    answer = h.client.post("/ps/report", json=PS, headers=PS_AUTH)
 
     assert answer.status_code == 409
     assert h.status()["run"]["state"] == "running"
@@ -305,9 +305,9 @@ def test_basic_row_matches_the_database(tmp_path):
     h = Harness(tmp_path)
     a, b = h.register("a", 0), h.register("b", 1)
     h.client.post(f"/workers/{a}/telemetry", json={"tokens_per_sec": 100.0, "step_time_s": 0.5,
-                                                   "compute_utilization": 0.5}, headers=AUTH)
+                                                   "compute_utilization": 0.5}, headers=h.auth(a))
     h.client.post(f"/workers/{b}/telemetry", json={"tokens_per_sec": 300.0, "step_time_s": 1.5,
-                                                   "compute_utilization": 1.0}, headers=AUTH)
+                                                   "compute_utilization": 1.0}, headers=h.auth(b))
     finish_all(h, a, b)
 
     row = the_row(tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dist_llm_train.controller.store import StaleLease, Store
+from dist_llm_train.controller.store import NameHeld, StaleLease, Store
 from dist_llm_train.controller.tasks import TaskSpec
 
 NOW = 100.0
@@ -28,7 +28,7 @@ def lease_states(store: Store, task_id: str) -> list[str]:
 
 
 def test_assign_then_complete_then_repeat(store):
-    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW)
+    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW, "h")
     lease = store.assign({worker: "t0"}, NOW)[worker]
 
     first = store.complete("t0", worker, lease, 10, NOW + 1)
@@ -43,8 +43,8 @@ def test_assign_then_complete_then_repeat(store):
 
 @pytest.mark.parametrize("who, lease", [("other", "right"), ("w.1", "wrong")])
 def test_completion_needs_the_current_lease_and_its_holder(store, who, lease):
-    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW)
-    store.register_worker("other", 1, 1.0, 512, NOW)
+    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW, "h")
+    store.register_worker("other", 1, 1.0, 512, NOW, "h")
     granted = store.assign({worker: "t0"}, NOW)[worker]
     other_id = "other.1" if who == "other" else worker
 
@@ -55,7 +55,7 @@ def test_completion_needs_the_current_lease_and_its_holder(store, who, lease):
 
 
 def test_dead_worker_task_requeued_exactly_once_and_late_completion_refused(store):
-    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW)
+    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW, "h")
     lease = store.assign({worker: "t0"}, NOW)[worker]
 
     first = store.mark_dead(worker, NOW + 10)
@@ -73,8 +73,8 @@ def test_dead_worker_task_requeued_exactly_once_and_late_completion_refused(stor
 
 
 def test_requeued_task_completes_once_under_its_new_lease(store):
-    dead, _ = store.register_worker("a", 0, 1.0, 512, NOW)
-    alive, _ = store.register_worker("b", 1, 1.0, 512, NOW)
+    dead, _ = store.register_worker("a", 0, 1.0, 512, NOW, "h")
+    alive, _ = store.register_worker("b", 1, 1.0, 512, NOW, "h")
     old = store.assign({dead: "t0"}, NOW)[dead]
     store.mark_dead(dead, NOW + 5)
     new = store.assign({alive: "t0"}, NOW + 6)[alive]
@@ -89,11 +89,16 @@ def test_requeued_task_completes_once_under_its_new_lease(store):
 
 
 def test_reregistration_is_a_new_incarnation_and_requeues_the_old_task(store):
-    first, retired_none = store.register_worker("w", 0, 1.0, 512, NOW)
+    first, retired_none = store.register_worker("w", 0, 1.0, 512, NOW, "h")
     store.assign({first: "t1"}, NOW)
 
-    second, retired = store.register_worker("w", 0, 1.0, 512, NOW + 1)
+    with pytest.raises(NameHeld):  # without proving to be w.1, nothing changes
+        store.register_worker("w", 0, 1.0, 512, NOW + 1, "other-hash")
+    assert store.worker(first)["status"] == "alive" and store.task("t1")["state"] == "assigned"
 
+    second, retired = store.register_worker("w", 0, 1.0, 512, NOW + 1, "h2", proves=lambda h: h == "h")
+
+    assert store.secret_hash(second) == "h2" and store.secret_hash(first) == "h"
     assert (first, second) == ("w.1", "w.2")
     assert retired_none == []
     assert retired == [("w.1", "t1")]
@@ -104,11 +109,11 @@ def test_reregistration_is_a_new_incarnation_and_requeues_the_old_task(store):
 
 
 def test_reregistration_after_death_keeps_the_requeue_count(store):
-    first, _ = store.register_worker("w", 0, 1.0, 512, NOW)
+    first, _ = store.register_worker("w", 0, 1.0, 512, NOW, "h")
     store.assign({first: "t0"}, NOW)
     store.mark_dead(first, NOW + 5)
 
-    second, retired = store.register_worker("w", 0, 1.0, 512, NOW + 6)
+    second, retired = store.register_worker("w", 0, 1.0, 512, NOW + 6, "h")
 
     assert retired == []  # the dead incarnation had nothing left to requeue
     assert store.task("t0")["requeues"] == 1
@@ -116,8 +121,8 @@ def test_reregistration_after_death_keeps_the_requeue_count(store):
 
 
 def test_bad_pair_rolls_back_the_whole_cycle(store):
-    a, _ = store.register_worker("a", 0, 1.0, 512, NOW)
-    b, _ = store.register_worker("b", 1, 1.0, 512, NOW)
+    a, _ = store.register_worker("a", 0, 1.0, 512, NOW, "h")
+    b, _ = store.register_worker("b", 1, 1.0, 512, NOW, "h")
 
     with pytest.raises(ValueError):
         store.assign({a: "t0", b: "t0"}, NOW)  # one task to two workers
@@ -129,7 +134,7 @@ def test_bad_pair_rolls_back_the_whole_cycle(store):
 
 
 def test_nested_transaction_rolls_back_with_the_outer_one(store):
-    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW)
+    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW, "h")
 
     with pytest.raises(RuntimeError):
         with store.transaction():
@@ -140,9 +145,9 @@ def test_nested_transaction_rolls_back_with_the_outer_one(store):
 
 
 def test_views_show_pending_tasks_and_idle_live_workers(store):
-    busy, _ = store.register_worker("busy", 0, 1.0, 512, NOW)
-    idle, _ = store.register_worker("idle", 1, 2.0, 256, NOW + 1)
-    dead, _ = store.register_worker("dead", 2, 1.0, 512, NOW)
+    busy, _ = store.register_worker("busy", 0, 1.0, 512, NOW, "h")
+    idle, _ = store.register_worker("idle", 1, 2.0, 256, NOW + 1, "h")
+    dead, _ = store.register_worker("dead", 2, 1.0, 512, NOW, "h")
     store.mark_dead(dead, NOW + 2)
     store.assign({busy: "t0"}, NOW)
     store.put_telemetry(idle, {"samples": 1, "ewma_tokens_per_sec": 5.0, "rtt_ms": 2.0, "down_mbit": 9.0}, NOW)
@@ -161,7 +166,7 @@ def test_state_survives_reopening(tmp_path):
     path = tmp_path / "controller.db"
     first = Store(path)
     first.create_run("run-1", "digest", {"mode": "basic"}, "running", [spec(0)], NOW)
-    worker, _ = first.register_worker("w", 0, 1.0, 512, NOW)
+    worker, _ = first.register_worker("w", 0, 1.0, 512, NOW, "h")
     lease = first.assign({worker: "t0"}, NOW)[worker]
     first.close()
 
@@ -175,7 +180,7 @@ def test_state_survives_reopening(tmp_path):
 
 
 def test_create_run_replaces_everything(store):
-    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW)
+    worker, _ = store.register_worker("w", 0, 1.0, 512, NOW, "h")
     store.assign({worker: "t0"}, NOW)
     store.save_report("links", {"ready": True}, NOW)
 

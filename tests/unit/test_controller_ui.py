@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from controller_helpers import AUTH, BASIC, Harness, make_config
+from controller_helpers import AUTH, BASIC, Harness, OPERATOR_AUTH, PS_AUTH, SIDECAR_AUTH, make_config
 
 from dist_llm_train.controller.live import progress
 from dist_llm_train.controller.routers import ui
@@ -84,7 +84,7 @@ def test_the_api_description_lists_the_live_data_not_the_page(tmp_path):
 def test_state_has_the_status_the_links_and_the_progress(tmp_path):
     h = Harness(tmp_path)
     worker = h.register("w0")
-    h.client.post("/links", json=LINKS, headers=AUTH)
+    h.client.post("/links", json=LINKS, headers=SIDECAR_AUTH)
     h.next_task(worker)
 
     state = h.client.get("/ui/state").json()
@@ -102,7 +102,7 @@ def test_state_has_the_status_the_links_and_the_progress(tmp_path):
 def test_nan_in_a_report_becomes_null_not_an_error(tmp_path):
     h = Harness(tmp_path)
     body = json.dumps(LINKS).replace('"delay_ms": 5.0', '"delay_ms": NaN')
-    posted = h.client.post("/links", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    posted = h.client.post("/links", content=body, headers={**SIDECAR_AUTH, "Content-Type": "application/json"})
 
     state = h.client.get("/ui/state")
 
@@ -113,7 +113,7 @@ def test_nan_in_a_report_becomes_null_not_an_error(tmp_path):
 def test_an_ml_run_shows_its_curve_incrementally_and_its_codec(tmp_path):
     h = Harness(tmp_path, config=make_config(base=ML))
     h.clock.advance(30)
-    h.client.post("/ps/report", json=PS, headers=AUTH)
+    h.client.post("/ps/report", json=PS, headers=PS_AUTH)
     run_id = h.status()["run"]["id"]
     curve = tmp_path / "runs" / run_id / "curve.csv"
     curve.parent.mkdir(parents=True)
@@ -137,7 +137,7 @@ def test_an_ml_run_shows_its_curve_incrementally_and_its_codec(tmp_path):
 
 def test_the_event_stream_of_an_ended_run_sends_it_once_and_ends(tmp_path):
     h = Harness(tmp_path)
-    h.client.post("/run/stop", json={"reason": "enough"}, headers=AUTH)
+    h.client.post("/run/stop", json={"reason": "enough"}, headers=OPERATOR_AUTH)
 
     with h.client.stream("GET", "/ui/events") as answer:
         text = "".join(answer.iter_text())
@@ -155,7 +155,7 @@ def test_a_reconnecting_stream_resumes_after_its_last_event_id(tmp_path):
     (tmp_path / "runs" / run_id).mkdir(parents=True)
     (tmp_path / "runs" / run_id / "curve.csv").write_text(
         "t_s,version\n" + "".join(f"{v},{v}\n" for v in range(5)))
-    h.client.post("/run/stop", json={}, headers=AUTH)
+    h.client.post("/run/stop", json={}, headers=OPERATOR_AUTH)
 
     with h.client.stream("GET", "/ui/events", headers={"Last-Event-ID": "3"}) as answer:
         (update,) = events("".join(answer.iter_text()))
@@ -193,7 +193,7 @@ def test_progress_estimates_the_time_left_by_the_soonest_end(config, st, eta, bo
 
 def test_a_stream_is_counted_but_not_timed_as_request_handling(tmp_path):
     h = Harness(tmp_path)
-    h.client.post("/run/stop", json={}, headers=AUTH)
+    h.client.post("/run/stop", json={}, headers=OPERATOR_AUTH)
     timed = h.ctl.metrics.request_seconds.count
 
     with h.client.stream("GET", "/ui/events") as answer:

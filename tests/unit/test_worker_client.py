@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dist_llm_train.worker.client import Conflict, ControlClient, ControlError, Gone, TokenRefused, Unreachable
+from dist_llm_train.worker.client import (Conflict, ControlClient, ControlError, Forbidden, Gone, TokenRefused,
+                                         Unreachable)
 
 LOG = logging.getLogger("test-client")
 
@@ -22,7 +23,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         code = int(self.path.strip("/"))
         payload = {"detail": f"answered {code}", "echo": json.loads(body or b"{}"),
-                   "auth": self.headers.get("Authorization")}
+                   "auth": self.headers.get("Authorization"), "secret": self.headers.get("X-Worker-Secret"),
+                   "role": self.headers.get("X-Role-Token")}
         data = json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -57,9 +59,22 @@ def test_success_sends_the_token_and_the_body(server):
 
     assert answer["echo"] == {"a": 1}
     assert answer["auth"] == "Bearer secret-token-of-length"
+    assert (answer["secret"], answer["role"]) == (None, None)
 
 
-@pytest.mark.parametrize("code, error", [(401, TokenRefused), (409, Conflict), (410, Gone), (422, ControlError)])
+def test_a_worker_sends_its_latest_secret_and_a_role_its_credential(server):
+    worker = ControlClient(server, "t" * 20, LOG)
+    ps = ControlClient(server, "t" * 20, LOG, role_token="ps-credential-0123456789")
+
+    worker.identify("first-secret")
+    worker.identify("second-secret")  # registered again
+
+    assert (worker.post_json("/200")["secret"], worker.post_json("/200")["role"]) == ("second-secret", None)
+    assert (ps.post_json("/200")["secret"], ps.post_json("/200")["role"]) == (None, "ps-credential-0123456789")
+
+
+@pytest.mark.parametrize("code, error", [(401, TokenRefused), (403, Forbidden), (409, Conflict), (410, Gone),
+                                         (422, ControlError)])
 def test_refusals_raise_their_error_with_the_detail(server, code, error):
     client = ControlClient(server, "t" * 20, LOG)
 

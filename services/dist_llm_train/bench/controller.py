@@ -70,6 +70,7 @@ class Connection:
 
     def __init__(self, port: int, token: str):
         self.port, self.auth = port, f"Bearer {token}".encode()
+        self.identity = b""  # the worker's secret header once registered (controller/deps.py)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -87,9 +88,9 @@ class Connection:
 
     async def _exchange(self, method: str, target: str, body: bytes) -> tuple[int, bytes]:
         assert self.reader is not None and self.writer is not None
-        self.writer.write(b"%s %s HTTP/1.1\r\nhost: bench\r\nauthorization: %s\r\ncontent-type: application/json"
+        self.writer.write(b"%s %s HTTP/1.1\r\nhost: bench\r\nauthorization: %s\r\n%scontent-type: application/json"
                           b"\r\ncontent-length: %d\r\n\r\n%s" % (method.encode(), target.encode(), self.auth,
-                                                                  len(body), body))
+                                                                  self.identity, len(body), body))
         status_line = await self.reader.readline()
         if not status_line:
             raise ConnectionError("closed by the server")
@@ -99,6 +100,10 @@ class Connection:
             if name.lower() == b"content-length":
                 length = int(value)
         return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def identify(self, secret: str) -> None:
+        """Send this worker's secret (its registration's answer) on every later request."""
+        self.identity = b"x-worker-secret: %s\r\n" % secret.encode()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -136,7 +141,9 @@ async def simulated_worker(port: int, token: str, rec: Recorder, index: int, sto
                                 {"name": f"sim-{index}", "index": index, "capacity": 1.0, "memory_mb": 8192})
     if answer is None:
         return
-    worker_id = json.loads(answer)["worker_id"]
+    worker_id, secret = json.loads(answer)["worker_id"], json.loads(answer)["secret"]
+    work.identify(secret)
+    beat.identify(secret)
     beats = asyncio.create_task(heartbeats(beat, rec, worker_id, stop))
     rng = random.Random(index)
     while not stop.is_set():
@@ -252,27 +259,30 @@ def pure_cycle(name: str, tasks: int, workers: int, repeats: int) -> tuple[float
     return statistics.median(took), max(took), len(pairs)
 
 
-async def api_cycle(url: str, token: str, workers: int) -> float:
-    """Register `workers` with telemetry while the run waits, open the gate, time one next-task."""
+async def api_cycle(url: str, token: str, sidecar_token: str, workers: int) -> float:
+    """Register `workers` with telemetry while the run waits, open the gate (as the sidecar), time one next-task."""
     headers = {"Authorization": f"Bearer {token}"}
     rng = random.Random(2)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60.0) as client:
-        async def join(i: int) -> str:
+        async def join(i: int) -> tuple[str, dict[str, str]]:
             answer = await client.post("/workers/register", json={
                 "name": f"sim-{i}", "index": i, "capacity": rng.choice([0.5, 1.0, 2.0]),
                 "memory_mb": rng.choice([1024, 2048, 4096, 8192])})
-            worker_id = answer.raise_for_status().json()["worker_id"]
-            await client.post(f"/workers/{worker_id}/telemetry", json={
+            registered = answer.raise_for_status().json()
+            worker_id, own = registered["worker_id"], {"X-Worker-Secret": registered["secret"]}
+            await client.post(f"/workers/{worker_id}/telemetry", headers=own, json={
                 "tokens_per_sec": rng.uniform(10_000, 100_000), "down_mbit": rng.uniform(1, 1000)})
-            await client.post(f"/workers/{worker_id}/heartbeat", json={"telemetry": {"rtt_ms": rng.uniform(1, 300)}})
-            return worker_id
+            await client.post(f"/workers/{worker_id}/heartbeat", headers=own,
+                              json={"telemetry": {"rtt_ms": rng.uniform(1, 300)}})
+            return worker_id, own
 
-        ids = []
+        joined = []
         for start in range(0, workers, 50):
-            ids += await asyncio.gather(*(join(i) for i in range(start, min(workers, start + 50))))
-        (await client.post("/links", json=LINKS_READY)).raise_for_status()
+            joined += await asyncio.gather(*(join(i) for i in range(start, min(workers, start + 50))))
+        (await client.post("/links", json=LINKS_READY, headers={"X-Role-Token": sidecar_token})).raise_for_status()
+        first, own = joined[0]
         started = time.perf_counter()
-        (await client.post(f"/workers/{ids[0]}/next-task", json={})).raise_for_status()
+        (await client.post(f"/workers/{first}/next-task", json={}, headers=own)).raise_for_status()
         return time.perf_counter() - started
 
 
@@ -288,7 +298,7 @@ def scheduler_part(tasks: int, workers: int, repeats: int, scratch: Path) -> Non
         with open(os.devnull, "w") as quiet, LocalRun(config, scratch / "runs", output=quiet) as run:
             run.env["LINK_GATE"] = "1"
             run.start_controller()
-            request = asyncio.run(api_cycle(run.url, run.env["RUN_TOKEN"], workers))
+            request = asyncio.run(api_cycle(run.url, run.env["RUN_TOKEN"], run.env["SIDECAR_TOKEN"], workers))
             metrics = scrape(run.url)
         print(f"{name:<14} {ms(median):>16} {ms(worst):>8} {pairs:>6} "
               f"{ms(metrics.get('dlt_schedule_cycle_seconds_sum')):>10} {ms(request):>12} "

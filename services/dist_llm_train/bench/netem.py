@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..netem.preset import available, load_preset
 from ..netem.verify import print_table, table_rows
+from ..settings import ROLE_TOKENS
 
 REPO = Path.cwd()  # the repository at its host path (make bench-netem runs here), so bind mounts resolve
 IMAGE = os.environ.get("IMAGE", "dist-llm-train:dev")
@@ -58,6 +59,7 @@ class BenchStack:
         self.home = REPO / ".e2e" / self.project
         (self.home / "runs").mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "RUN_TOKEN": secrets.token_hex(16),
+                    **{name: secrets.token_hex(16) for name in ROLE_TOKENS.values()},
                     "CONFIG": "configs/basic_demo.yaml", "PROFILE": profile, "WORKERS": str(workers),
                     "NETEM_BACKEND": backend, "RUNS_HOST_DIR": str(self.home / "runs"), "CONTROLLER_PORT": "0"}
 

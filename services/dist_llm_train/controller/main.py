@@ -11,7 +11,7 @@ import sys
 
 from ..config import load_run_config
 from ..schema import ConfigError
-from ..settings import from_env
+from ..settings import ROLE_TOKENS, from_env, require_role_tokens
 from ..worker.client import KEEPALIVE_S
 
 
@@ -23,6 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         settings = from_env()
+        require_role_tokens(settings, *ROLE_TOKENS)
         overrides = {} if settings.num_workers is None else {"workers.count": settings.num_workers}
         config = load_run_config(settings.config_path, overrides)
     except ConfigError as exc:

@@ -32,7 +32,8 @@ class RequestBody(BaseModel):
 class RegisterIn(RequestBody):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                       description="stable worker name (compose container name); a new registration "
-                                  "under the same name retires the previous incarnation")
+                                  "under the same name retires the live previous incarnation if it proves to be "
+                                  "it (X-Worker-Secret), else waits for it to be declared dead (409)")
     index: Count = Field(description="compose container number - 1")
     capacity: float = Field(gt=0, le=MAX_FIGURE, description="declared capacity (1.0 = nominal)")
     memory_mb: int = Field(gt=0, le=MAX_COUNT, description="declared memory, MiB")
@@ -53,6 +54,7 @@ class RegisterOut(BaseModel):
     heartbeat_interval_s: float
     config: dict[str, Any]
     ps_key: PsKey | None = None  # null until the PS announced its key (GET /ps/key asks again)
+    secret: str  # this incarnation's own: X-Worker-Secret on every worker route (the controller keeps its hash)
 
 
 class PsWorkersOut(BaseModel):

@@ -201,7 +201,7 @@ class Run:
     def provenance(self) -> dict[str, Any]:
         meta = self.meta
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()
-                    if k != "run_token"}
+                    if not k.endswith("_token")}  # the run token and the role credentials
         return {
             "run_id": meta["run_id"],
             "config": json.loads(meta["config_json"]),

@@ -20,13 +20,18 @@ import secrets
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .scheduling.base import TaskView, WorkerView
 from .tasks import TaskSpec
 
+
 class KeyInUse(ValueError):
     """A data key already registered by another live worker."""
+
+
+class NameHeld(ValueError):
+    """A live incarnation holds the name and the registration did not prove to be it."""
 
 
 SCHEMA = """
@@ -90,6 +95,10 @@ CREATE INDEX IF NOT EXISTS workers_by_status ON workers (status);
 CREATE TABLE IF NOT EXISTS data_keys (       -- apart from workers: /status lists workers' columns
     worker_id TEXT PRIMARY KEY,
     data_key TEXT NOT NULL                   -- what the worker proves to the PS (dataplane.py)
+);
+CREATE TABLE IF NOT EXISTS worker_secrets (  -- apart from workers too: never shown
+    worker_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL                -- SHA-256 (hex) of the secret its registration answered
 );
 CREATE TABLE IF NOT EXISTS telemetry (
     worker_id TEXT PRIMARY KEY,
@@ -178,7 +187,7 @@ class Store:
                    now: float) -> None:
         """Forget whatever the database held and start a run with these tasks."""
         with self.transaction():
-            for table in ("run", "tasks", "leases", "workers", "telemetry", "reports"):
+            for table in ("run", "tasks", "leases", "workers", "data_keys", "worker_secrets", "telemetry", "reports"):
                 self.db.execute(f"DELETE FROM {table}")
             self.db.execute(
                 "INSERT INTO run (id, run_id, config_digest, config_json, mode, state, created_at, started_at)"
@@ -209,19 +218,27 @@ class Store:
 
     # ---- workers ----------------------------------------------------------------------------
 
-    def register_worker(self, name: str, index: int, capacity: float, memory_mb: int,
-                        now: float, data_key: str | None = None) -> tuple[str, list[tuple[str, str | None]]]:
-        """A new incarnation of worker `name`; a live earlier incarnation is retired as 'replaced'
-        (its process restarted, so it cannot be running its task any more) and its task requeued.
-        Returns (worker_id, [(retired worker_id, its requeued task id or None)]). KeyInUse (nothing
-        changed) when `data_key` is another live worker's."""
+    def register_worker(self, name: str, index: int, capacity: float, memory_mb: int, now: float,
+                        secret_hash: str, data_key: str | None = None, proves: Callable[[str], bool] = lambda _: False
+                        ) -> tuple[str, list[tuple[str, str | None]]]:
+        """A new incarnation of worker `name`, whose secret hashes to `secret_hash`. A live earlier incarnation
+        is retired as 'replaced' (its process restarted, so it cannot be running its task any more) and its task
+        requeued, but only when `proves(its secret hash)`: the caller showed that incarnation's secret; otherwise
+        NameHeld, and nothing changes (once declared dead, the name is free). Returns (worker_id, [(retired
+        worker_id, its requeued task id or None)]). KeyInUse (nothing changed) when `data_key` is another live
+        worker's."""
         with self.transaction():
             if data_key is not None and self.db.execute(
                     "SELECT 1 FROM data_keys JOIN workers USING (worker_id) WHERE data_key = ? AND status = 'alive'"
                     " AND name != ?", (data_key, name)).fetchone():
                 raise KeyInUse("data_key: registered by another live worker")
-            retired = [(old, self._retire(old, "replaced", now)) for (old,) in self.db.execute(
-                "SELECT worker_id FROM workers WHERE name = ? AND status = 'alive'", (name,)).fetchall()]
+            live = self.db.execute(
+                "SELECT worker_id, secret_hash FROM workers LEFT JOIN worker_secrets USING (worker_id)"
+                " WHERE name = ? AND status = 'alive'", (name,)).fetchall()
+            for old, old_hash in live:
+                if old_hash is None or not proves(old_hash):
+                    raise NameHeld(old)
+            retired = [(old, self._retire(old, "replaced", now)) for old, _ in live]
             (last,) = self.db.execute(
                 "SELECT COALESCE(MAX(incarnation), 0) FROM workers WHERE name = ?", (name,)).fetchone()
             worker_id = f"{name}.{last + 1}"
@@ -230,9 +247,22 @@ class Store:
                 " registered_at, idle_since) VALUES (?, ?, ?, ?, ?, ?, 'alive', ?, ?)",
                 (worker_id, name, last + 1, index, capacity, memory_mb, now, now),
             )
+            self.db.execute("INSERT INTO worker_secrets (worker_id, secret_hash) VALUES (?, ?)",
+                            (worker_id, secret_hash))
             if data_key is not None:
                 self.db.execute("INSERT INTO data_keys (worker_id, data_key) VALUES (?, ?)", (worker_id, data_key))
         return worker_id, retired
+
+    def secret_hash(self, worker_id: str) -> str | None:
+        """The hash of the secret `worker_id` registered with (None: unknown worker)."""
+        row = self.db.execute("SELECT secret_hash FROM worker_secrets WHERE worker_id = ?", (worker_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def live_secret_hashes(self, index: int) -> list[str]:
+        """The secret hashes of the live workers at `index` (in a hivemind run, worker 0 reports as the PS)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT secret_hash FROM workers JOIN worker_secrets USING (worker_id) WHERE status = 'alive' AND idx = ?",
+            (index,))]
 
     def live_data_keys(self) -> dict[str, str]:
         """name -> data key of every live worker that registered one (what the PS admits)."""

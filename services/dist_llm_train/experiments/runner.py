@@ -43,7 +43,7 @@ from ..controller.health import GATE_TIMEOUT_S
 from ..controller.runstate import END_STATES, VERSIONED, package_versions
 from ..netem import tcp
 from ..netem.preset import load_preset
-from ..settings import TCP_CC_CHOICES
+from ..settings import ROLE_TOKENS, TCP_CC_CHOICES
 from .matrix import Cell, expand, load_matrix, with_overrides
 
 OK_STATUS = "finished"  # the row status of a run that ended as planned (controller/runstate.py)
@@ -183,7 +183,8 @@ def cell_summary(cell: Cell) -> dict[str, Any]:
 def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:8000") -> None:
     """Run inside the controller's container: poll /status until the run has ended and its row is
     written; `deadline_s` after the run started (the wait for the links does not count: the
-    controller bounds it itself) ask the controller to stop the run; give up `grace_s` after the end
+    controller bounds it itself) ask the controller to stop the run (as the operator: the
+    controller's container holds OPERATOR_TOKEN); give up `grace_s` after the end
     or after the stop. Prints one JSON line with the last `run` status seen (null if the controller
     never answered), whether the runner stopped it, and the last error."""
     import urllib.request
@@ -205,7 +206,8 @@ def watch_run(deadline_s: float, grace_s: float, url: str = "http://127.0.0.1:80
         elif elapsed > deadline_s and not stopped:
             body = json.dumps({"reason": f"experiment runner: no end after {deadline_s:.0f} s"}).encode()
             request = urllib.request.Request(f"{url}/run/stop", data=body, method="POST", headers={
-                "Authorization": f"Bearer {os.environ['RUN_TOKEN']}", "Content-Type": "application/json"})
+                "Authorization": f"Bearer {os.environ['RUN_TOKEN']}", "X-Role-Token": os.environ["OPERATOR_TOKEN"],
+                "Content-Type": "application/json"})
             try:
                 urllib.request.urlopen(request, timeout=10).close()
             except OSError as exc:
@@ -327,6 +329,7 @@ class Runner:
 
     def cell_env(self, cell: Cell) -> dict[str, str]:
         env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "RUN_TOKEN": secrets.token_hex(16),
+               **{name: secrets.token_hex(16) for name in ROLE_TOKENS.values()},
                "CONFIG": f"/runs/{MATRIX_DIR}/{cell.key}.yaml", "PROFILE": cell.profile,
                "WORKERS": str(cell.workers), "REPEAT": str(cell.repeat), "RUNS_HOST_DIR": str(self.runs_dir),
                "CONTROLLER_PORT": "0", "IMAGE_ID": self.image_id}

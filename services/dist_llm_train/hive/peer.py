@@ -63,7 +63,7 @@ from ..ps.evaluation import Evaluator
 from ..ps.report import Curve, Reporter
 from ..results import safe_run_id
 from ..schema import validate
-from ..worker.client import Conflict, ControlClient, ControlError, Unreachable
+from ..worker.client import Conflict, ControlError, Unreachable
 from . import identity
 from .recipe import Recipe, recipe
 
@@ -165,7 +165,7 @@ class RunBooks:
         self.evaluator = Evaluator(build_model(ml.model, config.seed), {
             name: validation_batches(val, ml.data.batch_size, ml.data.seq_len, n) for name, n in sizes.items()})
         self.curve = Curve(agent.settings.runs_dir / run_id, ml.budget.max_versions)
-        client = ControlClient(agent.settings.controller_url, agent.settings.run_token, agent.log, give_up_after_s=20)
+        client = agent.new_client(give_up_after_s=20)  # worker 0's own secret: its report is the PS's (deps.py)
         self.client = client
         self.reporter = Reporter(lambda body: client.post_json("/ps/report", body), agent.log)
         self.t0 = time.monotonic() - (self.run_elapsed() or 0.0)  # the controller's run clock, as the PS's

@@ -776,6 +776,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("NETEM_PROFILE: not set (make up passes PROFILE)")
         if settings.compose_project is None:
             raise ConfigError("COMPOSE_PROJECT: not set (compose.yaml passes the project name)")
+        settings_module.require_role_tokens(settings, "sidecar")  # /links opens only to the sidecar's credential
         preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir),
                              args.tcp_cc or settings.tcp_cc)
         backend, why = choose(args.backend or settings.netem_backend)
@@ -788,7 +789,8 @@ def main(args: argparse.Namespace) -> int:
 
     log.info(why)
     http = httpx.Client(base_url=settings.controller_url, timeout=3.0,
-                        headers={"Authorization": f"Bearer {settings.run_token}"})
+                        headers={"Authorization": f"Bearer {settings.run_token}",
+                                 "X-Role-Token": settings.sidecar_token})
     sidecar = Sidecar(preset, backend, settings, project, docker.from_env(), http)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("%s: stopping", signal.Signals(signum).name),

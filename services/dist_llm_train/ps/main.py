@@ -1,7 +1,8 @@
 """`dist-llm-train ps`: the parameter server of an ML run (ps/server.py), wired to the controller.
 
 Start: the resolved run config from the controller (`GET /config`, with RUN_TOKEN), the run id from
-`GET /status`; the PS's data-plane key (`ps_key`: kept next to the run's checkpoints, so a restarted PS
+`GET /status`; what only the PS may do at the controller (announce its key, read the live workers' keys,
+report) also carries PS_TOKEN (a builtin run's PS refuses to start without it); the PS's data-plane key (`ps_key`: kept next to the run's checkpoints, so a restarted PS
 keeps the identity its workers know) announced at `POST /ps/key`; the aggregation rule is checked for its window (a rule that cannot hold is refused: exit 2
 with the reason, never the mean instead); the newest checkpoint of this run id under CHECKPOINT_DIR is
 resumed; then the ROUTER listens on PS_ADDRESS's port. Results go to RUNS_DIR/<run_id>/ (curve.csv,
@@ -116,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(stream=sys.stdout, level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     log = logging.getLogger("ps")
-    client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=60)
+    client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=60,
+                           role_token=settings.ps_token)
     try:
         config = validate(RunConfig, client.get_json("/config"), f"{settings.controller_url}/config")
         run = client.get_json("/status")["run"]
@@ -151,9 +153,16 @@ def main(args: argparse.Namespace) -> int:
 def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlClient, log: logging.Logger) -> int:
     from ..dataplane import KeyRegistry
     from ..ml.train import fair_share, set_threads
+    from ..settings import require_role_tokens
     from ..worker.client import ControlClient, ControlError, Unreachable
     from .report import Reporter
     from .server import ParameterServer, bind_address
+
+    try:
+        require_role_tokens(settings, "ps")
+    except ConfigError as exc:
+        print(f"ps: refused: {exc}", file=sys.stderr)
+        return 2
 
     set_threads(settings.torch_threads or fair_share(config.workers.count + 1))  # the workers share the host
 
@@ -174,9 +183,11 @@ def serve(settings: Settings, config: RunConfig, run_id: str, client: ControlCli
     except (ControlError, Unreachable) as exc:
         log.error("cannot announce the PS's key to the controller: %s", exc)
         return 1
-    keys_client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=5)
+    keys_client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=5,
+                                role_token=settings.ps_token)
     registry = KeyRegistry(mode, fixed={HEALTH_NAME: check.public})
-    report_client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=20)
+    report_client = ControlClient(settings.controller_url, settings.run_token, log, give_up_after_s=20,
+                                  role_token=settings.ps_token)
     reporter = Reporter(lambda body: report_client.post_json("/ps/report", body), log,
                         run_state=lambda: report_client.get_json("/healthz")["run_state"])
     try:

@@ -6,13 +6,21 @@ fresh run), whichever thread hears it first registers again; the task in hand is
 since its lease was revoked. The worker exits 0 when the run is over, 3 when the controller
 refuses RUN_TOKEN, 1 when the controller stays unreachable.
 
+Identity: each registration answers a secret of this incarnation's own, which every client of this
+agent sends from then on (X-Worker-Secret); registering again sends the previous one, which proves
+the name is ours. The secret lives in memory only (the container's root is read-only, its /tmp a
+tmpfs that a restart empties): a restarted container cannot prove its previous incarnation, so the
+controller answers 409 until that one is declared dead (heartbeat_timeout_s of silence, 5 s by
+default), and the new process retries its registration until then (once the run is over nobody is
+declared dead any more: such a worker has nothing to do and stops as after the run).
+
 What a task runner (synthetic.run_task, ml_loop.run_shard) may use:
     agent.config              resolved run config (dict), as the controller sent it
     agent.index, agent.speed  this worker's index and compute speed factor
     agent.run_id              the run this worker registered in
     agent.settings, agent.log
     agent.data_key            this worker's data-plane key (dataplane.Credential; ML mode), agent.ps_key()
-    agent.client              ControlClient of the task loop's thread
+    agent.client              ControlClient of the task loop's thread; agent.new_client() for another thread's
     agent.stopping            Event set when the run is over or the worker must stop
     agent.holds(worker_id)    False once re-registered or stopping: drop the task
     agent.send_telemetry(**fields), agent.complete(task, data)
@@ -37,8 +45,10 @@ LIVE_STATES = ("waiting", "running")
 class Agent:
     def __init__(self, settings: Settings, name: str, index: int, log: logging.Logger):
         self.settings, self.name, self.index, self.log = settings, name, index, log
-        self.client = ControlClient(settings.controller_url, settings.run_token, log)
-        self.beat_client = ControlClient(settings.controller_url, settings.run_token, log)
+        self._clients: list[ControlClient] = []  # every client of this agent: each sends the current secret
+        self._secret: str | None = None
+        self.client = self.new_client()
+        self.beat_client = self.new_client()
         self.stopping = threading.Event()
         self.fatal: Exception | None = None  # what stopped the heartbeat thread, if not the run's end
         self.worker_id = ""
@@ -89,18 +99,52 @@ class Agent:
         self.log.error("stopping: %s", self.fatal)
         return 1
 
+    def new_client(self, give_up_after_s: float = 120.0) -> ControlClient:
+        """A control client that speaks as this worker (the run token and, once registered, its secret)."""
+        client = ControlClient(self.settings.controller_url, self.settings.run_token, self.log,
+                               give_up_after_s=give_up_after_s)
+        if self._secret is not None:
+            client.identify(self._secret)
+        self._clients.append(client)
+        return client
+
     def register(self, client: ControlClient, stale_id: str | None = None) -> None:
-        """Register (again). With `stale_id`, only if no other thread did it since that id failed."""
+        """Register (again). With `stale_id`, only if no other thread did it since that id failed. While a live
+        incarnation of this name that this process cannot prove holds it (409), retry until it is declared dead."""
         with self._register_lock:
             if stale_id is not None and self.worker_id != stale_id:
                 return
             workers = self.config["workers"]
-            answer = client.post_json("/workers/register", {
+            body = {
                 "name": self.name, "index": self.index,
                 "capacity": workers["capacity"][self.index % len(workers["capacity"])],
                 "memory_mb": workers["memory_mb"][self.index % len(workers["memory_mb"])],
                 **({"data_key": self.data_key.public} if self.data_key is not None else {}),
-            })
+            }
+            # The controller declares a silent incarnation dead after heartbeat_timeout_s (a restarted
+            # controller grants a fresh one): twice that, and a margin, is the longest honest wait.
+            patience = 2 * self.config["controller"]["heartbeat_timeout_s"] + 5
+            deadline, warned = time.monotonic() + patience, False
+            while True:
+                try:
+                    answer = client.post_json("/workers/register", body)
+                    break
+                except Conflict as exc:
+                    if client.get_json("/healthz")["run_state"] not in LIVE_STATES:
+                        # Nobody is declared dead after the run: the name stays held, and there is nothing to do.
+                        self.log.info("registration refused after the run ended: nothing to do")
+                        self.stopping.set()
+                        return
+                    if time.monotonic() > deadline or self.stopping.is_set():
+                        raise
+                    if not warned:
+                        self.log.warning("registration refused (%s): retrying until the controller declares that "
+                                         "incarnation dead (at most %g s)", exc.detail, patience)
+                        warned = True
+                    self.stopping.wait(0.5)
+            self._secret = answer["secret"]
+            for each in self._clients:
+                each.identify(self._secret)
             self.worker_id = answer["worker_id"]
             self._ps_key = answer.get("ps_key") or self._ps_key
             self.run_id = answer["run_id"]

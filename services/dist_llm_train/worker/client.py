@@ -5,10 +5,15 @@ up to `give_up_after_s`; a `docker compose restart controller` takes a few secon
 caller just sees a slow call. The 1 s cap keeps a worker's first heartbeat after the restart
 well inside the fresh timeout the restarted controller grants (heartbeat_timeout_s >= 2 x interval). Retrying is safe because every call is idempotent on the
 controller's side: next-task returns the task already held, a completion repeated with the same
-lease answers `already_completed`, a repeated registration retires the first incarnation.
+lease answers `already_completed`, a repeated registration (with the secret of the incarnation it made)
+retires that incarnation.
+
+Every call carries the run token; a worker's client also its own secret once registered (`identify`), a
+role's (the PS's) its credential (`role_token`): controller/deps.py.
 
 HTTP errors are not retried; they raise ControlError subclasses the agent acts on:
-401 TokenRefused (fatal), 404 NotFound and 410 Gone (register again), 409 Conflict (lease lost).
+401 TokenRefused (fatal), 403 Forbidden (not this caller's to do: fatal), 404 NotFound and 410 Gone (register
+again), 409 Conflict (lease lost; at registration, the name still held by a live incarnation).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class TokenRefused(ControlError):
     pass
 
 
+class Forbidden(ControlError):
+    pass
+
+
 class NotFound(ControlError):
     pass
 
@@ -46,7 +55,9 @@ class Unreachable(Exception):
     """The controller did not answer for give_up_after_s."""
 
 
-ERRORS = {401: TokenRefused, 404: NotFound, 409: Conflict, 410: Gone}
+ERRORS = {401: TokenRefused, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone}
+SECRET_HEADER = "X-Worker-Secret"  # controller/deps.py
+ROLE_HEADER = "X-Role-Token"
 # An idle connection is kept this long (httpx's default is 5 s): a task computes for longer
 # than that between calls, and over an emulated WAN every new connection costs a round trip.
 KEEPALIVE_S = 60.0
@@ -54,13 +65,18 @@ KEEPALIVE_S = 60.0
 
 class ControlClient:
     def __init__(self, base_url: str, token: str, log: logging.Logger, *, give_up_after_s: float = 120.0,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, role_token: str | None = None):
         self.base_url, self.log, self.give_up_after_s = base_url, log, give_up_after_s
-        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
+        headers = {"Authorization": f"Bearer {token}", **({ROLE_HEADER: role_token} if role_token else {})}
+        self.http = httpx.Client(base_url=base_url, headers=headers,
                                  timeout=timeout_s, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
 
     def close(self) -> None:
         self.http.close()
+
+    def identify(self, secret: str) -> None:
+        """Send this worker secret from now on (a new registration answers a new one)."""
+        self.http.headers[SECRET_HEADER] = secret
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         deadline = time.monotonic() + self.give_up_after_s

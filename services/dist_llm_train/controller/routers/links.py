@@ -5,15 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ...config import RunConfig
-from ..deps import Authorized, Ctl
+from ..deps import Authorized, Ctl, require_role
 from ..models import Empty, LinksIn
 
 router = APIRouter(tags=["links"], dependencies=[Authorized])
 
 
-@router.post("/links", response_model=Empty)
+@router.post("/links", response_model=Empty, dependencies=[require_role("sidecar")])
 async def links(body: LinksIn, ctl: Ctl) -> Empty:
-    """Store the latest report. `ready` starts a waiting run, `failed` ends it (the preset cannot be
+    """Store the latest report (SIDECAR_TOKEN). `ready` starts a waiting run, `failed` ends it (the preset cannot be
     applied), and so does `ready` without a declared worker in a hivemind run (every worker is a peer the
     swarm waits for; the sidecar has waited workers.start_wait_s for it already); `healthy: false` while
     the run is running marks its row degraded, with the sidecar's problems as the reason."""

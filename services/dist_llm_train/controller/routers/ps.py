@@ -1,10 +1,12 @@
-"""/ps: the parameter server's report (counters, losses; `done` ends an ML run) and the data plane's keys."""
+"""/ps: the parameter server's report (counters, losses; `done` ends an ML run) and the data plane's keys.
+
+The PS's credential (PS_TOKEN) opens what only the PS does; the PS's public key is for every token holder."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from ..deps import Authorized, Ctl
+from ..deps import Authorized, Ctl, PsReporter, require_role
 from ..models import Empty, PsKey, PsReportIn, PsWorkersOut
 
 router = APIRouter(tags=["ps"], dependencies=[Authorized])
@@ -12,10 +14,11 @@ router = APIRouter(tags=["ps"], dependencies=[Authorized])
 FAILURE_PREFIXES = ("failed", "error")
 
 
-@router.post("/ps/report", response_model=Empty)
+@router.post("/ps/report", response_model=Empty, dependencies=[PsReporter])
 async def ps_report(body: PsReportIn, ctl: Ctl) -> Empty:
-    """Store the latest report. `done: true` ends the run: `failed` when its reason starts with
-    'failed' or 'error', `finished` otherwise. 409 in a basic run, which has no PS."""
+    """Store the latest report (PS_TOKEN; in a hivemind run also worker 0's secret). `done: true` ends the run:
+    `failed` when its reason starts with 'failed' or 'error', `finished` otherwise. 409 in a basic run, which has
+    no PS."""
     if ctl.config.mode != "ml":
         raise HTTPException(409, "this is a basic run: it has no parameter server")
     with ctl.store.transaction():
@@ -29,7 +32,7 @@ async def ps_report(body: PsReportIn, ctl: Ctl) -> Empty:
     return Empty()
 
 
-@router.post("/ps/key", response_model=Empty)
+@router.post("/ps/key", response_model=Empty, dependencies=[require_role("ps")])
 async def announce_key(body: PsKey, ctl: Ctl) -> Empty:
     """The PS's data-plane key (public: its secret stays in the PS), handed to workers as they register."""
     if ctl.config.mode != "ml":
@@ -51,7 +54,7 @@ async def get_key(ctl: Ctl) -> PsKey:
     return PsKey(**saved[0])
 
 
-@router.get("/ps/workers", response_model=PsWorkersOut)
+@router.get("/ps/workers", response_model=PsWorkersOut, dependencies=[require_role("ps")])
 async def worker_keys(ctl: Ctl) -> PsWorkersOut:
     """The data keys of the live workers: the PS admits these and no other (dead and replaced ones drop out)."""
     return PsWorkersOut(keys=ctl.store.live_data_keys())

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ..deps import Authorized, Ctl
+from ..deps import Authorized, Ctl, require_role
 from ..models import StopIn
 from .status import build_status
 
@@ -19,9 +19,9 @@ async def get_config(ctl: Ctl) -> dict[str, Any]:
     return ctl.config.model_dump(mode="json")
 
 
-@router.post("/run/stop")
+@router.post("/run/stop", dependencies=[require_role("operator")])
 async def stop(body: StopIn, ctl: Ctl) -> dict[str, Any]:
-    """End the run as `stopped` (no-op if it has ended), write its row, and answer the final status."""
+    """End the run as `stopped` (OPERATOR_TOKEN; no-op if it has ended), write its row, and answer the final status."""
     with ctl.store.transaction():
         ctl.run.end("stopped", body.reason)
     ctl.run.write_row_once()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from .. import tasks
-from ..deps import Authorized, Ctl, RawBody
+from ..deps import Authorized, Ctl, RawBody, WorkerSecret, prove_worker
 from ..models import CompleteOut
 from ..store import StaleLease
 
@@ -14,27 +14,31 @@ router = APIRouter(prefix="/tasks", tags=["tasks"], dependencies=[Authorized])
 
 @router.get("/{task_id}/input", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-async def task_input(task_id: str, lease: str, ctl: Ctl) -> Response:
-    """The input bytes of a task, for the holder of its current lease (409 otherwise)."""
+async def task_input(task_id: str, lease: str, ctl: Ctl, secret: WorkerSecret) -> Response:
+    """The input bytes of a task, for the holder of its current lease (409 otherwise), proved by its
+    X-Worker-Secret (403 otherwise)."""
     if ctl.store.task(task_id) is None:
         raise HTTPException(404, f"unknown task {task_id!r}")
     try:
         row = ctl.store.check_lease(task_id, lease)
     except StaleLease:
         raise HTTPException(409, f"lease {lease} is not the current lease of {task_id}") from None
+    prove_worker(ctl, row["worker_id"], secret)
     data = tasks.task_input(ctl.config.seed, task_id, row["input_kb"])
     ctl.store.add_bytes(served=len(data))
     return Response(data, media_type="application/octet-stream")
 
 
 @router.post("/{task_id}/complete", response_model=CompleteOut)
-async def complete(task_id: str, body: RawBody, ctl: Ctl, worker_id: str = Query(), lease: str = Query()
-                   ) -> CompleteOut:
-    """Count a task done under its current lease. A retry with the same lease answers
+async def complete(task_id: str, body: RawBody, ctl: Ctl, secret: WorkerSecret, worker_id: str = Query(),
+                   lease: str = Query()) -> CompleteOut:
+    """Count a task done under its current lease, for `worker_id` proved by its X-Worker-Secret (403 otherwise).
+    A retry with the same lease answers
     `already_completed`; a revoked or foreign lease (a worker declared dead, for one) gets 409
     and is not counted; a result that is not SHAKE-256 of the task's input gets 422."""
     if ctl.store.worker(worker_id) is None:
         raise HTTPException(404, f"unknown worker {worker_id!r}")
+    prove_worker(ctl, worker_id, secret)
     row = ctl.store.task(task_id)
     if row is None:
         raise HTTPException(404, f"unknown task {task_id!r}")

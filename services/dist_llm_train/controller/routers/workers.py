@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import APIRouter, HTTPException
 
 from .. import dispatch, telemetry
 from ..context import Controller
-from ..deps import Authorized, Ctl, LiveWorker
+from ..deps import SECRET_HEADER, Authorized, Ctl, LiveWorker, WorkerSecret, hash_secret, matches
 from ..health import note_requeue
 from ..runstate import END_STATES
 from ..models import (Empty, HeartbeatIn, HeartbeatOut, NextTaskIn, NextTaskOut, PsKey, RegisterIn, RegisterOut,
                       TaskOut, TelemetryIn)
-from ..store import KeyInUse
+from ..store import KeyInUse, NameHeld
 
 router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[Authorized])
 
 
 @router.post("/register", response_model=RegisterOut)
-async def register(body: RegisterIn, ctl: Ctl) -> RegisterOut:
-    """A new incarnation of the named worker; a live older one is retired and its task requeued. The
-    answer carries the PS's key once the PS announced it. 409 when `data_key` is another live worker's."""
+async def register(body: RegisterIn, ctl: Ctl, proof: WorkerSecret) -> RegisterOut:
+    """A new incarnation of the named worker, with a secret of its own (in the answer, once: send it as
+    X-Worker-Secret on every worker route). A live older incarnation is retired and its task requeued when the
+    call proves to be it (its secret as X-Worker-Secret); otherwise 409 until it is declared dead (silent for
+    heartbeat_timeout_s). The answer carries the PS's key once the PS announced it. 409 when `data_key` is
+    another live worker's."""
     now = ctl.clock()
+    secret = secrets.token_urlsafe(32)
     try:
         worker_id, retired = ctl.store.register_worker(body.name, body.index, body.capacity, body.memory_mb, now,
-                                                       body.data_key)
+                                                       hash_secret(secret), body.data_key, matches(proof))
     except KeyInUse as exc:
         raise HTTPException(409, str(exc)) from None
+    except NameHeld as exc:
+        ctl.log.info("registration as %s refused: %s is alive and the call did not prove to be it", body.name, exc)
+        raise HTTPException(409, f"name {body.name!r} is held by the live incarnation {exc}: register with its "
+                                 f"{SECRET_HEADER}, or once it is declared dead (silent for "
+                                 f"heartbeat_timeout_s = {ctl.config.controller.heartbeat_timeout_s:g} s)") from None
     ctl.liveness.seen(worker_id, now)
     ctl.metrics.events["registrations"] += 1
     ctl.log.info("worker %s registered (index %d, capacity %g, memory %d MiB)",
@@ -37,7 +48,7 @@ async def register(body: RegisterIn, ctl: Ctl) -> RegisterOut:
             note_requeue(ctl, task_id, old_id, "replaced")
     return RegisterOut(worker_id=worker_id, run_id=ctl.run.meta["run_id"], mode=ctl.config.mode,
                        heartbeat_interval_s=ctl.config.controller.heartbeat_interval_s,
-                       config=ctl.config.model_dump(mode="json"), ps_key=ps_key(ctl))
+                       config=ctl.config.model_dump(mode="json"), ps_key=ps_key(ctl), secret=secret)
 
 
 def ps_key(ctl: Controller) -> PsKey | None:
