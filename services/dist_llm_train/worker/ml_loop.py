@@ -168,7 +168,7 @@ class ShardTrainer:
         self.batches = BatchSampler(text, ml.data.batch_size, ml.data.seq_len, seed=self.config.seed * 1009 + task["shard"])
         self.local = LocalSteps(self.model, ml.local.inner_lr) if ml.local.steps > 1 else None
         codec = ml.compression
-        self.feedback = ErrorFeedback(codec.codec, codec.ratio) if codec.error_feedback and codec.codec != "none" else None
+        self.feedback = ErrorFeedback() if codec.error_feedback and codec.codec != "none" else None
         self.attack = ATTACKS.get(ml.attack.kind) if agent.index in ml.attack.workers else None
         self.honest: deque[torch.Tensor] = deque(maxlen=ATTACK_SAMPLES)
         self.attack_noise = torch.Generator().manual_seed(self.config.seed + 7919 * (agent.index + 1))
@@ -296,9 +296,9 @@ class ShardTrainer:
             if len(self.honest) >= MIN_SAMPLES.get(self.ml.attack.kind, 1):  # ALIE's first update goes out honest
                 samples = torch.stack(list(self.honest))
                 update = self.attack(update, samples, self.ml.attack.scale, self.attack_noise)
-        if self.feedback is not None:
-            return self.feedback.compress(update)
         codec = self.ml.compression
+        if self.feedback is not None:
+            return self.feedback.compress(update, codec.codec, codec.ratio)
         return encode(update, codec.codec, codec.ratio)
 
     def take(self, reply: wire.Message) -> bool:
