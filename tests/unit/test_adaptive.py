@@ -117,3 +117,19 @@ def test_adaptive_policy_is_refused_under_hivemind():
     with pytest.raises(ConfigError, match="compression.policy adaptive: hivemind"):
         load_run_config(ML_CI, {"ml.compression.policy": "adaptive", "ml.trainer": "hivemind",
                                 "ml.staleness.protocol": "sync"})
+
+
+def test_decision_log_writes_one_row_per_push_and_appends_on_resume(tmp_path):
+    from dist_llm_train import wire
+    from dist_llm_train.ps.decisions import COLUMNS, FILE, DecisionLog
+
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
+    log = DecisionLog(tmp_path)
+    log.record(1.5, "w0", wire.Push(1, 0, encode(x, "topk", 0.05), 2.0, 0.25, 16, "topk", 0.05, 7.5, 42.0))
+    log.record(2.0, "w1", wire.Push(2, 0, encode(x, "none", 1.0), 2.0, 0.5, 16))  # nothing measured yet
+    log.close()
+    DecisionLog(tmp_path).close()  # a resumed PS: no second header
+
+    lines = (tmp_path / FILE).read_text().splitlines()
+    assert lines == [",".join(COLUMNS), "1.5,w0,7.5,42,0.25,topk,0.05,300,topk,0.05",
+                     "2,w1,,,0.5,none,1,4000,none,1"]
