@@ -42,6 +42,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from ..results import atomic_write, is_folder_name, read_rows  # noqa: E402
 from ..schema import ConfigError  # noqa: E402
 from . import webpage  # noqa: E402
+from .codec_plot import plot_codec_decisions  # noqa: E402
 from .runner import OK_STATUS, read_done  # noqa: E402
 from .stats import Interval, Verdict, mean_band, mean_interval, verdict  # noqa: E402
 
@@ -390,6 +391,17 @@ class CurvePoint:
     t_s: float
     val_loss: float
     mbytes: float | None  # MB through the PS by then, up + down
+
+
+def adaptive_runs(groups: list[Group], runs_dir: Path) -> list[tuple[str, Path]]:
+    """(title, codec_decisions.csv) of the first finished run of each group under compression.policy adaptive."""
+    runs = []
+    for g in groups:
+        first = next((r for r in g.ok if r.get("codec") == "adaptive"), None)
+        path = run_file(runs_dir, first, "codec_decisions.csv") if first else None
+        if path is not None:
+            runs.append((f"{g.profile} {g.label}", path))
+    return runs
 
 
 def read_curve(path: Path) -> list[CurvePoint]:
@@ -829,6 +841,8 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
                          plot_bytes_by_codec(groups, out_dir), plot_staleness(staleness, out_dir)) if p is not None]
     versus, versus_plot = build_versus(rows_by_mode, runs_dir, out_dir)
     plots += [versus_plot] if versus_plot else []
+    decisions = plot_codec_decisions(adaptive_runs(groups, runs_dir), out_dir)
+    plots += [Plot(decisions, "Adaptive compression: each worker's bytes per update beside its link")] if decisions else []
     producers = list(dict.fromkeys(entry["command"] for entry in read_done(runs_dir).values() if entry.get("command")))
     report = Report(command, producers, [glance_row(g) for g in groups],
                     [work_row(g) for g in groups if g.mode == "ml" and g.ok],
