@@ -46,7 +46,8 @@ def plot_codec_decisions(runs: list[tuple[str, Path]], out_dir: Path) -> str | N
             t = [p[0] for p in points]
             line, = sent.plot(t, [p[1] for p in points], drawstyle="steps-post", lw=1, label=worker)
             measured = [(ti, p[2]) for ti, p in zip(t, points) if p[2] is not None]
-            link.plot([m[0] for m in measured], [m[1] for m in measured], lw=1, color=line.get_color(), label=worker)
+            link.plot([m[0] for m in measured], [m[1] for m in measured], ".-", lw=1, ms=3, color=line.get_color(),
+                      label=worker)
         sent.set_yscale("log")
         link.set_yscale("log")
         sent.set_title(f"{title}: uplink bytes per update", fontsize=9)
