@@ -9,20 +9,19 @@ A message is one multipart ZeroMQ message:
               body        the type's fixed fields (BODIES), then its text (UTF-8), if any
     frame 1.. arrays      one raw frame per array, native little-endian, in the order of codecs.LAYOUT[codec]
 
-| type    | from   | fields                                              | arrays                          |
-|---------|--------|-----------------------------------------------------|---------------------------------|
-| HELLO   | worker | index; token, name (text)                           | -                               |
-| WELCOME | PS     | session; numel, model digest, config digest; STOP   | -                               |
-| PULL    | worker | session                                             | -                               |
-| PARAMS  | PS     | version; DELTA, STOP                                | parameters (dense or delta)     |
-| PUSH    | worker | session, base version; train loss, compute s,       | the update, in its codec        |
-|         |        | samples; downlink codec, downlink ratio; link Mbit/s, |                               |
-|         |        | RTT ms (what the worker measured)                   |                                 |
-| ACK     | PS     | version now, staleness, held s; ACCEPTED, DELTA, STOP | the worker's new parameters   |
-| ERROR   | both   | code; text (a worker sends only training_failed)    | -                               |
-| PING    | anyone | -                                                   | -                               |
-| PONG    | PS     | version; updates accepted, rejected, errors         | -                               |
-| BYE     | worker | session                                             | -                               |
+| type    | from   | fields                                                  | arrays                      |
+|---------|--------|---------------------------------------------------------|-----------------------------|
+| HELLO   | worker | index; token, name (text)                               | -                           |
+| WELCOME | PS     | session; numel, model digest, config digest; STOP       | -                           |
+| PULL    | worker | session                                                 | -                           |
+| PARAMS  | PS     | version; DELTA, STOP                                    | parameters (dense or delta) |
+| PUSH    | worker | session, base version; train loss, compute s, samples;  | the update, in its codec    |
+|         |        | downlink codec and ratio asked for; link Mbit/s, RTT ms |                             |
+| ACK     | PS     | version now, staleness, held s; ACCEPTED, DELTA, STOP   | the worker's new parameters |
+| ERROR   | both   | code; text (a worker sends only training_failed)        | -                           |
+| PING    | anyone | -                                                       | -                           |
+| PONG    | PS     | version; updates accepted, rejected, errors             | -                           |
+| BYE     | worker | session                                                 | -                           |
 
 Parameters travel dense (codec `none`, DELTA clear) or as a delta against the replica the receiver holds
 (DELTA set, the run's codec, or under compression.policy adaptive the codec and ratio the worker asked for in

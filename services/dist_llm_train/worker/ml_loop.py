@@ -12,6 +12,15 @@ PULL the parameters, then one round after another:
     ACK: accepted or refused, staleness, and the new parameters (dense, or a delta the worker adds to its own,
     see ps/server.py), which the next round starts from.
 
+Compression (`ml.compression`): `policy: fixed` sends every update in the run's codec and ratio and takes the
+run's downlink. `policy: adaptive` (ml/adaptive.py) picks codec and ratio before each upload with
+`ml.adaptive.choose` from this worker's own measurements (`LinkMeter`): the RTT of a PING after HELLO and
+every PING_EVERY rounds, the link rate of each exchange (the join's dense PULL first, then every PUSH and
+its ACK: the bytes both ways at the socket over the time from send to reply, minus the ACK's `held_s` and
+the RTT) and the round's compute time. The PUSH asks the PS for the same codec and ratio on the downlink (one
+measured rate for both directions) and carries the measurements, which the PS logs to codec_decisions.csv.
+Error feedback keeps one float32 residual across codec switches.
+
 A refused update is dropped (its compressed part is lost with it; the error-feedback residual keeps only
 what compression left out) and the ACK's fresh parameters resync the worker. ERROR `unknown_session` (the PS
 restarted) or any other ERROR: HELLO again and take dense parameters. The PS gone (its connection closed,
