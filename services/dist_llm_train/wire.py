@@ -9,22 +9,26 @@ A message is one multipart ZeroMQ message:
               body        the type's fixed fields (BODIES), then its text (UTF-8), if any
     frame 1.. arrays      one raw frame per array, native little-endian, in the order of codecs.LAYOUT[codec]
 
-| type    | from   | fields                                              | arrays                          |
-|---------|--------|-----------------------------------------------------|---------------------------------|
-| HELLO   | worker | index; token, name (text)                           | -                               |
-| WELCOME | PS     | session; numel, model digest, config digest; STOP   | -                               |
-| PULL    | worker | session                                             | -                               |
-| PARAMS  | PS     | version; DELTA, STOP                                | parameters (dense or delta)     |
-| PUSH    | worker | session, base version; train loss, compute s, samples | the update, codec as configured |
-| ACK     | PS     | version now, staleness; ACCEPTED, DELTA, STOP       | the worker's new parameters     |
-| ERROR   | both   | code; text (a worker sends only training_failed)    | -                               |
-| PING    | anyone | -                                                   | -                               |
-| PONG    | PS     | version; updates accepted, rejected, errors         | -                               |
-| BYE     | worker | session                                             | -                               |
+| type    | from   | fields                                                  | arrays                      |
+|---------|--------|---------------------------------------------------------|-----------------------------|
+| HELLO   | worker | index; token, name (text)                               | -                           |
+| WELCOME | PS     | session; numel, model digest, config digest; STOP       | -                           |
+| PULL    | worker | session                                                 | -                           |
+| PARAMS  | PS     | version; DELTA, STOP                                    | parameters (dense or delta) |
+| PUSH    | worker | session, base version; train loss, compute s, samples;  | the update, in its codec    |
+|         |        | downlink codec and ratio asked for; link Mbit/s, RTT ms |                             |
+| ACK     | PS     | version now, staleness, held s; ACCEPTED, DELTA, STOP   | the worker's new parameters |
+| ERROR   | both   | code; text (a worker sends only training_failed)        | -                           |
+| PING    | anyone | -                                                       | -                           |
+| PONG    | PS     | version; updates accepted, rejected, errors             | -                           |
+| BYE     | worker | session                                                 | -                           |
 
 Parameters travel dense (codec `none`, DELTA clear) or as a delta against the replica the receiver holds
-(DELTA set, the run's codec); `apply_parameters` is the one function both ends use to take them, so the PS's
-copy of a worker's replica and the worker's own stay bit-identical.
+(DELTA set, the run's codec, or under compression.policy adaptive the codec and ratio the worker asked for in
+its PUSH); `apply_parameters` is the one function both ends use to take them, so the PS's copy of a worker's
+replica and the worker's own stay bit-identical. A PUSH's link Mbit/s and RTT ms are 0 when the worker has not
+measured them (policy fixed); an ACK's held s is how long the PS held the PUSH before answering (its handling,
+a sync round's wait), which the worker subtracts when it measures its link (ml/adaptive.py).
 
 `decode` trusts nothing: it checks the total size first (before any length inside the message is believed),
 then magic, wire version, type, that frame 0 is exactly header + descriptors + body, that the descriptors
@@ -37,9 +41,9 @@ Bytes per message for the default model (d = 938,240; framing = frame 0 + ZeroMQ
 
 | message                   | payload    | framing | total      |
 |---------------------------|------------|---------|------------|
-| PUSH dense fp32           | 3,752,960  | 69      | 3,753,029  |
-| PUSH top-k 1 % (k = 9382) | 56,292     | 88      | 56,380     |
-| ACK dense fp32            | 3,752,960  | 53      | 3,753,013  |
+| PUSH dense fp32           | 3,752,960  | 94      | 3,753,054  |
+| PUSH top-k 1 % (k = 9382) | 56,292     | 113     | 56,405     |
+| ACK dense fp32            | 3,752,960  | 61      | 3,753,021  |
 
 The arrays of a decoded message are views of the received frames (no copy): read them, never write them.
 """
@@ -93,7 +97,7 @@ ERROR_CODES: dict[str, int] = {
     "unknown_session": 11,  # the PS does not know this session (restarted, or never said HELLO): HELLO again
     "bad_token": 12,
     "bad_version": 13,  # an update computed from a version the PS has not produced
-    "wrong_codec": 14,  # an update not in the run's codec
+    "wrong_codec": 14,  # an update not in the run's codec; a downlink codec the run does not allow
     "session_mismatch": 15,  # a session used from another connection than the one that opened it
     "server_error": 16,  # the PS could not handle a valid message (logged with the traceback)
     # a worker's report (worker -> PS): its own training cannot go on; the PS ends the run failed with the text
@@ -154,6 +158,10 @@ class Push:
     train_loss: float  # mean training loss of the batches behind the update, nats/byte
     compute_s: float  # seconds the worker computed for it
     samples: int  # sequences it saw
+    down_codec: str = "none"  # the codec the worker asks for on its downlink (policy adaptive; fixed: ignored)
+    down_ratio: float = 1.0  # ... and its ratio (topk), in (0, 1]
+    link_mbit: float = 0.0  # the link rate the worker measured, 0 = not measured
+    rtt_ms: float = 0.0  # the RTT it measured, 0 = not measured
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,7 @@ class Ack:
     payload: Encoded
     delta: bool
     stop: bool = False
+    held_s: float = 0.0  # how long the PS held the PUSH before this answer
 
 
 @dataclass(frozen=True)
@@ -198,8 +207,9 @@ BODIES: dict[MsgType, tuple[type, struct.Struct, int, bool]] = {
     MsgType.WELCOME: (Welcome, struct.Struct("!Q32s32s"), STOP, False),  # numel, model digest, config digest
     MsgType.PULL: (Pull, struct.Struct(""), 0, False),
     MsgType.PARAMS: (Params, struct.Struct(""), DELTA | STOP, True),
-    MsgType.PUSH: (Push, struct.Struct("!ddI"), 0, True),  # train loss, compute s, samples
-    MsgType.ACK: (Ack, struct.Struct("!I"), ACCEPTED | DELTA | STOP, True),  # staleness
+    # train loss, compute s, samples, downlink codec code, downlink ratio, link Mbit/s, RTT ms
+    MsgType.PUSH: (Push, struct.Struct("!ddIBddd"), 0, True),
+    MsgType.ACK: (Ack, struct.Struct("!Id"), ACCEPTED | DELTA | STOP, True),  # staleness, held s
     MsgType.ERROR: (Error, struct.Struct("!H"), 0, False),  # code (text follows)
     MsgType.PING: (Ping, struct.Struct(""), 0, False),
     MsgType.PONG: (Pong, struct.Struct("!QQQ"), 0, False),  # accepted, rejected, errors
@@ -246,11 +256,12 @@ def encode(msg: Message) -> list[Any]:
         flags = flag_bits(delta=msg.delta, stop=msg.stop)
     elif isinstance(msg, Push):
         session, version, payload = msg.session, msg.base_version, msg.update
-        body = BODIES[kind][1].pack(msg.train_loss, msg.compute_s, msg.samples)
+        body = BODIES[kind][1].pack(msg.train_loss, msg.compute_s, msg.samples, CODECS.index(msg.down_codec),
+                                    msg.down_ratio, msg.link_mbit, msg.rtt_ms)
     elif isinstance(msg, Ack):
         version, payload = msg.version, msg.payload
         flags = flag_bits(accepted=msg.accepted, delta=msg.delta, stop=msg.stop)
-        body = BODIES[kind][1].pack(min(msg.staleness, 2**32 - 1))
+        body = BODIES[kind][1].pack(min(msg.staleness, 2**32 - 1), msg.held_s)
     elif isinstance(msg, Error):
         body, text = BODIES[kind][1].pack(ERROR_CODES[msg.code]), msg.text.encode()[:MAX_TEXT_BYTES]
     elif isinstance(msg, Pong):
@@ -385,15 +396,23 @@ def build(kind: MsgType, values: tuple, text: bytes, flags: int, session: int, v
     if kind == MsgType.PARAMS:
         return Params(version, parameters_payload(payload, flags), bool(flags & DELTA), stop)
     if kind == MsgType.PUSH:
-        train_loss, compute_s, samples = values
-        if not (math.isfinite(train_loss) and math.isfinite(compute_s)):
-            raise WireError("non_finite", f"PUSH train loss {train_loss}, compute {compute_s} s")
-        if compute_s < 0 or train_loss < 0:
-            raise WireError("malformed", f"PUSH train loss {train_loss}, compute {compute_s} s: negative")
-        return Push(session, version, payload, train_loss, compute_s, samples)
+        train_loss, compute_s, samples, down_code, down_ratio, link_mbit, rtt_ms = values
+        numbers = f"PUSH train loss {train_loss}, compute {compute_s} s, link {link_mbit} Mbit/s, RTT {rtt_ms} ms"
+        if not all(map(math.isfinite, (train_loss, compute_s, down_ratio, link_mbit, rtt_ms))):
+            raise WireError("non_finite", f"{numbers}, downlink ratio {down_ratio}")
+        if min(compute_s, train_loss, link_mbit, rtt_ms) < 0:
+            raise WireError("malformed", f"{numbers}: negative")
+        if down_code >= len(CODECS) or not 0 < down_ratio <= 1:
+            raise WireError("malformed", f"PUSH asks for downlink codec code {down_code}, ratio {down_ratio} "
+                                         f"(codes 0-{len(CODECS) - 1}, a ratio in (0, 1])")
+        return Push(session, version, payload, train_loss, compute_s, samples, CODECS[down_code], down_ratio,
+                    link_mbit, rtt_ms)
     if kind == MsgType.ACK:
-        return Ack(version, bool(flags & ACCEPTED), values[0], parameters_payload(payload, flags),
-                   bool(flags & DELTA), stop)
+        staleness_, held_s = values
+        if not (math.isfinite(held_s) and held_s >= 0):
+            raise WireError("non_finite" if not math.isfinite(held_s) else "malformed", f"ACK held {held_s} s")
+        return Ack(version, bool(flags & ACCEPTED), staleness_, parameters_payload(payload, flags),
+                   bool(flags & DELTA), stop, held_s)
     if kind == MsgType.ERROR:
         if len(text) > MAX_TEXT_BYTES:
             raise WireError("malformed", f"ERROR text of {len(text)} bytes (at most {MAX_TEXT_BYTES})")

@@ -7,7 +7,7 @@ import struct
 from enum import IntEnum
 
 MAGIC = b"DLTW"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: PUSH asks for its downlink codec and reports its link; ACK says how long the PS held it
 HEADER = struct.Struct("!4sBBBBBxHQQ")  # magic, wire version, type, flags, codec, arrays, (pad), body length, session, version
 
 

@@ -1,7 +1,9 @@
 """The PS's protocols through its real socket on loopback, the test playing the workers message by message:
 the compressed downlink keeps each worker's parameters bit-identical to the PS's replica of them and
 converges to the PS's parameters; a sync round drops its straggler after the timeout and refuses the
-straggler's late update with fresh parameters; async refuses beyond the bound."""
+straggler's late update with fresh parameters; async refuses beyond the bound; under compression.policy
+adaptive one window mixes codecs (sync and async), each worker gets its parameters in the codec it asked for,
+switching between dense and delta, and a request below min_ratio is refused."""
 
 import logging
 import threading
@@ -15,7 +17,7 @@ from dist_llm_train import wire
 from dist_llm_train.config import load_run_config
 from dist_llm_train.dataplane import KeyRegistry, new_credential, setup_client
 from dist_llm_train.demo import free_port
-from dist_llm_train.ml.codecs import encode
+from dist_llm_train.ml.codecs import decode, encode
 from dist_llm_train.ps.server import ParameterServer
 
 TOKEN = "protocol-test-token-0123456789"
@@ -138,3 +140,60 @@ def test_async_refuses_beyond_the_bound_with_fresh_parameters(serve):
     answer = slow.take(slow.ask(slow.push(zero, "none")))  # computed from version 0, the PS is at 3
     assert (answer.accepted, answer.staleness, answer.version) == (False, 3, 3)
     assert slow.take(slow.ask(slow.push(zero, "none"))).accepted
+
+
+# compression.policy adaptive: each worker its own codec up and the one it asks for down, in one window
+ASKS = {"a": ("none", "none", 1.0), "b": ("fp16", "int8", 1.0), "c": ("int8", "fp16", 1.0), "d": ("topk", "topk", 0.05)}
+
+
+def adaptive_push(worker, update, codec, down, down_ratio):
+    return wire.Push(worker.session, worker.version, encode(update, codec, 0.05), 2.0, 0.1, 16, down, down_ratio,
+                     8.0, 30.0)
+
+
+@pytest.mark.parametrize("protocol", ["sync", "async"])
+def test_adaptive_window_mixes_codecs_and_answers_each_worker_in_its_own(serve, protocol):
+    server, connect = serve({"ml.compression.policy": "adaptive", "ml.staleness.protocol": protocol,
+                             "workers.count": 4, "ml.aggregation.window": 4, "ml.staleness.bound": 100})
+    workers = {name: connect(name) for name in ASKS}
+    gen = torch.Generator().manual_seed(5)
+    for round_ in range(3):
+        before = server.params.clone()
+        sent = []
+        for name, worker in workers.items():
+            up, down, ratio = ASKS[name] if round_ != 1 else ("topk", "none", 1.0)  # round 1: everyone switches
+            push = adaptive_push(worker, torch.randn(server.numel, generator=gen) * 0.01, up, down, ratio)
+            sent.append(decode(push.update))
+            worker.send(push)
+        acks = {name: worker.take(worker.answer(10)) for name, worker in workers.items()}
+        # one step over the four updates, whatever their codecs: SGD's first step is lr x their mean
+        if round_ == 0:
+            expected = before - 0.5 * torch.stack(sent).mean(dim=0)
+            assert torch.allclose(server.params, expected, atol=1e-6)
+        # sync: every ACK waits for the step; async: the window's first three are answered before it
+        assert server.version == round_ + 1 and all(a.accepted for a in acks.values())
+        assert [a.version for a in acks.values()] == [round_ + 1] * 4 if protocol == "sync" else [round_] * 3 + [round_ + 1]
+        for name, ack in acks.items():
+            down, ratio = ASKS[name][1:] if round_ != 1 else ("none", 1.0)
+            assert ack.payload.codec == down and ack.delta == (down != "none"), (round_, name, ack.payload.codec)
+            if down == "topk":
+                assert ack.payload.arrays["indices"].numel() == round(ratio * server.numel)
+            # dense or delta, every worker holds exactly what the PS thinks it holds (switching included)
+            assert torch.equal(workers[name].params, server.sessions[workers[name].session].replica)
+            if down == "none" and ack.version == server.version:
+                assert torch.equal(workers[name].params, server.params)
+    assert server.counters.accepted == 12 and not server.counters.errors
+
+
+def test_adaptive_refuses_a_downlink_ratio_below_min_ratio_and_fixed_refuses_another_codec(serve):
+    server, connect = serve({"ml.compression.policy": "adaptive", "ml.compression.min_ratio": 0.01})
+    worker = connect("a")
+    refused = worker.ask(adaptive_push(worker, torch.zeros(server.numel), "none", "topk", 0.001))
+    assert isinstance(refused, wire.Error) and refused.code == "wrong_codec" and "min_ratio" in refused.text
+    assert server.counters.accepted == 0 and server.counters.errors["wrong_codec"] == 1
+    assert worker.take(worker.ask(adaptive_push(worker, torch.zeros(server.numel), "none", "topk", 0.01))).accepted
+
+    fixed, connect_fixed = serve({"ml.compression.codec": "int8"})
+    other = connect_fixed("b")
+    refused = other.ask(adaptive_push(other, torch.zeros(fixed.numel), "topk", "int8", 1.0))
+    assert isinstance(refused, wire.Error) and refused.code == "wrong_codec"

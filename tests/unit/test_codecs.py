@@ -184,10 +184,28 @@ def test_check_encoded_refuses_malformed_updates(enc, message):
 
 def test_error_feedback_sends_everything_eventually():
     # Sum of what was sent + the residual = sum of the inputs, whatever was dropped on the way.
-    memory = ErrorFeedback("topk", 0.1)
+    memory = ErrorFeedback()
     inputs = torch.randn(20, 50, generator=torch.Generator().manual_seed(1))
-    sent = sum(decode(memory.compress(x)) for x in inputs)
+    sent = sum(decode(memory.compress(x, "topk", 0.1)) for x in inputs)
     assert torch.allclose(sent + memory.residual, inputs.sum(dim=0), atol=1e-5)
+
+
+def test_error_feedback_survives_codec_switches():
+    # compression.policy adaptive changes codec and ratio between updates: the identity holds across every
+    # switch, a dense update empties the residual, and a top-k update after it starts from zero again.
+    memory = ErrorFeedback()
+    inputs = torch.randn(8, 200, generator=torch.Generator().manual_seed(2))
+    plan = [("topk", 0.01), ("topk", 0.2), ("int8", 1.0), ("topk", 0.05), ("fp16", 1.0), ("none", 1.0),
+            ("topk", 0.01), ("int8", 1.0)]
+    sent = torch.zeros(200)
+    for i, (x, (codec, ratio)) in enumerate(zip(inputs, plan)):
+        sent += decode(memory.compress(x, codec, ratio))
+        assert torch.allclose(sent + memory.residual, inputs[: i + 1].sum(dim=0), atol=1e-5), (i, codec)
+    before_dense = ErrorFeedback()
+    before_dense.compress(inputs[0], "topk", 0.01)
+    assert before_dense.residual.abs().sum() > 0
+    before_dense.compress(inputs[1], "none", 1.0)
+    assert torch.equal(before_dense.residual, torch.zeros(200))
 
 
 def descend(targets: torch.Tensor, lr: float, steps: int, error_feedback: bool, ratio: float = 0.05) -> float:
@@ -196,10 +214,10 @@ def descend(targets: torch.Tensor, lr: float, steps: int, error_feedback: bool, 
     Returns the objective's excess over its optimum: |w - mean(t_i)|^2 / 2.
     """
     w = torch.zeros(targets.shape[1])
-    memories = [ErrorFeedback("topk", ratio) for _ in targets]
+    memories = [ErrorFeedback() for _ in targets]
     for _ in range(steps):
         grads = [w - t for t in targets]
-        sent = [m.compress(g) if error_feedback else encode(g, "topk", ratio) for m, g in zip(memories, grads)]
+        sent = [m.compress(g, "topk", ratio) if error_feedback else encode(g, "topk", ratio) for m, g in zip(memories, grads)]
         w = w - lr * torch.stack([decode(e) for e in sent]).mean(dim=0)
     return 0.5 * (w - targets.mean(dim=0)).square().sum().item()
 

@@ -181,7 +181,7 @@ def test_an_invalid_preset_is_refused_before_any_run(root):
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name, count", [("quick", 2), ("matrix", 99), ("full", 235), ("bench_ps", 8)])
+@pytest.mark.parametrize("name, count", [("quick", 2), ("matrix", 99), ("full", 235), ("bench_ps", 8), ("adaptive", 18)])
 def test_shipped_matrices_expand_to_the_cells_their_header_states(name, count):
     path = REPO / "experiments" / f"{name}.yaml"
     assert len(expand(load_matrix(path), str(path), REPO, REPO / "netem")) == count
@@ -193,7 +193,7 @@ def test_the_seed_matrix_runs_basic_mode_under_every_preset():
     assert sorted(basic.profiles) == sorted(p.stem for p in (REPO / "netem").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", ["matrix", "full"])
+@pytest.mark.parametrize("name", ["matrix", "full", "adaptive"])
 def test_the_studies_give_equal_work_to_every_ml_cell_and_three_or_more_seeded_repeats(name):
     path = REPO / "experiments" / f"{name}.yaml"
     cells = expand(load_matrix(path), str(path), REPO, REPO / "netem")

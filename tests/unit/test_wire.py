@@ -50,9 +50,10 @@ def test_messages_without_arrays_round_trip(msg):
 
 @pytest.mark.parametrize("codec", list(LAYOUT))
 def test_push_round_trips_every_codec_bit_for_bit(codec):
-    msg = wire.Push(5, 42, update(codec), 2.5, 0.125, 32)
+    msg = wire.Push(5, 42, update(codec), 2.5, 0.125, 32, "topk", 0.0125, 7.5, 90.25)
     got = roundtrip(msg)
     assert (got.session, got.base_version, got.train_loss, got.compute_s, got.samples) == (5, 42, 2.5, 0.125, 32)
+    assert (got.down_codec, got.down_ratio, got.link_mbit, got.rtt_ms) == ("topk", 0.0125, 7.5, 90.25)
     assert same_arrays(got.update, msg.update)
 
 
@@ -60,8 +61,8 @@ def test_push_round_trips_every_codec_bit_for_bit(codec):
                                                       ("topk", True, False)])
 def test_ack_and_params_round_trip(codec, delta, stop):
     payload = update("none") if not delta else update(codec)
-    ack = roundtrip(wire.Ack(9, True, 3, payload, delta, stop))
-    assert (ack.version, ack.accepted, ack.staleness, ack.delta, ack.stop) == (9, True, 3, delta, stop)
+    ack = roundtrip(wire.Ack(9, True, 3, payload, delta, stop, held_s=0.375))
+    assert (ack.version, ack.accepted, ack.staleness, ack.delta, ack.stop, ack.held_s) == (9, True, 3, delta, stop, 0.375)
     assert same_arrays(ack.payload, payload)
     params = roundtrip(wire.Params(9, payload, delta, stop))
     assert (params.version, params.delta, params.stop) == (9, delta, stop)
@@ -70,9 +71,9 @@ def test_ack_and_params_round_trip(codec, delta, stop):
 
 def test_framing_costs_a_few_dozen_bytes_on_top_of_the_payload():
     frames = wire.encode(wire.Push(1, 0, update("none"), 1.0, 0.1, 16))
-    # frame 0: 28-byte header + one 10-byte descriptor + 20-byte body; ZMTP: 2 + 9 bytes of frame headers
-    assert len(frames[0]) == 28 + 10 + 20
-    assert wire.wire_bytes(frames) == 4 * D + 58 + 2 + 9
+    # frame 0: 28-byte header + one 10-byte descriptor + 45-byte body; ZMTP: 2 + 9 bytes of frame headers
+    assert len(frames[0]) == 28 + 10 + 45
+    assert wire.wire_bytes(frames) == 4 * D + 83 + 2 + 9
 
 
 def test_dense_parameters_apply_as_a_copy_and_deltas_add_in_place():
@@ -126,6 +127,23 @@ def push_with_losses(train_loss, compute_s):
     return as_bytes(wire.encode(wire.Push(5, 1, update("none"), train_loss, compute_s, 8)))
 
 
+def push_asking(**fields):
+    """A PUSH whose body fields (names as in the PUSH body) are rewritten, past what wire.encode would allow."""
+    frames = good_push_frames()
+    at = wire.HEADER.size + wire.DESCRIPTOR.size
+    body = wire.BODIES[wire.MsgType.PUSH][1]
+    names = ("train_loss", "compute_s", "samples", "down_code", "down_ratio", "link_mbit", "rtt_ms")
+    values = dict(zip(names, body.unpack_from(frames[0], at)))
+    values.update(fields)
+    return [frames[0][:at] + body.pack(*values.values()), *frames[1:]]
+
+
+def ack_held(held_s):
+    frames = as_bytes(wire.encode(wire.Ack(3, True, 0, update("none"), False)))
+    at = wire.HEADER.size + wire.DESCRIPTOR.size
+    return [frames[0][:at] + wire.BODIES[wire.MsgType.ACK][1].pack(0, held_s), *frames[1:]]
+
+
 def unsorted_topk_frames():
     frames = good_push_frames("topk")
     indices = bytearray(frames[1])
@@ -145,7 +163,7 @@ REFUSALS = {
     "frame 0 longer than announced": (lambda: [good_push_frames()[0] + b"x", good_push_frames()[1]], "malformed"),
     "oversize": (lambda: [*good_push_frames(), b"x" * LIMIT], "oversize"),
     "wrong magic": (lambda: patch_header(good_push_frames(), magic=b"HTTP"), "bad_magic"),
-    "wrong wire version": (lambda: patch_header(good_push_frames(), wire_version=2), "bad_wire_version"),
+    "wrong wire version": (lambda: patch_header(good_push_frames(), wire_version=wire.WIRE_VERSION - 1), "bad_wire_version"),
     "unknown type": (lambda: patch_header(good_push_frames(), kind=99), "unknown_type"),
     "flag the type cannot carry": (lambda: patch_header(good_push_frames(), flags=wire.STOP), "malformed"),
     "unknown codec": (lambda: patch_header(good_push_frames(), codec=9), "bad_descriptor"),
@@ -166,6 +184,14 @@ REFUSALS = {
     "NaN loss": (lambda: push_with_losses(float("nan"), 0.1), "non_finite"),
     "negative compute time": (lambda: push_with_losses(2.0, -1.0), "malformed"),
     "top-k indices unsorted": (unsorted_topk_frames, "bad_array"),
+    "downlink codec unknown": (lambda: push_asking(down_code=len(wire.CODECS)), "malformed"),
+    "downlink ratio 0": (lambda: push_asking(down_ratio=0.0), "malformed"),
+    "downlink ratio above 1": (lambda: push_asking(down_ratio=1.5), "malformed"),
+    "downlink ratio NaN": (lambda: push_asking(down_ratio=float("nan")), "non_finite"),
+    "link rate Inf": (lambda: push_asking(link_mbit=float("inf")), "non_finite"),
+    "negative RTT": (lambda: push_asking(rtt_ms=-1.0), "malformed"),
+    "ACK held NaN": (lambda: ack_held(float("nan")), "non_finite"),
+    "ACK held negative": (lambda: ack_held(-0.5), "malformed"),
     "arrays on a type without": (lambda: [wire.encode(wire.Pull(3))[0], b"x"], "bad_descriptor"),
     "HELLO text lengths": (lambda: hello_frames(4, 4, b"abc"), "malformed"),
     "HELLO token too long": (lambda: hello_frames(300, 0, b"t" * 300), "malformed"),

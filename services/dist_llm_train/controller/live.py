@@ -72,6 +72,8 @@ def run_codec(config: RunConfig) -> dict[str, Any] | None:
     if config.ml is None:
         return None
     c = config.ml.compression
+    if c.policy == "adaptive":  # each worker's own choice is in codec_decisions.csv
+        return {"codec": c.label, "ratio": None, "downlink": "adaptive"}
     return {"codec": c.codec, "ratio": c.ratio if c.codec == "topk" else None, "downlink": c.downlink}
 
 

@@ -187,7 +187,7 @@ class Run:
             "scheduler": config.controller.scheduler,
             "trainer": ml.trainer if ml else None,
             "protocol": ml.staleness.protocol if ml else None,
-            "codec": ml.compression.codec if ml else None,
+            "codec": ml.compression.label if ml else None,
             "aggregation": ml.aggregation.rule if ml else None,
             "reason": reason,
             "started_at": iso(started),

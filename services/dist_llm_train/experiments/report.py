@@ -33,6 +33,7 @@ from pathlib import Path
 from ..results import atomic_write
 from ..schema import ConfigError
 from . import webpage
+from .codec_plot import adaptive_runs, plot_codec_decisions
 from .groups import MODES, Group, comparisons, group_rows, read_mode_rows, run_file
 from .plots import (CurvePoint, Plot, plot_bytes_by_codec, plot_completion_acceptance, plot_duration,
                     plot_staleness, plot_to_target, plot_utilization, plot_val_loss, staleness_counts, val_curves)
@@ -167,6 +168,8 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
                          plot_bytes_by_codec(groups, out_dir), plot_staleness(staleness, out_dir)) if p is not None]
     versus, versus_plot = build_versus(rows_by_mode, runs_dir, out_dir)
     plots += [versus_plot] if versus_plot else []
+    decisions = plot_codec_decisions(adaptive_runs(groups, runs_dir), out_dir)
+    plots += [Plot(decisions, "Adaptive compression: each worker's bytes per update beside its link")] if decisions else []
     producers = list(dict.fromkeys(entry["command"] for entry in read_done(runs_dir).values() if entry.get("command")))
     report = Report(command, producers, [glance_row(g) for g in groups],
                     [work_row(g) for g in groups if g.mode == "ml" and g.ok],

@@ -155,7 +155,7 @@ def failure_row(cell: Cell, run_id: str, reason: str, started_at: str) -> dict[s
         "config": config.name, "mode": config.mode, "profile": cell.profile, "netem_profile": cell.profile,
         "repeat": cell.repeat, "num_workers": cell.workers, "status": FAILED_STATUS, "reason": reason,
         "run_id": run_id, "config_hash": config.digest(), "scheduler": config.controller.scheduler,
-        "protocol": ml.staleness.protocol if ml else None, "codec": ml.compression.codec if ml else None,
+        "protocol": ml.staleness.protocol if ml else None, "codec": ml.compression.label if ml else None,
         "aggregation": ml.aggregation.rule if ml else None, "started_at": started_at,
         "trainer": ml.trainer if ml else None,
     }

@@ -165,6 +165,14 @@ def nbytes(enc: Encoded) -> int:
     return sum(a.numel() * a.element_size() for a in enc.arrays.values())
 
 
+def payload_bytes(codec: CodecName, numel: int, ratio: float) -> int:
+    """What `nbytes(encode(x, codec, ratio))` is for any x of `numel` values, from LAYOUT alone: top-k's arrays
+    hold k = topk_count(numel, ratio) values, int8's scale one, every other array numel."""
+    def length(name: str) -> int:
+        return topk_count(numel, ratio) if codec == "topk" else 1 if name == "scale" else numel
+    return sum(length(name) * torch.empty(0, dtype=dtype).element_size() for name, dtype in LAYOUT[codec])
+
+
 def check_encoded(enc: Encoded, numel: int) -> None:
     """What the PS runs on every received update before `decode`: ValueError naming the codec and array if
     the arrays do not match LAYOUT, the lengths do not fit `numel` (the model's size), a value is NaN or Inf,
@@ -203,18 +211,18 @@ def check_indices(indices: Tensor, numel: int, where: str) -> None:
 class ErrorFeedback:
     """One worker's memory of what compression dropped (error feedback, as in EF-SGD).
 
-    compress(x) sends C(x + residual) and keeps residual = (x + residual) - decode(C(x + residual)), so over
-    many updates the sum of what was sent equals the sum of the x minus the current residual: nothing is lost,
-    only delayed. The residual starts at zero.
+    compress(x, codec, ratio) sends C(x + residual) and keeps residual = (x + residual) - decode(C(x + residual)),
+    so over many updates the sum of what was sent equals the sum of the x minus the current residual: nothing is
+    lost, only delayed. The residual starts at zero. It is a float32 vector whatever the codec, so the codec and
+    ratio may change from one update to the next (compression.policy adaptive) and the identity still holds; an
+    update sent with codec none carries the whole residual out and leaves it zero.
     """
 
-    def __init__(self, codec: CodecName, ratio: float):
-        self.codec = codec
-        self.ratio = ratio
+    def __init__(self):
         self.residual: Tensor | None = None
 
-    def compress(self, x: Tensor) -> Encoded:
+    def compress(self, x: Tensor, codec: CodecName, ratio: float) -> Encoded:
         corrected = x if self.residual is None else x + self.residual
-        enc = encode(corrected, self.codec, self.ratio)
+        enc = encode(corrected, codec, ratio)
         self.residual = corrected - decode(enc)
         return enc

@@ -46,12 +46,25 @@ class AggregationConfig(Section):
 
 
 class CompressionConfig(Section):
-    codec: CodecName = Field("none", description="uplink codec of a worker's update")
-    ratio: float = Field(0.01, gt=0, le=1, description="topk: fraction of coordinates sent")
+    policy: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed: every worker uses `codec` / `ratio` / `downlink`; adaptive: each worker picks its "
+                             "codec and ratio, up and down, before every upload from its measured link and compute "
+                             "time (ml/adaptive.py; `codec`, `ratio` and `downlink` are then not used)")
+    codec: CodecName = Field("none", description="fixed: uplink codec of a worker's update")
+    ratio: float = Field(0.01, gt=0, le=1, description="fixed, topk: fraction of coordinates sent")
     error_feedback: bool = Field(True, description="keep what compression dropped and add it to the next update")
     downlink: Literal["same", "none"] = Field(
-        "same", description="parameters sent back: 'same' codec as a delta against the worker's replica (what it "
-                            "drops goes out later), or 'none' (dense fp32: 4 bytes per parameter down, exact)")
+        "same", description="fixed: parameters sent back: 'same' codec as a delta against the worker's replica (what "
+                            "it drops goes out later), or 'none' (dense fp32: 4 bytes per parameter down, exact)")
+    comm_budget: float = Field(0.5, gt=0, le=100, description="adaptive: an upload (and a download) may take at most "
+                               "this times the round's compute time at the measured link rate")
+    min_ratio: float = Field(0.001, gt=0, le=1, description="adaptive: the smallest top-k ratio it may pick (and the "
+                             "smallest a worker may ask the PS for on its downlink)")
+
+    @property
+    def label(self) -> str:
+        """What a result row says about compression: the codec, or `adaptive` when each worker picks its own."""
+        return "adaptive" if self.policy == "adaptive" else self.codec
 
 
 class OptimizerConfig(Section):
@@ -150,6 +163,9 @@ class MLConfig(Section):
             raise ValueError("staleness.min_bound is above staleness.max_bound")
         if self.model.arch == "transformer" and self.model.hidden_dim % self.model.heads:
             raise ValueError("model.hidden_dim must be a multiple of model.heads")
+        if self.compression.policy == "adaptive" and self.trainer == "hivemind":
+            raise ValueError("compression.policy adaptive: hivemind's averagers use one codec for every peer "
+                             "(use policy fixed)")
         if self.attack.kind != "none" and not self.attack.workers:
             raise ValueError("attack.workers must name at least one worker when attack.kind is set")
         if self.trainer == "hivemind":

@@ -47,6 +47,13 @@ Downlink, bytes per update for the default model (d = 938,240):
                         instead of 3.75 MB. A new session, and any delta that cannot be encoded (fp16
                         overflow), gets dense parameters. Replicas are per session and not checkpointed:
                         after a PS restart every worker starts from dense parameters.
+    policy adaptive     each PUSH says which codec and ratio the worker wants its parameters in (ml/adaptive.py,
+                        from its measured link); the PS validates the request (a known codec, a ratio in
+                        [compression.min_ratio, 1]: `wrong_codec` otherwise), answers this PUSH and the next ones
+                        that way (dense `none`, or a delta as above), and keeps every worker's replica so it can
+                        switch between dense and delta at any update. Updates come in whatever codec each worker
+                        chose: one window mixes codecs freely (each is decoded to float32 before the step). Every
+                        PUSH's choice is a row of codec_decisions.csv (ps/decisions.py).
 
 Evaluation of the validation slice every `budget.eval_every` versions or at the first version `eval_every_s`
 after the last one, whichever comes first, runs in a thread (ps/evaluation.py, which states its cost); a
@@ -90,6 +97,7 @@ from ..schema import ConfigError
 from . import checkpoint
 from .aggregation import check_rule
 from .combine import combine
+from .decisions import DecisionLog
 from .evaluation import Evaluator
 from .optimizer import build_optimizer
 from .report import END_STATES, Curve, LogThrottle, Reporter
@@ -148,6 +156,8 @@ class Session:
     index: int
     peer: bytes  # ZeroMQ routing id of the connection that said HELLO
     replica: Tensor | None = None  # compressing codecs: the parameters this worker holds
+    down_codec: str = "none"  # what its parameters travel in: the run's downlink, or (adaptive) what it asked for
+    down_ratio: float = 1.0
     sent_version: int = -1  # the version the PS last sent it
     sent_at: float = 0.0
     told_stop: bool = False
@@ -160,6 +170,7 @@ class Row:
     staleness: int
     update: Tensor  # [d] float32; codec none: a view of the received frame
     train_loss: float
+    received: float  # monotonic time the PUSH arrived (the ACK says how long the PS held it)
 
 
 @dataclass
@@ -201,6 +212,9 @@ class ParameterServer:
         self.noise = torch.Generator().manual_seed(config.seed)
         self.codec, self.ratio = ml.compression.codec, ml.compression.ratio
         self.down_codec = self.codec if ml.compression.downlink == "same" else "none"
+        self.adaptive = ml.compression.policy == "adaptive"
+        # the PS keeps a worker's replica when its downlink may be a delta (adaptive: whenever it asks for one)
+        self.keeps_replicas = self.adaptive or self.down_codec != "none"
         self.max_bytes = ml.max_message_mb << 20
         self.max_norm = max_update_norm(ml, self.numel)
         self.model_digest, self.config_digest = wire.model_digest(config, self.numel), wire.config_digest(config)
@@ -242,6 +256,7 @@ class ParameterServer:
         most = budget.max_versions if budget.max_tokens is None else min(
             budget.max_versions, math.ceil(budget.max_tokens / self.tokens_per_update))
         self.curve = Curve(run_dir, most) if run_dir is not None else None
+        self.decisions = DecisionLog(run_dir) if run_dir is not None and self.adaptive else None
 
         if key.mode != ml.data_plane_auth or registry.mode != ml.data_plane_auth:
             raise ConfigError(f"ml.data_plane_auth: the run uses {ml.data_plane_auth}; the PS was given a {key.mode} "
@@ -264,6 +279,13 @@ class ParameterServer:
 
     def log_start(self, address: str, resumed: bool) -> None:
         ml, dense = self.ml, 4 * self.numel
+        if self.adaptive:
+            self.log.info("PS on %s (%s): %s, %d parameters (dense %.2f MB); protocol %s, window %d, compression "
+                          "adaptive per worker (comm_budget %g, min_ratio %g), local steps %d; %s at version %d",
+                          address, ml.data_plane_auth, ml.model.arch, self.numel, dense / 1e6, ml.staleness.protocol,
+                          self.window_size, ml.compression.comm_budget, ml.compression.min_ratio, ml.local.steps,
+                          "resumed" if resumed else "starting", self.version)
+            return
         up = nbytes(encode(torch.ones(self.numel), self.codec, self.ratio))
         self.log.info("PS on %s (%s): %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, codec %s "
                       "(%.1f KB per update, %.2f %% of dense, up%s), local steps %d; %s at version %d",
@@ -457,7 +479,9 @@ class ParameterServer:
         if msg.name in self.by_name:
             self.retire(self.sessions[self.by_name[msg.name]], "said HELLO again")
         session = secrets.randbits(63) | 1
-        self.sessions[session] = Session(session, msg.name, msg.index, peer)
+        # adaptive: dense parameters until the worker asks for something else in its first PUSH
+        down = ("none", 1.0) if self.adaptive else (self.down_codec, self.ratio)
+        self.sessions[session] = Session(session, msg.name, msg.index, peer, down_codec=down[0], down_ratio=down[1])
         self.by_name[msg.name] = session
         if self.t0 is None:
             self.start_clock(now)
@@ -533,9 +557,9 @@ class ParameterServer:
         """(payload, is a delta) that bring this worker to the current version; records what was sent."""
         payload, delta = None, False
         diverged = self.ended is not None and not all_finite(self.params)  # checked only once the run is over
-        if self.down_codec != "none" and sess.replica is not None and not diverged:
+        if sess.down_codec != "none" and sess.replica is not None and not diverged:
             try:
-                payload = encode(self.params - sess.replica, self.down_codec, self.ratio)
+                payload = encode(self.params - sess.replica, sess.down_codec, sess.down_ratio)
                 wire.apply_parameters(sess.replica, payload, delta=True)
                 delta = True
             except ValueError as exc:  # fp16 overflow of a large delta: dense instead
@@ -546,7 +570,7 @@ class ParameterServer:
             # finite (NaN -> 0, Inf -> the float32 limit); a worker told STOP does not train on them.
             values = torch.nan_to_num(self.params) if diverged else self.params  # live: copied as sent (`send`)
             payload = Encoded("none", self.numel, {"values": values})
-            if self.down_codec != "none":
+            if self.keeps_replicas:
                 sess.replica = values.clone()
         sess.sent_version, sess.sent_at = self.version, now
         if self.ended is None:
@@ -559,19 +583,29 @@ class ParameterServer:
         payload, delta = self.parameters_for(sess, now)
         return wire.Params(self.version, payload, delta, stop=self.ended is not None)
 
-    def ack(self, sess: Session, accepted: bool, s: int, now: float) -> wire.Ack:
+    def ack(self, sess: Session, accepted: bool, s: int, now: float, received: float | None = None) -> wire.Ack:
+        """`received`: when the PUSH this answers arrived (default `now`): the ACK says how long the PS held it."""
         payload, delta = self.parameters_for(sess, now)
-        return wire.Ack(self.version, accepted, s, payload, delta, stop=self.ended is not None)
+        held = max(0.0, time.monotonic() - (now if received is None else received))
+        return wire.Ack(self.version, accepted, s, payload, delta, stop=self.ended is not None, held_s=held)
 
     # ---- updates in -------------------------------------------------------------------------------------
 
     def push(self, sess: Session, msg: wire.Push, now: float) -> wire.Ack | None:
-        if msg.update.codec != self.codec:
+        if not self.adaptive and msg.update.codec != self.codec:
             raise wire.WireError("wrong_codec", f"update in codec {msg.update.codec}; this run uses {self.codec}")
+        min_ratio = self.ml.compression.min_ratio
+        if self.adaptive and msg.down_codec == "topk" and msg.down_ratio < min_ratio:
+            raise wire.WireError("wrong_codec", f"downlink top-k ratio {msg.down_ratio:g} asked for, below "
+                                                f"compression.min_ratio {min_ratio:g}")
         try:
             s = staleness(self.version, msg.base_version)
         except ValueError as exc:
             raise wire.WireError("bad_version", str(exc)) from None
+        if self.adaptive:  # a valid request: this and later answers carry the parameters as the worker asked
+            sess.down_codec, sess.down_ratio = msg.down_codec, msg.down_ratio
+            if self.decisions is not None:
+                self.decisions.record(self.run_time(now), sess.name, msg)
         self.counters.staleness[s] += 1
         if self.ended is not None:
             return self.ack(sess, False, s, now)
@@ -581,7 +615,7 @@ class ParameterServer:
             if s != 0 or sess.id in self.barrier.arrived:  # late, or a second update for this round
                 reason = "stale" if s else "second_in_round"
                 return self.reject(sess, s, now, reason, f"staleness {s}, round of version {self.version}")
-            row = self.row(sess, s, msg)
+            row = self.row(sess, s, msg, now)
             if row is None:
                 return self.ack(sess, False, s, now)
             self.barrier.arrive(sess.id, row, now)
@@ -600,7 +634,7 @@ class ParameterServer:
                                    estimate.dev_s if estimate else 0, self.rate.rate())
         if not accept(s, bound):
             return self.reject(sess, s, now, "stale", f"staleness {s} > bound {bound}")
-        row = self.row(sess, s, msg)
+        row = self.row(sess, s, msg, now)
         if row is None:
             return self.ack(sess, False, s, now)
         self.count_accepted(sess, s, bound)
@@ -609,15 +643,15 @@ class ParameterServer:
             self.step(full, now)
         return self.ack(sess, True, s, now)
 
-    def row(self, sess: Session, s: int, msg: wire.Push) -> Row | None:
+    def row(self, sess: Session, s: int, msg: wire.Push, now: float) -> Row | None:
         """The update decoded (codec none: the received frame itself, no copy), or None when its norm is above
         the bound (refused and counted)."""
-        update = msg.update.arrays["values"] if self.codec == "none" else decode(msg.update)
+        update = msg.update.arrays["values"] if msg.update.codec == "none" else decode(msg.update)
         norm = update_norm(update)
         if norm > self.max_norm:
             self.count_refused(sess, "norm", f"L2 norm {norm:.4g} > ml.max_update_norm {self.max_norm:.4g}")
             return None
-        return Row(sess.id, s, update, msg.train_loss)
+        return Row(sess.id, s, update, msg.train_loss, now)
 
     def count_accepted(self, sess: Session, s: int, bound: int | None) -> None:
         self.counters.accepted += 1
@@ -645,10 +679,10 @@ class ParameterServer:
         names = sorted(self.sessions[s].name for s in stragglers if s in self.sessions)
         self.throttle.info("round", "round of version %d closed %.2f s after its first update: %d updates%s",
                            self.version - 1, took, len(pairs), f"; stragglers dropped: {', '.join(names)}" if names else "")
-        for session, _ in pairs:
+        for session, row in pairs:
             sess = self.sessions.get(session)
             if sess is not None:
-                self.send(sess.peer, self.ack(sess, True, 0, now))
+                self.send(sess.peer, self.ack(sess, True, 0, now, row.received))
 
     def step(self, rows: list[Row], now: float) -> None:
         value = combine([r.update for r in rows], [r.staleness for r in rows], self.ml, self.noise)
@@ -745,10 +779,10 @@ class ParameterServer:
             return
         self.ended = reason
         self.log.info("run over: %s", reason)
-        for session, _ in self.barrier.arrived.items():  # sync: workers waiting on an open round
+        for session, row in self.barrier.arrived.items():  # sync: workers waiting on an open round
             sess = self.sessions.get(session)
             if sess is not None:
-                self.send(sess.peer, self.ack(sess, False, 0, now))
+                self.send(sess.peer, self.ack(sess, False, 0, now, row.received))
         self.barrier.open(self.version)
         if self.curve is not None:
             self.curve.version(self.curve_row(now), "final")
@@ -780,6 +814,9 @@ class ParameterServer:
             self.curve.staleness(dict(self.counters.staleness))
             self.curve.close()
             self.curve = None
+        if self.decisions is not None:
+            self.decisions.close()
+            self.decisions = None
 
     def log_totals(self) -> None:
         c = self.counters

@@ -12,6 +12,15 @@ PULL the parameters, then one round after another:
     ACK: accepted or refused, staleness, and the new parameters (dense, or a delta the worker adds to its own,
     see ps/server.py), which the next round starts from.
 
+Compression (`ml.compression`): `policy: fixed` sends every update in the run's codec and ratio and takes the
+run's downlink. `policy: adaptive` (ml/adaptive.py) picks codec and ratio before each upload with
+`ml.adaptive.choose` from this worker's own measurements (`LinkMeter`): the RTT of a PING after HELLO and
+every PING_EVERY rounds, the link rate of each exchange (the join's dense PULL first, then every PUSH and
+its ACK: the bytes both ways at the socket over the time from send to reply, minus the ACK's `held_s` and
+the RTT) and the round's compute time. The PUSH asks the PS for the same codec and ratio on the downlink (one
+measured rate for both directions) and carries the measurements, which the PS logs to codec_decisions.csv.
+Error feedback keeps one float32 residual across codec switches.
+
 A refused update is dropped (its compressed part is lost with it; the error-feedback residual keeps only
 what compression left out) and the ACK's fresh parameters resync the worker. ERROR `unknown_session` (the PS
 restarted) or any other ERROR: HELLO again and take dense parameters. The PS gone (its connection closed,
@@ -54,12 +63,13 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import wire
 from ..config import RunConfig
 from ..dataplane import Credential, setup_client
+from ..ml.adaptive import LinkMeter, choose
 from ..ml.codecs import ErrorFeedback, encode
 from ..ml.data import BatchSampler, load_corpus, shard, split
 from ..ml.divergence import divergence, max_update_norm
 from ..ml.model import build_model, count_parameters
 from ..ml.train import LocalSteps, fair_share, flat_parameters, gradient, load_flat, set_threads
-from ..ps.report import LogThrottle
+from ..ps.report import LogThrottle, fmt
 from ..schema import validate
 from .attacks import ATTACKS
 from .client import Conflict
@@ -71,6 +81,7 @@ RETRY_S = 5.0  # after a WELCOME for another model or config
 SLICE_STEPS = 5  # local steps between updates of the compute-time counter
 POLL_S = 0.5  # how often a wait for the PS looks at agent.stopping
 REFUSED_WAIT_S = 1.0  # after a handshake the PS refused: the key may be admitted a moment later
+PING_EVERY = 10  # compression.policy adaptive: rounds between RTT measurements (PING -> PONG)
 
 
 class PsGone(Exception):
@@ -168,7 +179,10 @@ class ShardTrainer:
         self.batches = BatchSampler(text, ml.data.batch_size, ml.data.seq_len, seed=self.config.seed * 1009 + task["shard"])
         self.local = LocalSteps(self.model, ml.local.inner_lr) if ml.local.steps > 1 else None
         codec = ml.compression
-        self.feedback = ErrorFeedback(codec.codec, codec.ratio) if codec.error_feedback and codec.codec != "none" else None
+        self.adaptive = codec.policy == "adaptive"
+        self.meter = LinkMeter()  # adaptive: this worker's link, measured from its own exchanges with the PS
+        self.rounds = 0
+        self.feedback = ErrorFeedback() if codec.error_feedback and (self.adaptive or codec.codec != "none") else None
         self.attack = ATTACKS.get(ml.attack.kind) if agent.index in ml.attack.workers else None
         self.honest: deque[torch.Tensor] = deque(maxlen=ATTACK_SAMPLES)
         self.attack_noise = torch.Generator().manual_seed(self.config.seed + 7919 * (agent.index + 1))
@@ -184,7 +198,7 @@ class ShardTrainer:
         self.last = {"tokens_per_sec": None, "step_time_s": None, "staleness": None}
         self.told = 0.0
         self.log.info("shard %d of %d: %d bytes of text; model %d parameters; codec %s; local steps %d; speed %g%s",
-                      task["shard"], task["num_shards"], len(text), self.numel, codec.codec, ml.local.steps,
+                      task["shard"], task["num_shards"], len(text), self.numel, codec.label, ml.local.steps,
                       agent.speed, f"; Byzantine ({ml.attack.kind})" if self.attack else "")
 
     def run(self) -> None:
@@ -235,7 +249,23 @@ class ShardTrainer:
         self.log.info("joined the PS: session %016x", welcome.session)
         if welcome.stop:
             return True
-        return self.take(self.link.request(wire.Pull(self.session)))
+        if self.adaptive:  # the connection is up now (HELLO's time included its handshakes): a clean round trip
+            self.ping()
+        params, moved, seconds = self.exchange(wire.Pull(self.session))
+        self.meter.transfer(moved, seconds)  # dense parameters down: the first rate measurement
+        return self.take(params)
+
+    def ping(self) -> None:
+        """PING -> PONG carry no arrays: an RTT sample."""
+        pong, _, seconds = self.exchange(wire.Ping())
+        if isinstance(pong, wire.Pong):
+            self.meter.rtt(seconds)
+
+    def exchange(self, msg: wire.Message) -> tuple[wire.Message, int, float]:
+        """A request and its reply, with the bytes both moved (up + down, at the socket) and the seconds it took."""
+        before, started = self.link.bytes_up + self.link.bytes_down, time.perf_counter()
+        reply = self.link.request(msg)
+        return reply, self.link.bytes_up + self.link.bytes_down - before, time.perf_counter() - started
 
     def connect(self) -> bool:
         """A new socket to the PS with its current key; False (after a wait) while the PS has announced none."""
@@ -265,15 +295,38 @@ class ShardTrainer:
         problem = divergence(loss, update, self.max_norm)
         if problem is not None:
             return self.training_failed(f"diverged at version {self.version}: {problem}")
+        codec, ratio = self.choose(compute)
         try:
-            encoded = self.encode(update)
+            encoded = self.encode(update, codec, ratio)
         except ValueError as exc:  # fp16 overflow, or an attack's output not finite
             return self.training_failed(f"cannot send its update of version {self.version}: {exc}")
+        c = self.ml.compression
+        down = (codec, ratio) if self.adaptive else (c.codec if c.downlink == "same" else "none", c.ratio)
         push = wire.Push(self.session, self.version, encoded, loss, compute,
-                         self.ml.data.batch_size * self.ml.local.steps)
-        stop = self.take(self.link.request(push))
+                         self.ml.data.batch_size * self.ml.local.steps, *down,
+                         self.meter.mbit or 0.0, 1000 * (self.meter.rtt_s or 0.0))
+        reply, moved, seconds = self.exchange(push)
+        if isinstance(reply, wire.Ack):
+            self.meter.transfer(moved, seconds, reply.held_s)
+        stop = self.take(reply)
         self.last["step_time_s"] = time.perf_counter() - started
         return stop
+
+    def choose(self, compute_s: float) -> tuple[str, float]:
+        """The codec and ratio of this round's upload: the configured ones, or (adaptive) `ml.adaptive.choose` on
+        this worker's measurements, a PING first every PING_EVERY rounds to keep the RTT current. The meter has
+        one rate for both directions, so the worker asks the PS for the same choice on its downlink."""
+        c = self.ml.compression
+        if not self.adaptive:
+            return c.codec, c.ratio
+        self.rounds += 1
+        if self.rounds % PING_EVERY == 0:
+            self.ping()
+        choice = choose(self.meter.mbit, compute_s, self.numel, c.comm_budget, c.min_ratio)
+        self.throttle.info(f"codec:{choice.codec}", "codec %s ratio %.4g up and down (link %s Mbit/s, RTT %s ms, "
+                           "compute %.3f s)", choice.codec, choice.ratio, fmt(self.meter.mbit),
+                           fmt(None if self.meter.rtt_s is None else 1000 * self.meter.rtt_s), compute_s)
+        return choice.codec, choice.ratio
 
     def training_failed(self, what: str) -> bool:
         """Tell the PS this worker's training cannot go on (module docstring); True when it answers STOP."""
@@ -290,16 +343,15 @@ class ShardTrainer:
         self.agent.compute_s = self.compute_s
         return result
 
-    def encode(self, update: torch.Tensor):
+    def encode(self, update: torch.Tensor, codec: str, ratio: float):
         if self.attack is not None:
             self.honest.append(update)
             if len(self.honest) >= MIN_SAMPLES.get(self.ml.attack.kind, 1):  # ALIE's first update goes out honest
                 samples = torch.stack(list(self.honest))
                 update = self.attack(update, samples, self.ml.attack.scale, self.attack_noise)
         if self.feedback is not None:
-            return self.feedback.compress(update)
-        codec = self.ml.compression
-        return encode(update, codec.codec, codec.ratio)
+            return self.feedback.compress(update, codec, ratio)
+        return encode(update, codec, ratio)
 
     def take(self, reply: wire.Message) -> bool:
         """Apply the parameters of a PARAMS or ACK; an ERROR drops the session (HELLO again). True on STOP."""
