@@ -64,7 +64,10 @@ def test_quick_matrix_runs_each_cell_resumes_and_reports(workspace):
     by_profile = {r["profile"]: r for r in rows}
     assert sorted(by_profile) == ["high_rtt", "lan"] and len(rows) == 2
     for row in rows:
-        assert (row["status"], row["repeat"]) == (OK_STATUS, "1"), row
+        # The runner is under test here, not the emulator's timing: a row the sidecar marked `degraded` because its
+        # delayer ran late on a loaded machine is a right row (test_netem_e2e judges the emulation itself).
+        late = row["status"] == "degraded" and "emulation out of tolerance" in row["reason"]
+        assert (row["status"] == OK_STATUS or late) and row["repeat"] == "1", row
         assert int(row["num_completed_tasks"]) > 0 and row["num_pending_tasks"] == "0", row
         assert (runs / row["run_id"] / "run.json").is_file()
     # The preset puts 100 ms between any two containers; the sidecar's probe measured it.
