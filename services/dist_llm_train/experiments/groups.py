@@ -89,16 +89,22 @@ def run_file(runs_dir: Path, row: dict[str, str], name: str) -> Path | None:
     return runs_dir / run_id / name if is_folder_name(run_id) else None
 
 
+def run_json(runs_dir: Path, row: dict[str, str]) -> dict:
+    """The run's run.json as a dict; {} when it is missing, unreadable or not an object."""
+    path = run_file(runs_dir, row, "run.json")
+    try:
+        data = json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def variant(runs_dir: Path, row: dict[str, str]) -> str:
     """Digest of the run's resolved config (its run.json) without the seed: runs that differ only
     by seed are repeats of one variant; any other difference (a swept field the row has no column
     for) makes another variant. Without run.json, the row's config_hash (seed included)."""
-    path = run_file(runs_dir, row, "run.json")
-    try:
-        config = json.loads(path.read_text())["config"] if path else None
-    except (OSError, ValueError, KeyError, TypeError):
-        config = None
-    if config is None:
+    config = run_json(runs_dir, row).get("config")
+    if not isinstance(config, dict):
         return row.get("config_hash", "")
     blob = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]

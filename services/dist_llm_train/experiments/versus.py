@@ -4,7 +4,6 @@ table and plot, drawn only when some ML row was trained by hivemind."""
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Callable
 from matplotlib.lines import Line2D
 
 from . import webpage
-from .groups import number, run_file
+from .groups import number, run_file, run_json
 from .plots import Plot, plt, read_curve, save
 from .runner import OK_STATUS
 from .tables import DASH, fmt, markdown_table
@@ -22,14 +21,6 @@ from .tables import DASH, fmt, markdown_table
 VERSUS_HEADERS = ("profile", "recipe", "runs (finished/all)", "time to target s", "up B/token", "down B/token",
                   "compute utilization", "final val loss")
 BEST_HEADERS = ("profile", "our best recipe", "its time s", "hivemind's best recipe", "its time s", "ours / hivemind's")
-
-
-def run_json(runs_dir: Path, row: dict[str, str]) -> dict:
-    path = run_file(runs_dir, row, "run.json")
-    try:
-        return json.loads(path.read_text()) if path else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def recipe_label(run: dict, row: dict[str, str]) -> str:
