@@ -11,12 +11,8 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .groups import Group, run_file  # noqa: E402
+from .groups import Group, run_file
+from .plots import LEGEND_OUTSIDE, plt, save
 
 FILE = "codec_decisions.png"
 
@@ -69,8 +65,5 @@ def plot_codec_decisions(runs: list[tuple[str, Path]], out_dir: Path) -> str | N
         link.set_ylabel("Mbit/s")
         for ax in (sent, link):
             ax.set_xlabel("run time (s)")
-        link.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(out_dir / FILE, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return FILE
+        link.legend(**LEGEND_OUTSIDE)
+    return save(fig, out_dir, FILE)
