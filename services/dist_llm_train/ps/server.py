@@ -88,7 +88,7 @@ from torch import Tensor
 from .. import wire
 from ..config import RunConfig
 from ..dataplane import HEALTH_NAME, Credential, KeyRegistry, setup_server
-from ..ml.codecs import Encoded, all_finite, decode, encode, nbytes
+from ..ml.codecs import Encoded, all_finite, decode, encode, payload_bytes
 from ..ml.data import load_corpus, split, validation_batches
 from ..ml.divergence import max_update_norm, update_norm
 from ..ml.model import build_model, count_parameters
@@ -280,20 +280,17 @@ class ParameterServer:
     def log_start(self, address: str, resumed: bool) -> None:
         ml, dense = self.ml, 4 * self.numel
         if self.adaptive:
-            self.log.info("PS on %s (%s): %s, %d parameters (dense %.2f MB); protocol %s, window %d, compression "
-                          "adaptive per worker (comm_budget %g, min_ratio %g), local steps %d; %s at version %d",
-                          address, ml.data_plane_auth, ml.model.arch, self.numel, dense / 1e6, ml.staleness.protocol,
-                          self.window_size, ml.compression.comm_budget, ml.compression.min_ratio, ml.local.steps,
-                          "resumed" if resumed else "starting", self.version)
-            return
-        up = nbytes(encode(torch.ones(self.numel), self.codec, self.ratio))
-        self.log.info("PS on %s (%s): %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, codec %s "
-                      "(%.1f KB per update, %.2f %% of dense, up%s), local steps %d; %s at version %d",
-                      address, ml.data_plane_auth, ml.model.arch, "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim,
-                                                                         ml.model.layers)),
-                      self.numel, dense / 1e6, ml.staleness.protocol, self.window_size, self.codec, up / 1e3,
-                      100 * up / dense, " and down" if self.down_codec == self.codec else "; dense down",
-                      ml.local.steps, "resumed" if resumed else "starting", self.version)
+            compression = (f"compression adaptive per worker (comm_budget {ml.compression.comm_budget:g}, min_ratio "
+                           f"{ml.compression.min_ratio:g})")
+        else:
+            up = payload_bytes(self.codec, self.numel, self.ratio)
+            compression = (f"codec {self.codec} ({up / 1e3:.1f} KB per update, {100 * up / dense:.2f} % of dense, up"
+                           f"{' and down' if self.down_codec == self.codec else '; dense down'})")
+        shape = "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim, ml.model.layers))
+        self.log.info("PS on %s (%s): %s %s, %d parameters (dense %.2f MB); protocol %s, window %d, %s, local steps "
+                      "%d; %s at version %d", address, ml.data_plane_auth, ml.model.arch, shape, self.numel,
+                      dense / 1e6, ml.staleness.protocol, self.window_size, compression, ml.local.steps,
+                      "resumed" if resumed else "starting", self.version)
 
     def resume(self) -> bool:
         if self.checkpoint_dir is None:
