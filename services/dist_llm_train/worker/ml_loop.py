@@ -88,6 +88,10 @@ class PsGone(Exception):
     """The PS closed the connection or did not answer in time."""
 
 
+class PsRefused(PsGone):
+    """The PS refused the handshake: this worker's key is not admitted (yet, or any more), or it is not this PS."""
+
+
 class PsLink:
     """The worker's DEALER to the PS: one request, one reply, with a deadline; bytes counted across sockets."""
 
@@ -132,7 +136,7 @@ class PsLink:
             if self.monitor in ready:
                 if recv_monitor_message(self.monitor)["event"] == zmq.EVENT_DISCONNECTED:
                     raise PsGone(f"the PS at {self.address} closed the connection")
-                raise PsGone(f"the PS at {self.address} refused the handshake (key not admitted, or not this PS's)")
+                raise PsRefused(f"the PS at {self.address} refused the handshake (key not admitted, or not this PS's)")
         raise PsGone(f"no answer from the PS at {self.address} within {self.reply_timeout_s:g} s")
 
     def tell(self, msg: wire.Message) -> None:
@@ -212,7 +216,7 @@ class ShardTrainer:
                         break
                     self.log.warning("%s: reconnecting", exc)
                     self.session = None
-                    if "refused the handshake" in str(exc):
+                    if isinstance(exc, PsRefused):
                         self.agent.stopping.wait(REFUSED_WAIT_S)
                     self.link.server_key = None  # asked again: a PS whose checkpoints were removed has a new one
                     self.link.close_socket()
