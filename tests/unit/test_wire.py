@@ -3,7 +3,6 @@ refused with its code (truncated, oversize, wrong magic / version / type, descri
 length, NaN / Inf, bad text and flags), on real ZeroMQ sockets for the byte counts."""
 
 import struct
-import time
 
 import pytest
 import torch
@@ -272,24 +271,18 @@ def test_the_health_checks_torch_free_ping_and_pong_match_the_wire():
 
 
 @pytest.mark.parametrize("linger_ms, delivered", [(2000, True), (0, False)])
-def test_a_counting_socket_closed_with_a_linger_still_delivers_what_is_queued(linger_ms, delivered):
+def test_a_counting_socket_closed_with_a_linger_still_delivers_what_is_queued(linger_ms, delivered, tmp_path):
     # The PS's last STOP reply is queued when it leaves: closed with a linger of 2 s the message still goes out;
     # with 0 (as the PS once closed) it was dropped. Nothing listens yet when the message is queued, so nothing
-    # but the linger can deliver it.
+    # but the linger can deliver it. An ipc endpoint: no port to race for, no TCP self-connect.
+    endpoint = f"ipc://{tmp_path}/linger"
     sender_ctx, receiver_ctx = zmq.Context(), zmq.Context()
-    receiver = receiver_ctx.socket(zmq.PULL)
-    port = receiver.bind_to_random_port("tcp://127.0.0.1")
-    receiver.unbind(receiver.getsockopt(zmq.LAST_ENDPOINT))
     sender = wire.CountingSocket(sender_ctx.socket(zmq.PUSH))
-    sender.sock.connect(f"tcp://127.0.0.1:{port}")
+    sender.sock.connect(endpoint)
     sender.send([b"stop"])
     sender.close(linger_ms)
-    for _ in range(50):  # unbind completes in ZeroMQ's I/O thread
-        try:
-            receiver.bind(f"tcp://127.0.0.1:{port}")
-            break
-        except zmq.ZMQError:
-            time.sleep(0.02)
+    receiver = receiver_ctx.socket(zmq.PULL)
+    receiver.bind(endpoint)
     sender_ctx.term()  # returns once the queue is delivered or dropped
     try:
         assert bool(receiver.poll(1000)) == delivered
