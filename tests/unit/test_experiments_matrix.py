@@ -181,7 +181,7 @@ def test_an_invalid_preset_is_refused_before_any_run(root):
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name, count", [("quick", 2), ("matrix", 99), ("full", 235), ("bench_ps", 8), ("adaptive", 36)])
+@pytest.mark.parametrize("name, count", [("quick", 2), ("matrix", 99), ("full", 235), ("bench_ps", 8), ("adaptive", 42)])
 def test_shipped_matrices_expand_to_the_cells_their_header_states(name, count):
     path = REPO / "experiments" / f"{name}.yaml"
     assert len(expand(load_matrix(path), str(path), REPO, REPO / "netem")) == count
