@@ -1,7 +1,8 @@
 """`dist-llm-train report`: the results-at-a-glance table and plots, from the rows under runs/.
 
 The pieces: groups.py (rows into groups of repeats, comparisons), tables.py, plots.py (the PNGs),
-versus.py (builtin against hivemind), webpage.py (index.html); this module puts them together.
+versus.py (builtin against hivemind), targets.py (adaptive compression and the local-step anchor against their
+bars, as verdicts), webpage.py (index.html); this module puts them together.
 
 Reads runs/runs_basic.csv, runs/runs_ml.csv and each ML run's curve.csv and staleness.csv; writes
 runs/report/results.md, one PNG per plot (for papers), and the page: index.html with interactive
@@ -26,7 +27,7 @@ import argparse
 import csv
 import html
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from .groups import MODES, Group, comparisons, group_rows, read_mode_rows, run_f
 from .plots import (CurvePoint, Plot, plot_bytes_by_codec, plot_completion_acceptance, plot_duration,
                     plot_staleness, plot_to_target, plot_utilization, plot_val_loss, staleness_counts, val_curves)
 from .runner import OK_STATUS, read_done
+from .targets import ADAPTIVE_HEADERS, ANCHOR_HEADERS, adaptive_targets, anchors
 from .tables import (COMPARISON_HEADERS, FAILED_HEADERS, GLANCE_HEADERS, WORK_HEADERS, comparison_row, failed_rows,
                      glance_row, markdown_table, work_row)
 from .versus import Versus, build_versus
@@ -64,6 +66,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(f"report: {out_dir / 'results.md'}, {out_dir / 'index.html'}, {len(report.plots)} plots"
           + (f"; README section replaced in {args.readme}" if args.readme else ""))
+    for title, _, headers, rows in report.target_sections():
+        ratio = next(i for i, h in enumerate(headers) if h.startswith("ratio"))
+        for row in rows:  # the verdicts, printed where the user looks first
+            print(f"  {title.split(': ', 1)[-1]}: {row[0]}: {headers[ratio]} {row[ratio]}: {row[-1]}")
     for note in report.notes:
         print(f"  note: {note}")
     return 0
@@ -82,6 +88,14 @@ COMPARED_INTRO = ("Each variant against its baseline in the same profile (async,
                   "target; \"clear difference\" when p < 0.05, else \"not separable\" (with n = 3 repeats only a "
                   "difference large against the run-to-run spread is clear).")
 
+ADAPTIVE_INTRO = ("compression.policy adaptive against the better of fixed dense and fixed top-k (the one with the "
+                  "smaller mean time to target) in each profile: the target is at most 0.8x its time to target, with a "
+                  "final validation loss at most 5 % above fixed dense's (experiments/targets.py).")
+ANCHOR_INTRO = ("Local steps (DiLoCo-like) against sync dense in the same profile: bytes per token = (bytes up + down) / "
+                "tokens trained, per run; the bar is a ratio of at least 200x with a final loss within 5 % of sync "
+                "dense's. Bytes to the target beside it: local steps spend more tokens per unit of loss.")
+
+
 @dataclass
 class Report:
     command: str
@@ -95,6 +109,15 @@ class Report:
     counts: dict[str, int]
     charts: dict  # the interactive charts' data (chart_data), embedded in index.html
     versus: Versus | None = None
+    adaptive: list[list[str]] = field(default_factory=list)
+    anchor: list[list[str]] = field(default_factory=list)
+
+    def target_sections(self) -> list[tuple[str, str, tuple[str, ...], list[list[str]]]]:
+        """(title, intro, headers, rows) of each targets table that has rows."""
+        return [(title, intro, headers, rows) for title, intro, headers, rows in (
+            ("ML: adaptive compression against fixed", ADAPTIVE_INTRO, ADAPTIVE_HEADERS, self.adaptive),
+            ("ML: local steps against sync dense (communication anchor)", ANCHOR_INTRO, ANCHOR_HEADERS, self.anchor))
+            if rows]
 
     def commands_block(self) -> str:
         lines = [*self.producers, self.command]
@@ -106,6 +129,8 @@ class Report:
                 + markdown_table(GLANCE_HEADERS, self.glance))
         if self.compared:
             text += f"\n\n{COMPARED_INTRO}\n\n" + markdown_table(COMPARISON_HEADERS, self.compared)
+        for title, intro, headers, rows in self.target_sections():
+            text += f"\n\n### {title}\n\n{intro}\n\n" + markdown_table(headers, rows)
         if self.versus:
             text += "\n\n" + self.versus.markdown().replace("## ", "### ", 1)
         return text
@@ -175,7 +200,8 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
                     [work_row(g) for g in groups if g.mode == "ml" and g.ok],
                     [comparison_row(c) for c in comparisons(groups)], failed_rows(groups), plots,
                     missing_notes(rows_by_mode, groups, runs_dir, plots), {m: len(rows_by_mode[m]) for m in MODES},
-                    chart_data(curves, staleness), versus)
+                    chart_data(curves, staleness), versus,
+                    [t.row() for t in adaptive_targets(groups, runs_dir)], [a.row() for a in anchors(groups, runs_dir)])
     atomic_write(out_dir / "results.md", render_markdown(report).encode())
     webpage.write(out_dir, render_html(report, out_dir), ["results.md", *(p.file for p in plots)])
     return report
@@ -192,6 +218,8 @@ def render_markdown(report: Report) -> str:
     if report.compared:
         parts.append(f"## ML: comparisons with the baseline\n\n{COMPARED_INTRO}\n\n"
                      + markdown_table(COMPARISON_HEADERS, report.compared))
+    for title, intro, headers, rows in report.target_sections():
+        parts.append(f"## {title}\n\n{intro}\n\n" + markdown_table(headers, rows))
     if report.versus is not None:
         parts.append(report.versus.markdown())
     if report.failed:
@@ -236,6 +264,10 @@ def render_html(report: Report, out_dir: Path) -> str:
                                         f"<p>{html.escape(COMPARED_INTRO)}</p>"
                                         + webpage.table(COMPARISON_HEADERS, report.compared,
                                                         "Each variant against its baseline", text_columns=4)))
+    for title, intro, headers, rows in report.target_sections():
+        anchor = "targets-" + title.split(":")[-1].split()[0].lower()
+        sections.append(webpage.section(anchor, title, f"<p>{html.escape(intro)}</p>"
+                                        + webpage.table(headers, rows, title, text_columns=len(headers))))
     if report.versus is not None:
         sections.append(report.versus.html())
     if report.failed:

@@ -1,0 +1,93 @@
+"""The report's targets (experiments/targets.py): adaptive compression against the better fixed setting, and
+the local-step anchor, from fixture rows through build_report and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from dist_llm_train.cli import main as cli_main
+from dist_llm_train.experiments.groups import group_rows, read_mode_rows
+from dist_llm_train.experiments.report import build_report
+from dist_llm_train.experiments.targets import adaptive_targets, anchors
+from dist_llm_train.results import write_run
+from test_report import ml_row
+
+
+def config(steps: int) -> dict:
+    return {"config": {"ml": {"local": {"steps": steps}}}}
+
+
+def add(runs, profile, codec, times, loss, protocol="async", steps=1, **extra):
+    for seed, ttt in enumerate(times):
+        run_id = f"{profile}-{protocol}-{codec}-{steps}-{seed}"
+        write_run(runs, run_id, ml_row(run_id, profile, protocol, codec, ttt=ttt, seed=seed, final_val_loss=loss,
+                                       **extra), config(steps))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    runs = tmp_path / "runs"
+    # federation: top-k is the better fixed setting (41 s); adaptive takes 30 s = 0.73x at +2.3 % loss: meets
+    add(runs, "federation", "none", [50.0, 52.0, 54.0], 2.20)
+    add(runs, "federation", "topk", [40.0, 41.0, 42.0], 2.30)
+    add(runs, "federation", "adaptive", [28.0, 30.0, 32.0], 2.25)
+    # straggler: top-k never reached the target, dense did at 52 s; adaptive 46 s = 0.88x: misses on time
+    add(runs, "straggler", "none", [50.0, 52.0, 54.0], 2.20)
+    add(runs, "straggler", "topk", [None, None, None], 2.60)
+    add(runs, "straggler", "adaptive", [45.0, 46.0, 47.0], 2.21)
+    # varying: adaptive never reached it and ended 10 % worse than dense
+    add(runs, "varying", "none", [70.0, 72.0, 74.0], 2.20)
+    add(runs, "varying", "adaptive", [None, None, None], 2.42)
+    # the anchor under lan: 390 against 2.25 bytes per token = 173x at +1.4 % loss; the bar is 200x
+    add(runs, "lan", "none", [11.0, 12.0, 13.0], 2.21, protocol="sync", bytes_up=195e6, bytes_down=195e6)
+    add(runs, "lan", "int8", [None, None, None], 2.24, protocol="sync", steps=50, bytes_up=1.0e6, bytes_down=1.25e6)
+    return runs
+
+
+def test_adaptive_is_measured_against_the_better_fixed_setting_and_dense_loss(runs):
+    found = {t.profile: t for t in adaptive_targets(group_rows(read_mode_rows(runs), runs), runs)}
+
+    assert sorted(found) == ["federation", "straggler", "varying"]
+    assert found["federation"].better.setting("codec") == "topk"
+    assert found["federation"].ratio == pytest.approx(30 / 41)
+    assert found["federation"].verdict() == "meets"
+    assert found["straggler"].better.setting("codec") == "none"
+    assert found["straggler"].verdict() == "misses: time 0.88x > 0.8x"
+    assert found["varying"].verdict() == "misses: adaptive reached the target in 0 of 3 runs; final loss +10.0% > +5%"
+    row = found["federation"].row()
+    assert row[2:5] == ["topk", "41.0 ± 2.5 (3/3)", "0.73"] and row[6:8] == ["2.250 / 2.200", "+2.3%"]
+    assert row[5].startswith("clear difference (Welch's t")
+
+
+def test_the_anchor_compares_bytes_per_token_with_sync_dense_of_one_local_step(runs):
+    (anchor,) = anchors(group_rows(read_mode_rows(runs), runs), runs)
+
+    assert (anchor.profile, anchor.steps, anchor.dense.setting("codec")) == ("lan", 50, "none")
+    assert anchor.ratio == pytest.approx(390 / 2.25)
+    assert anchor.verdict() == "misses: 173x < 200x"
+    assert anchor.row()[3:8] == ["2.25 (n=3)", "390.00 (n=3)", "173x", "– (0/3) / 1.2 (3/3)", "2.240 / 2.210 (+1.4%)"]
+
+
+def test_a_local_step_group_without_a_dense_sibling_and_adaptive_without_dense_are_left_out(tmp_path):
+    runs = tmp_path / "runs"
+    add(runs, "lan", "int8", [None], 2.24, protocol="sync", steps=50)
+    add(runs, "lan", "none", [10.0], 2.2, protocol="sync", steps=10)  # local steps too: not the reference
+    add(runs, "federation", "adaptive", [30.0], 2.25)
+    add(runs, "federation", "topk", [40.0], 2.30)
+    groups = group_rows(read_mode_rows(runs), runs)
+
+    assert [a.steps for a in anchors(groups, runs)] == []
+    assert adaptive_targets(groups, runs) == []
+
+
+def test_the_report_writes_the_tables_and_the_command_prints_each_verdict(runs, capsys):
+    report = build_report(runs, runs / "report", "cmd")
+    text = (runs / "report" / "results.md").read_text()
+    page = (runs / "report" / "index.html").read_text()
+
+    assert "## ML: adaptive compression against fixed" in text and "## ML: local steps against sync dense" in text
+    assert "misses: 173x &lt; 200x" in page and "### ML: adaptive compression against fixed" in report.readme_section()
+    assert cli_main(["report", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "adaptive compression against fixed: federation: ratio (bar <= 0.8) 0.73: meets" in out
+    assert "local steps against sync dense (communication anchor): lan: ratio (bar >= 200x) 173x: misses: 173x < 200x" in out
