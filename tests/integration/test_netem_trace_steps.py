@@ -90,3 +90,17 @@ def test_a_bulk_flow_keeps_flowing_through_a_step_down(tmp_path):
     series = follow(load_preset(str(tmp_path / "step.yaml"), tmp_path), 0, 5, "cubic")
     assert min(series["wire"][:2]) > 0.85 * 24
     assert min(series["wire"][2:]) > 0.85 * 6, series
+
+
+def test_a_bulk_flow_keeps_flowing_through_a_phase_that_lowers_the_rate(tmp_path):
+    # The same step down by a phase, on a link without a trace (so without the peak bucket): the tbf is
+    # deleted and added again (backends/base.py), and the flow goes on at the new rate. Changed in place it
+    # stalled: 0.68, 0, 0 Mbit/s after the step. The new tbf counts from 0 (the step's wire bucket is
+    # meaningless): the flow's goodput says it.
+    (tmp_path / "phase.yaml").write_text(
+        "workers: [{rate_mbit: 24, delay_ms: 10}]\n"
+        "phases: [{name: slow, start_s: 2, duration_s: 600, targets: [workers], link: {rate_mbit: 6, delay_ms: 20}}]\n")
+    series = follow(load_preset(str(tmp_path / "phase.yaml"), tmp_path), 0, 5, "cubic")
+    assert series["trace"] == [24, 24, 6, 6, 6]
+    assert min(series["wire"][:2]) > 0.85 * 24
+    assert min(series["wire"][3:]) > 0.85 * 6 and min(series["goodput"][2:]) > 0.8 * 6, series

@@ -50,15 +50,15 @@ def test_queue_packets_sets_the_rate_limiters_queue():
 
 
 @pytest.mark.parametrize("name, leaf, from_unlimited", [
-    ("netem", "netem delay 40ms 8ms distribution normal loss 1% rate 5000000bit limit 1000", ["change", "replace"]),
-    ("userspace", "tbf rate 5000000bit burst 3125 limit 132500", ["replace", "replace"])])
+    ("netem", "netem delay 40ms 8ms distribution normal loss 1% rate 20000000bit limit 1000", ["change", "replace"]),
+    ("userspace", "tbf rate 20000000bit burst 12500 limit 530000", ["replace", "replace"])])
 def test_a_rate_step_changes_the_qdiscs_in_place(name, leaf, from_unlimited):
-    # A trace step (rate 10 -> 5 Mbit/s): `tc qdisc change`, so the tbf keeps its queue and the flows.
+    # A step up (rate 10 -> 20 Mbit/s): `tc qdisc change`, so the tbf keeps its queue and the flows.
     backend = BACKENDS[name]()
-    step = CELLULAR.model_copy(update={"rate_mbit": 5})
+    step = CELLULAR.model_copy(update={"rate_mbit": 20})
     assert lines(backend.change(step, CELLULAR)) == [
         f"tc qdisc change dev eth0 parent 1:1 {leaf}",
-        "tc qdisc change dev dlt-ifb0 root tbf rate 5000000bit burst 3125 limit 132500",
+        "tc qdisc change dev dlt-ifb0 root tbf rate 20000000bit burst 12500 limit 530000",
     ]
     assert backend.change(CELLULAR, CELLULAR) == []  # nothing moved: nothing run
     # Another kind of qdisc (pfifo -> tbf when a cap appears, up -> down, down -> up) is replaced.
@@ -66,6 +66,20 @@ def test_a_rate_step_changes_the_qdiscs_in_place(name, leaf, from_unlimited):
     down = CELLULAR.model_copy(update={"down": True})
     assert [a[2] for a in backend.change(down, CELLULAR)] == ["replace", "replace"]
     assert [a[2] for a in backend.change(CELLULAR, down)] == ["replace", "replace"]
+
+
+@pytest.mark.parametrize("name, egress", [("netem", ["change"]), ("userspace", ["del", "add"])])
+def test_a_step_down_of_an_untraced_tbf_recreates_it_and_a_traced_one_is_changed(name, egress):
+    # 10 -> 5 Mbit/s: the bucket shrinks from 6250 to 3125 B. Changed in place, a queued 64 KB aggregate
+    # admitted under the old bucket would never leave; without a peak bucket the tbf is deleted and added
+    # again (its queue dropped; `replace` of the same kind is a change). netem's own rate has no bucket.
+    backend = BACKENDS[name]()
+    step = CELLULAR.model_copy(update={"rate_mbit": 5})
+    assert [a[2] for a in backend.change(step, CELLULAR)] == [*egress, "del", "add"]
+    assert lines(backend.change(step, CELLULAR))[-2:] == [
+        "tc qdisc del dev dlt-ifb0 root", "tc qdisc add dev dlt-ifb0 root tbf rate 5000000bit burst 3125 limit 132500"]
+    traced = CELLULAR.model_copy(update={"trace": "traces/t.csv"})
+    assert [a[2] for a in backend.change(traced.model_copy(update={"rate_mbit": 5}), traced)] == ["change", "change"]
 
 
 def test_a_traced_links_tbf_splits_aggregates_so_a_step_down_never_stalls_it():

@@ -72,7 +72,7 @@ def counts(netns: str) -> tuple[int, int]:
 
 
 def follow(preset, index: int, seconds: int, congestion_control: str) -> dict[str, list[float]]:
-    """Per 1 s bucket of worker `index`'s traced link: the trace's Mbit/s (`trace`), what the rate limiter
+    """Per 1 s bucket of worker `index`'s traced (or phased) link: the trace's Mbit/s (`trace`), what the rate limiter
     sent (`wire`, frames) and the flow's goodput (`goodput`, payload delivered to the worker's socket)."""
     backend, _ = choose("userspace")
     with VethPair() as pair, tempfile.TemporaryDirectory() as workdir:
@@ -112,10 +112,14 @@ def follow(preset, index: int, seconds: int, congestion_control: str) -> dict[st
             sink.close()
             link.remove()
     base = preset.link_for("worker", index)
-    trace = preset.traces[base.trace]
     # Each bucket over the times its counters were really read (a busy host reads some late), the trace too.
     spans = list(zip(samples, samples[1:]))
-    return {"trace": [trace.mean_rate(a[0], b[0], base.trace_end, base.rate_mbit) for a, b in spans],
+    if base.trace is not None:
+        trace = preset.traces[base.trace]
+        expected = [trace.mean_rate(a[0], b[0], base.trace_end, base.rate_mbit) for a, b in spans]
+    else:  # a link that phases move: the rate in force at the bucket's middle
+        expected = [preset.link_at("worker", index, (a[0] + b[0]) / 2).rate_mbit for a, b in spans]
+    return {"trace": expected,
             **{name: [(b[i] - a[i]) * 8 / 1e6 / (b[0] - a[0]) for a, b in spans]
                for i, name in ((1, "wire"), (2, "goodput"))}}
 

@@ -138,15 +138,25 @@ class Backend(ABC):
         """Set both leaf qdiscs to `link`'s. A leaf of the same kind as `previous`'s (a tbf whose rate
         a trace step moves) is changed in place, `tc qdisc change`: its queue, counters and the
         flows through it stay. Another kind (or no previous) is replaced: packets queued in the
-        old one are dropped. A leaf that stays the same is left alone."""
+        old one are dropped. A leaf that stays the same is left alone.
+
+        Except a tbf moved to a smaller bucket without a peak bucket (a phase that lowers an untraced
+        link's rate): it would keep, queued, aggregates longer than its new bucket, which it never sends
+        (the stall tbf_args describes). It is deleted and added again, dropping what was queued, as a
+        phase boundary may (`replace` would not do: for a qdisc of the same kind the kernel changes it)."""
         commands = []
+        strands = (previous is not None and link.trace is None and link.rate_mbit is not None
+                   and previous.rate_mbit is not None and tbf_burst(link) < tbf_burst(previous))
         for where, leaf in ((("dev", IFACE, "parent", LINK_CLASS), self.egress_qdisc),
                             (("dev", IFB, "root"), ingress_root)):
             new, old = leaf(link), None if previous is None else leaf(previous)
             if new == old:
                 continue
-            verb = "change" if old is not None and old[0] == new[0] != "blackhole" else "replace"
-            commands.append(("tc", "qdisc", verb, *where, *new))
+            same_kind = old is not None and old[0] == new[0] != "blackhole"
+            if same_kind and strands and new[0] == "tbf":
+                commands += [("tc", "qdisc", "del", *where), ("tc", "qdisc", "add", *where, *new)]
+            else:
+                commands.append(("tc", "qdisc", "change" if same_kind else "replace", *where, *new))
         return commands
 
     def egress_qdisc(self, link: LinkSpec) -> list[str]:
