@@ -145,9 +145,9 @@ experiments: preflight image dirs ## run experiments/MATRIX.yaml (PROFILES, CONF
 		$(if $(PROFILES),--profiles $(PROFILES)) $(if $(CONFIGS),--configs $(CONFIGS)) $(if $(GLOB),--glob "$(GLOB)") \
 		$(if $(REPEATS),--repeats $(REPEATS))
 
-report: image dirs ## tables and plots from runs/ into runs/report/ (README=README.md: its results section too)
+report: image dirs ## tables and plots from runs/ into runs/report/ (README=README.md: its results section too; INCLUDE_LATE=1: count runs degraded only by delayer lateness)
 	docker run --rm -u $(HOST_UID):$(HOST_GID) -v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(IMAGE) \
-		dist-llm-train report --runs runs $(if $(README),--readme $(README))
+		dist-llm-train report --runs runs $(if $(README),--readme $(README)) $(if $(INCLUDE_LATE),--include-late)
 
 bench: bench-controller bench-netem bench-tcp bench-trace bench-ps bench-ps-wan ## every benchmark
 

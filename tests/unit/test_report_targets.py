@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dist_llm_train.cli import main as cli_main
-from dist_llm_train.experiments.groups import group_rows, read_mode_rows
+from dist_llm_train.experiments.groups import group_rows, late_only, read_mode_rows
 from dist_llm_train.experiments.report import build_report
 from dist_llm_train.experiments.targets import adaptive_targets, anchors
 from dist_llm_train.results import write_run
@@ -91,3 +91,41 @@ def test_the_report_writes_the_tables_and_the_command_prints_each_verdict(runs, 
     out = capsys.readouterr().out
     assert "adaptive compression against fixed: federation: ratio (bar <= 0.8) 0.73: meets" in out
     assert "local steps against sync dense (communication anchor): lan: ratio (bar >= 200x) 173x: misses: 173x < 200x" in out
+
+
+LATE_REASON = ("target_val_loss 2.3 reached at version 260 (2.2881); emulation out of tolerance: worker-1: 3.1 % of "
+               "22580 packets released later than the tolerance (p99 6.4565 ms; at most 1 % may be, binomial test at 1 %)")
+
+
+@pytest.mark.parametrize("status, reason, late", [
+    ("degraded", LATE_REASON, True),
+    ("degraded", LATE_REASON + "; worker-2: 4 packets dropped that the preset did not ask for (NFQUEUE)", False),
+    ("degraded", "target reached; links degraded: the sidecar restarted" + LATE_REASON[LATE_REASON.index(";"):], False),
+    ("degraded", "target reached; links degraded: the sidecar restarted", False),
+    ("finished", LATE_REASON, False),
+    ("failed", LATE_REASON, False)])
+def test_late_only_is_a_degraded_row_whose_only_fault_is_timer_lateness(status, reason, late):
+    assert late_only({"status": status, "reason": reason}) is late
+
+
+def test_include_late_counts_late_runs_and_says_so_everywhere(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    add(runs, "federation", "none", [50.0, 52.0], 2.20)
+    add(runs, "federation", "adaptive", [30.0], 2.25)
+    write_run(runs, "late", ml_row("late", "federation", "async", "adaptive", ttt=32.0, seed=5, final_val_loss=2.25,
+                                   status="degraded", reason=LATE_REASON), config(1))
+    write_run(runs, "dropped", ml_row("dropped", "federation", "async", "adaptive", ttt=31.0, seed=6, final_val_loss=2.25,
+                                      status="degraded", reason=LATE_REASON + "; worker-2: 4 packets dropped that "
+                                      "the preset did not ask for (NFQUEUE)"), config(1))
+
+    strict = build_report(runs, runs / "report", "cmd")
+    assert sorted(r[3] for r in strict.glance) == ["1/3", "2/2"]
+    assert strict.counted == "Statistics over the runs with status `finished`"
+    assert cli_main(["report", "--runs", str(runs), "--include-late"]) == 0
+    assert "adaptive compression against fixed: federation: ratio (bar <= 0.8) 0.61: meets" in capsys.readouterr().out
+
+    late = build_report(runs, runs / "report", "cmd", include_late=True)
+    assert sorted(r[3] for r in late.glance) == ["2/2", "2/3 (1 late)"]
+    assert "1 `degraded` runs whose only fault is the delayers' timer lateness" in late.counted
+    assert late.counted in (runs / "report" / "results.md").read_text() and late.counted in late.readme_section()
+    assert {r[0] for r in late.failed} == {"late", "dropped"}  # still listed with their reasons

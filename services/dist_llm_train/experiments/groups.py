@@ -31,18 +31,40 @@ def number(value: str | None) -> float | None:
     return parsed if parsed is not None and math.isfinite(parsed) else None
 
 
+DEGRADED_STATUS = "degraded"
+# netem/lateness.py's words for its only two kinds of problem: timer lateness, and drops nobody asked for
+LATE, UNASKED_DROP = "released later than the tolerance", "dropped that the preset did not ask for"
+
+
+def late_only(row: dict[str, str]) -> bool:
+    """A `degraded` row whose only fault is the delayers' timer lateness: its emulation problems are
+    lateness and no unasked drop, and nothing else degraded the links (a sidecar that died, say)."""
+    reason = row.get("reason") or ""
+    _, marker, problems = reason.partition("; emulation out of tolerance: ")
+    return (row.get("status") == DEGRADED_STATUS and bool(marker) and "links degraded:" not in reason
+            and LATE in problems and UNASKED_DROP not in problems)
+
+
 @dataclass
 class Group:
-    """The runs of one mode, profile and config variant (its repeats)."""
+    """The runs of one mode, profile and config variant (its repeats). `with_late`: the statistics also
+    count its late_only rows (the report's --include-late)."""
 
     mode: str
     profile: str
     label: str
     rows: list[dict[str, str]] = field(default_factory=list)
+    with_late: bool = False
 
     @property
     def ok(self) -> list[dict[str, str]]:
-        return [r for r in self.rows if r.get("status") == OK_STATUS]
+        """The rows the statistics count: finished ones (and, with_late, the late_only ones)."""
+        return [r for r in self.rows if r.get("status") == OK_STATUS or (self.with_late and late_only(r))]
+
+    @property
+    def late(self) -> int:
+        """How many of the counted rows are late_only (degraded) ones."""
+        return sum(1 for r in self.ok if r.get("status") != OK_STATUS)
 
     def values(self, column: str) -> list[float]:
         return [v for v in (number(r.get(column)) for r in self.ok) if v is not None]
@@ -110,7 +132,7 @@ def variant(runs_dir: Path, row: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def group_rows(rows_by_mode: dict[str, list[dict[str, str]]], runs_dir: Path) -> list[Group]:
+def group_rows(rows_by_mode: dict[str, list[dict[str, str]]], runs_dir: Path, with_late: bool = False) -> list[Group]:
     """Groups of repeats, in the order their first run appears (the matrix's order). A label is the
     config name and the row fields that vary within the mode, plus the variant digest where two
     variants would otherwise share a label."""
@@ -124,7 +146,7 @@ def group_rows(rows_by_mode: dict[str, list[dict[str, str]]], runs_dir: Path) ->
         shared = {label for label in labels if len({v for l, v in zip(labels, variants) if l == label}) > 1}
         for row, label, digest in zip(rows, labels, variants):
             key = (mode, row.get("profile", ""), label + (f" #{digest[:6]}" if label in shared else ""))
-            groups.setdefault(key, Group(*key)).rows.append(row)
+            groups.setdefault(key, Group(*key, with_late=with_late)).rows.append(row)
     return list(groups.values())
 
 

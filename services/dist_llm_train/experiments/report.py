@@ -51,14 +51,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default="runs", help="the runs folder (rows, per-run files)")
     parser.add_argument("--readme", default=None,
                         help=f"also replace the section between {README_BEGIN} and {README_END} of this file")
+    parser.add_argument("--include-late", action="store_true",
+                        help="also count `degraded` runs whose only fault is the delayers' timer lateness (no "
+                             "unasked drop, no sidecar failure); every table says so and marks them")
 
 
 def main(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs)
     out_dir = runs_dir / "report"
-    command = f"dist-llm-train report --runs {args.runs}" + (f" --readme {args.readme}" if args.readme else "")
+    command = (f"dist-llm-train report --runs {args.runs}" + (f" --readme {args.readme}" if args.readme else "")
+               + (" --include-late" if args.include_late else ""))
     try:
-        report = build_report(runs_dir, out_dir, command)
+        report = build_report(runs_dir, out_dir, command, args.include_late)
         if args.readme:
             update_readme(Path(args.readme), report.readme_section())
     except (ReportError, ConfigError) as exc:
@@ -109,6 +113,7 @@ class Report:
     counts: dict[str, int]
     charts: dict  # the interactive charts' data (chart_data), embedded in index.html
     versus: Versus | None = None
+    counted: str = f"Statistics over the runs with status `{OK_STATUS}`"
     adaptive: list[list[str]] = field(default_factory=list)
     anchor: list[list[str]] = field(default_factory=list)
 
@@ -125,7 +130,7 @@ class Report:
 
     def readme_section(self) -> str:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        text = (f"Generated {when} from {self.describe_counts()} by:\n\n{self.commands_block()}\n\n"
+        text = (f"Generated {when} from {self.describe_counts()} by:\n\n{self.commands_block()}\n\n{self.counted}.\n\n"
                 + markdown_table(GLANCE_HEADERS, self.glance))
         if self.compared:
             text += f"\n\n{COMPARED_INTRO}\n\n" + markdown_table(COMPARISON_HEADERS, self.compared)
@@ -179,13 +184,25 @@ def missing_notes(rows_by_mode: dict[str, list[dict[str, str]]], groups: list[Gr
     return notes
 
 
-def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
+def counted_text(groups: list[Group], with_late: bool) -> str:
+    """What the statistics count, in words (with --include-late: how many degraded runs, and which)."""
+    text = f"Statistics over the runs with status `{OK_STATUS}`"
+    if not with_late:
+        return text
+    late = sum(g.late for g in groups)
+    return (f"{text} and, as asked (`--include-late`), {late} `degraded` runs whose only fault is the delayers' timer "
+            "lateness (more than 1 % of packets released later than max(10 % of the delay, 2 ms); no unasked drop, "
+            "no sidecar failure): each is marked \"late\" in the runs column and listed with its reason among the "
+            f"runs that did not end as `{OK_STATUS}`")
+
+
+def build_report(runs_dir: Path, out_dir: Path, command: str, include_late: bool = False) -> Report:
     rows_by_mode = read_mode_rows(runs_dir)
     if not any(rows_by_mode.values()):
         raise ReportError(f"no rows in {runs_dir / 'runs_basic.csv'} or {runs_dir / 'runs_ml.csv'}: "
                           "run `make experiments` (or a single `make up`) first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = group_rows(rows_by_mode, runs_dir)
+    groups = group_rows(rows_by_mode, runs_dir, include_late)
     curves, staleness = val_curves(groups, runs_dir), staleness_counts(groups, runs_dir)
     plots = [p for p in (plot_duration(groups, out_dir), plot_completion_acceptance(groups, out_dir),
                          plot_val_loss(curves, out_dir), plot_val_loss(curves, out_dir, "mbytes"),
@@ -201,6 +218,7 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
                     [comparison_row(c) for c in comparisons(groups)], failed_rows(groups), plots,
                     missing_notes(rows_by_mode, groups, runs_dir, plots), {m: len(rows_by_mode[m]) for m in MODES},
                     chart_data(curves, staleness), versus,
+                    counted_text(groups, include_late),
                     [t.row() for t in adaptive_targets(groups, runs_dir)], [a.row() for a in anchors(groups, runs_dir)])
     atomic_write(out_dir / "results.md", render_markdown(report).encode())
     webpage.write(out_dir, render_html(report, out_dir), ["results.md", *(p.file for p in plots)])
@@ -210,8 +228,7 @@ def build_report(runs_dir: Path, out_dir: Path, command: str) -> Report:
 def render_markdown(report: Report) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"# Results\n\nBuilt {when} from {report.describe_counts()} by:\n\n{report.commands_block()}",
-             f"## Results at a glance\n\nStatistics over the runs with status `{OK_STATUS}` (runs: "
-             "finished of all); mean ± 95 % confidence interval (Student t) over the repeats; measured link "
+             f"## Results at a glance\n\n{report.counted} (runs: counted of all); mean ± 95 % confidence interval (Student t) over the repeats; measured link "
              "figures are the sidecar's probe before each run.\n\n" + markdown_table(GLANCE_HEADERS, report.glance)]
     if report.work:
         parts.append(f"## ML: equal work\n\n{WORK_INTRO}\n\n" + markdown_table(WORK_HEADERS, report.work))
@@ -250,7 +267,7 @@ def render_html(report: Report, out_dir: Path) -> str:
                         f"{html.escape(report.describe_counts())} by:</p>"
                         f"<pre>{html.escape(chr(10).join([*report.producers, report.command]))}</pre>"),
         webpage.section("glance", "Results at a glance",
-                        f"<p>Statistics over the runs with status <code>{OK_STATUS}</code>; measured link figures are "
+                        f"<p>{html.escape(report.counted)}; measured link figures are "
                         "the sidecar's probe before each run.</p>"
                         + webpage.table(GLANCE_HEADERS, report.glance, "One row per mode, profile and config variant",
                                       text_columns=3)),

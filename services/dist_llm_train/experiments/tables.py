@@ -9,7 +9,7 @@ from .stats import Interval
 DASH = "–"
 
 
-GLANCE_HEADERS = ("mode", "profile", "config", "runs (finished/all)", "duration s (mean ± 95 % CI)", "workers",
+GLANCE_HEADERS = ("mode", "profile", "config", "runs (counted/all)", "duration s (mean ± 95 % CI)", "workers",
                   "completed", "pending", "acceptance", "final val loss", "time to target s", "RTT ms", "loss %",
                   "Mbit/s", "backend")
 
@@ -36,7 +36,8 @@ def glance_row(group: Group) -> list[str]:
     # Synthetic tasks are basic mode's unit of work; an ML run counts versions and updates instead.
     tasks = [fmt(group.mean(c)) if group.mode == "basic" else DASH for c in ("num_completed_tasks", "num_pending_tasks")]
     return [
-        group.mode, group.profile, group.label, f"{n_ok}/{len(group.rows)}", fmt_interval(group.interval("duration_s")),
+        group.mode, group.profile, group.label, f"{n_ok}/{len(group.rows)}" + (f" ({group.late} late)" if group.late else ""),
+        fmt_interval(group.interval("duration_s")),
         fmt(group.mean("num_workers"), 0), *tasks, DASH if acceptance is None else f"{100 * acceptance:.0f} %",
         fmt(group.mean("final_val_loss"), 3), target, fmt(group.mean("measured_rtt_ms")),
         fmt(group.mean("measured_loss_pct"), 2), fmt(group.mean("measured_mbit")),
