@@ -1,19 +1,30 @@
-"""Codecs: round trips within their stated bounds, payload sizes, the PS-side checks, error feedback."""
+"""Codecs: round trips within their stated bounds, payload sizes, the PS-side checks, error feedback, the registry
+and the codec objects' interface (make, check, add_into, sent_ratio, payload_bytes)."""
+
+from typing import get_args
 
 import pytest
 import torch
 
 from dist_llm_train.ml.codecs import (
+    CODECS,
     LAYOUT,
     Encoded,
     ErrorFeedback,
+    Int8,
+    NonFinite,
+    TopK,
+    add_into,
     check_encoded,
     decode,
     encode,
+    make,
     nbytes,
+    settings_of,
     topk_count,
     topk_indices,
 )
+from dist_llm_train.ml.config import CodecName
 
 SIZES = [1, 2, 7, 50, 1000, 20_011]  # 1, 7 and 50 are below 1 / ratio for top-k 1 %
 
@@ -247,3 +258,47 @@ def test_without_error_feedback_heterogeneous_workers_stall():
     assert descend(targets, lr=0.03, steps=200, error_feedback=True) < 0.02 * START
     for lr in (0.1, 0.03):
         assert descend(targets, lr=lr, steps=200, error_feedback=False) > 0.3 * START
+
+
+def test_the_registry_is_keyed_by_the_config_names_and_builds_codecs_with_their_own_settings():
+    assert list(CODECS) == list(get_args(CodecName)) and list(LAYOUT) == list(CODECS)
+    assert all(CODECS[name].name == name and LAYOUT[name] == CODECS[name].layout for name in CODECS)
+    assert {name: settings_of(name) for name in CODECS} == {"none": (), "fp16": (), "int8": (), "topk": ("ratio",)}
+    assert make("topk", ratio=0.25) == TopK(0.25) and make("int8", ratio=0.25) == Int8()
+    with pytest.raises(ValueError, match="unknown codec 'zstd'; known: none, fp16, int8, topk"):
+        make("zstd")
+
+
+def test_a_receivers_topk_has_no_ratio_and_refuses_to_encode_or_size():
+    x = sample(50)
+    assert torch.equal(make("topk").decode(encode(x, "topk", 0.2).arrays, 50), decode(encode(x, "topk", 0.2)))
+    with pytest.raises(ValueError, match="top-k needs its ratio"):
+        make("topk").encode(x)
+    with pytest.raises(ValueError, match="top-k needs its ratio"):
+        make("topk").payload_bytes(50)
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_add_into_is_an_in_place_add_of_the_decoded_payload(codec):
+    enc = encode(sample(1000, seed=3), codec, 0.05)
+    dense = sample(1000, seed=4)
+    expected = dense + decode(enc)
+    got = add_into(dense, enc)
+    assert got is dense and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("codec", "ratio", "sent"), [("none", 0.1, 1.0), ("fp16", 0.1, 1.0), ("int8", 0.1, 1.0),
+                                                       ("topk", 0.1, 0.1), ("topk", 0.003, 0.003)])
+def test_sent_ratio_and_payload_bytes_are_read_off_an_encoding(codec, ratio, sent):
+    enc = encode(sample(1000), codec, ratio)
+    assert make(codec).sent_ratio(enc.arrays, 1000) == sent
+    assert make(codec, ratio=ratio).payload_bytes(1000) == nbytes(enc)
+
+
+def test_check_tells_non_finite_values_apart_from_other_faults():
+    values = torch.tensor([0.0, float("nan"), 0.0, 0.0])
+    with pytest.raises(NonFinite, match="codec none: values has NaN or Inf values"):
+        make("none").check({"values": values}, 4)
+    with pytest.raises(ValueError, match="array lengths") as refused:
+        make("none").check({"values": torch.zeros(3)}, 4)
+    assert not isinstance(refused.value, NonFinite)

@@ -88,7 +88,7 @@ from torch import Tensor
 from .. import wire
 from ..config import RunConfig
 from ..dataplane import HEALTH_NAME, Credential, KeyRegistry, setup_server
-from ..ml.codecs import Encoded, all_finite, decode, encode, payload_bytes
+from ..ml.codecs import DENSE, Encoded, all_finite, decode, encode, make, settings_of
 from ..ml.data import load_corpus, split, validation_batches
 from ..ml.divergence import max_update_norm, update_norm
 from ..ml.model import build_model, count_parameters
@@ -156,7 +156,7 @@ class Session:
     index: int
     peer: bytes  # ZeroMQ routing id of the connection that said HELLO
     replica: Tensor | None = None  # compressing codecs: the parameters this worker holds
-    down_codec: str = "none"  # what its parameters travel in: the run's downlink, or (adaptive) what it asked for
+    down_codec: str = DENSE  # what its parameters travel in: the run's downlink, or (adaptive) what it asked for
     down_ratio: float = 1.0
     sent_version: int = -1  # the version the PS last sent it
     sent_at: float = 0.0
@@ -211,10 +211,10 @@ class ParameterServer:
         self.optimizer = build_optimizer(ml, self.numel)
         self.noise = torch.Generator().manual_seed(config.seed)
         self.codec, self.ratio = ml.compression.codec, ml.compression.ratio
-        self.down_codec = self.codec if ml.compression.downlink == "same" else "none"
+        self.down_codec = self.codec if ml.compression.downlink == "same" else DENSE
         self.adaptive = ml.compression.policy == "adaptive"
         # the PS keeps a worker's replica when its downlink may be a delta (adaptive: whenever it asks for one)
-        self.keeps_replicas = self.adaptive or self.down_codec != "none"
+        self.keeps_replicas = self.adaptive or self.down_codec != DENSE
         self.max_bytes = ml.max_message_mb << 20
         self.max_norm = max_update_norm(ml, self.numel)
         self.model_digest, self.config_digest = wire.model_digest(config, self.numel), wire.config_digest(config)
@@ -283,7 +283,7 @@ class ParameterServer:
             compression = (f"compression adaptive per worker (comm_budget {ml.compression.comm_budget:g}, min_ratio "
                            f"{ml.compression.min_ratio:g})")
         else:
-            up = payload_bytes(self.codec, self.numel, self.ratio)
+            up = make(self.codec, ratio=self.ratio).payload_bytes(self.numel)
             compression = (f"codec {self.codec} ({up / 1e3:.1f} KB per update, {100 * up / dense:.2f} % of dense, up"
                            f"{' and down' if self.down_codec == self.codec else '; dense down'})")
         shape = "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim, ml.model.layers))
@@ -477,7 +477,7 @@ class ParameterServer:
             self.retire(self.sessions[self.by_name[msg.name]], "said HELLO again")
         session = secrets.randbits(63) | 1
         # adaptive: dense parameters until the worker asks for something else in its first PUSH
-        down = ("none", 1.0) if self.adaptive else (self.down_codec, self.ratio)
+        down = (DENSE, 1.0) if self.adaptive else (self.down_codec, self.ratio)
         self.sessions[session] = Session(session, msg.name, msg.index, peer, down_codec=down[0], down_ratio=down[1])
         self.by_name[msg.name] = session
         if self.t0 is None:
@@ -554,7 +554,7 @@ class ParameterServer:
         """(payload, is a delta) that bring this worker to the current version; records what was sent."""
         payload, delta = None, False
         diverged = self.ended is not None and not all_finite(self.params)  # checked only once the run is over
-        if sess.down_codec != "none" and sess.replica is not None and not diverged:
+        if sess.down_codec != DENSE and sess.replica is not None and not diverged:
             try:
                 payload = encode(self.params - sess.replica, sess.down_codec, sess.down_ratio)
                 wire.apply_parameters(sess.replica, payload, delta=True)
@@ -566,7 +566,7 @@ class ParameterServer:
             # After a diverged end the wire cannot carry NaN / Inf: the parameters that go out with STOP are made
             # finite (NaN -> 0, Inf -> the float32 limit); a worker told STOP does not train on them.
             values = torch.nan_to_num(self.params) if diverged else self.params  # live: copied as sent (`send`)
-            payload = Encoded("none", self.numel, {"values": values})
+            payload = Encoded(DENSE, self.numel, {"values": values})
             if self.keeps_replicas:
                 sess.replica = values.clone()
         sess.sent_version, sess.sent_at = self.version, now
@@ -592,8 +592,8 @@ class ParameterServer:
         if not self.adaptive and msg.update.codec != self.codec:
             raise wire.WireError("wrong_codec", f"update in codec {msg.update.codec}; this run uses {self.codec}")
         min_ratio = self.ml.compression.min_ratio
-        if self.adaptive and msg.down_codec == "topk" and msg.down_ratio < min_ratio:
-            raise wire.WireError("wrong_codec", f"downlink top-k ratio {msg.down_ratio:g} asked for, below "
+        if self.adaptive and "ratio" in settings_of(msg.down_codec) and msg.down_ratio < min_ratio:
+            raise wire.WireError("wrong_codec", f"downlink {msg.down_codec} ratio {msg.down_ratio:g} asked for, below "
                                                 f"compression.min_ratio {min_ratio:g}")
         try:
             s = staleness(self.version, msg.base_version)
@@ -643,7 +643,7 @@ class ParameterServer:
     def row(self, sess: Session, s: int, msg: wire.Push, now: float) -> Row | None:
         """The update decoded (codec none: the received frame itself, no copy), or None when its norm is above
         the bound (refused and counted)."""
-        update = msg.update.arrays["values"] if msg.update.codec == "none" else decode(msg.update)
+        update = msg.update.arrays["values"] if msg.update.codec == DENSE else decode(msg.update)
         norm = update_norm(update)
         if norm > self.max_norm:
             self.count_refused(sess, "norm", f"L2 norm {norm:.4g} > ml.max_update_norm {self.max_norm:.4g}")
