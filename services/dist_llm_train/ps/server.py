@@ -21,7 +21,7 @@ the sender cut off (`cut_off`: its key banned, its connection closed, no answer)
     ERROR  `training_failed` from a worker whose own training diverged: the run ends `failed` with its text;
            PARAMS with STOP in answer
 
-Protocols (`ml.staleness.protocol`, pure logic in ps/rounds.py):
+Protocols (`ml.staleness.protocol`: classes in ps/protocols.py, on the pure state of ps/rounds.py):
     sync      a barrier per version over the workers sent that version; `sync_timeout_s` after a round's first
               update the stragglers are dropped for the round; their late update (s >= 1) is refused with
               fresh parameters. The window is the round.
@@ -101,8 +101,8 @@ from .decisions import DecisionLog
 from .evaluation import Evaluator
 from .optimizer import build_optimizer
 from .report import END_STATES, Curve, LogThrottle, Reporter
-from .rounds import AdaptiveBounds, SyncBarrier, VersionRate, Window
-from .staleness import accept, staleness
+from .protocols import PROTOCOLS, Admission, StalenessProtocol
+from .staleness import staleness
 from .zap import ZapHandler
 
 LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
@@ -124,8 +124,8 @@ def rule_window(config: RunConfig) -> tuple[int, int, str]:
     when the rule cannot hold: the PS refuses to start rather than fall back to the mean."""
     ml = config.ml
     agg = ml.aggregation
-    n = config.workers.count if ml.staleness.protocol == "sync" else agg.window
-    where = "workers.count" if ml.staleness.protocol == "sync" else "ml.aggregation.window"
+    protocol = PROTOCOLS[ml.staleness.protocol]
+    n, where = protocol.window_size(config), protocol.window_field
     try:
         line = check_rule(agg.rule, n, agg.f, agg.multi_krum_m)
     except ValueError as exc:
@@ -234,11 +234,7 @@ class ParameterServer:
 
         self.sessions: dict[int, Session] = {}
         self.by_name: dict[str, int] = {}
-        self.barrier: SyncBarrier[Row] = SyncBarrier(ml.staleness.sync_timeout_s, min_window)
-        self.barrier.open(self.version)
-        self.window: Window[Row] = Window(ml.aggregation.window)
-        self.rate = VersionRate()
-        self.bounds = AdaptiveBounds(ml.staleness.min_bound, ml.staleness.max_bound)
+        self.protocol: StalenessProtocol[Row] = PROTOCOLS[ml.staleness.protocol](ml, min_window, self.version)
         self.eval_times: dict[tuple[int, str], tuple[float, int]] = {}  # (version, set) -> (run time, bytes)
         self.last_eval_t = 0.0  # run time of the last slice evaluation submitted
         self.t0: float | None = None  # monotonic time of the run's start
@@ -376,7 +372,7 @@ class ParameterServer:
         self.stop_requested = True
 
     def poll_timeout_ms(self, now: float) -> int:
-        deadline = self.barrier.deadline() if self.ml.staleness.protocol == "sync" else None
+        deadline = self.protocol.deadline()
         wait = POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - now))
         return max(1, round(1000 * wait))
 
@@ -389,8 +385,8 @@ class ParameterServer:
             self.handle(frames, too_big, time.monotonic())
 
     def tick(self, now: float) -> None:
-        if self.ml.staleness.protocol == "sync" and self.ended is None and self.barrier.due(now):
-            self.close_round(now)
+        if self.ended is None and self.protocol.due(now):
+            self.close_window(now)
         for version, on, loss, error in self.evaluator.results():
             self.on_evaluation(version, on, loss, error, now)
         if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
@@ -528,8 +524,7 @@ class ParameterServer:
         self.sessions.pop(sess.id, None)
         if self.by_name.get(sess.name) == sess.id:
             del self.by_name[sess.name]
-        self.barrier.forget(sess.id)
-        self.bounds.forget(sess.id)
+        self.protocol.forget(sess.id)
         self.log.info("worker %r: session %016x closed (%s)", sess.name, sess.id, why)
 
     def training_failed(self, peer: bytes, msg: wire.Error, now: float) -> wire.Params:
@@ -571,7 +566,7 @@ class ParameterServer:
                 sess.replica = values.clone()
         sess.sent_version, sess.sent_at = self.version, now
         if self.ended is None:
-            self.barrier.expect(sess.id)
+            self.protocol.expect(sess.id)
         else:
             sess.told_stop = True
         return payload, delta
@@ -607,37 +602,20 @@ class ParameterServer:
         if self.ended is not None:
             return self.ack(sess, False, s, now)
         round_s = now - sess.sent_at if msg.base_version == sess.sent_version else None
-        protocol = self.ml.staleness.protocol
-        if protocol == "sync":
-            if s != 0 or sess.id in self.barrier.arrived:  # late, or a second update for this round
-                reason = "stale" if s else "second_in_round"
-                return self.reject(sess, s, now, reason, f"staleness {s}, round of version {self.version}")
-            row = self.row(sess, s, msg, now)
-            if row is None:
-                return self.ack(sess, False, s, now)
-            self.barrier.arrive(sess.id, row, now)
-            self.count_accepted(sess, s, None)
-            if self.barrier.due(now):
-                self.close_round(now)
-            return None  # the ACK goes out when the round closes
-        if protocol == "async":
-            bound = self.ml.staleness.bound
-        else:
-            bound, changed = self.bounds.judge(sess.id, round_s, self.rate.rate())
-            if changed:
-                estimate = self.bounds.estimates.get(sess.id)
-                self.throttle.info(f"bound:{sess.id}", "worker %r: staleness bound now %d (round %.3f s, deviation "
-                                   "%.3f s, %.2f versions/s)", sess.name, bound, estimate.round_s if estimate else 0,
-                                   estimate.dev_s if estimate else 0, self.rate.rate())
-        if not accept(s, bound):
-            return self.reject(sess, s, now, "stale", f"staleness {s} > bound {bound}")
+        admission: Admission = self.protocol.admit(sess.id, s, round_s)
+        if admission.note is not None:
+            self.throttle.info(f"bound:{sess.id}", "worker %r: %s", sess.name, admission.note)
+        if admission.refused is not None:
+            return self.reject(sess, s, now, admission.refused, admission.detail)
         row = self.row(sess, s, msg, now)
         if row is None:
             return self.ack(sess, False, s, now)
-        self.count_accepted(sess, s, bound)
-        full = self.window.add(row)
-        if full is not None:
-            self.step(full, now)
+        self.count_accepted(sess, s, admission.bound)
+        self.protocol.add(sess.id, row, now)
+        if self.protocol.due(now):
+            self.close_window(now)
+        if self.protocol.holds_acks:
+            return None  # the ACK goes out when the round closes (close_window)
         return self.ack(sess, True, s, now)
 
     def row(self, sess: Session, s: int, msg: wire.Push, now: float) -> Row | None:
@@ -668,15 +646,17 @@ class ParameterServer:
         log(f"refuse:{reason}:{sess.id}", "update from %r refused (%s): %s; fresh parameters (version %d) sent; "
             "%d refused for %s so far", sess.name, reason, detail, self.version, c.refused[reason], reason)
 
-    def close_round(self, now: float) -> None:
-        took = now - self.barrier.first_arrival
-        pairs, stragglers = self.barrier.close()
-        self.barrier.open(self.version + 1)
-        self.step([row for _, row in pairs], now)
-        names = sorted(self.sessions[s].name for s in stragglers if s in self.sessions)
+    def close_window(self, now: float) -> None:
+        """Step over the protocol's window; sync: log the round and send the ACKs it held."""
+        closed = self.protocol.close(now, self.version + 1)
+        self.step([row for _, row in closed.pairs], now)
+        if not self.protocol.holds_acks:
+            return
+        names = sorted(self.sessions[s].name for s in closed.stragglers if s in self.sessions)
         self.throttle.info("round", "round of version %d closed %.2f s after its first update: %d updates%s",
-                           self.version - 1, took, len(pairs), f"; stragglers dropped: {', '.join(names)}" if names else "")
-        for session, row in pairs:
+                           self.version - 1, closed.took_s, len(closed.pairs),
+                           f"; stragglers dropped: {', '.join(names)}" if names else "")
+        for session, row in closed.pairs:
             sess = self.sessions.get(session)
             if sess is not None:
                 self.send(sess.peer, self.ack(sess, True, 0, now, row.received))
@@ -693,7 +673,7 @@ class ParameterServer:
         budget = self.ml.budget
         evaluated = (self.version % budget.eval_every == 0
                      or self.run_time(now) - self.last_eval_t >= budget.eval_every_s)
-        self.rate.record(now, self.version)
+        self.protocol.stepped(now, self.version)
         self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
         if self.curve is not None:
             self.curve.version(self.curve_row(now), "slice" if evaluated else None)
@@ -776,11 +756,10 @@ class ParameterServer:
             return
         self.ended = reason
         self.log.info("run over: %s", reason)
-        for session, row in self.barrier.arrived.items():  # sync: workers waiting on an open round
+        for session, row in self.protocol.drop(self.version):  # sync: workers waiting on an open round
             sess = self.sessions.get(session)
             if sess is not None:
                 self.send(sess.peer, self.ack(sess, False, 0, now, row.received))
-        self.barrier.open(self.version)
         if self.curve is not None:
             self.curve.version(self.curve_row(now), "final")
         self.submit_evaluation(now, "final")
