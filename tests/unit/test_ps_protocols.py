@@ -3,8 +3,6 @@ explicit times (no sockets, no sleeps)."""
 
 from typing import get_args
 
-import pytest
-
 from dist_llm_train.config import load_run_config
 from dist_llm_train.ml.config import Protocol
 from dist_llm_train.ps.protocols import PROTOCOLS, Adaptive, Admission, Async, Sync

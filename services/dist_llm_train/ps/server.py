@@ -76,8 +76,8 @@ import math
 import secrets
 import socket
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -97,6 +97,7 @@ from ..schema import ConfigError
 from . import checkpoint
 from .aggregation import check_rule
 from .combine import combine
+from .counters import Counters
 from .decisions import DecisionLog
 from .evaluation import Evaluator
 from .optimizer import build_optimizer
@@ -171,21 +172,6 @@ class Row:
     update: Tensor  # [d] float32; codec none: a view of the received frame
     train_loss: float
     received: float  # monotonic time the PUSH arrived (the ACK says how long the PS held it)
-
-
-@dataclass
-class Counters:
-    accepted: int = 0
-    rejected: int = 0  # valid pushes refused, for any reason in `refused`
-    staleness_sum: int = 0  # over accepted updates
-    staleness: Counter = field(default_factory=Counter)  # every valid push
-    errors: Counter = field(default_factory=Counter)  # by wire error code
-    # by reason: stale (above the bound; sync: for an earlier round), second_in_round (sync), norm (above
-    # ml.max_update_norm); each answered by an ACK, not accepted, with fresh parameters
-    refused: Counter = field(default_factory=Counter)
-    bytes_up: int = 0  # received before this process (a resumed run)
-    bytes_down: int = 0
-    tokens: int = 0  # training tokens behind the updates applied: the work budget's unit
 
 
 class ParameterServer:
@@ -300,10 +286,7 @@ class ParameterServer:
         try:  # everything read before anything is set: a damaged checkpoint leaves a fresh PS
             if meta.get("numel") != self.numel or ckpt.tensors["params"].shape != (self.numel,):
                 raise ValueError(f"it holds {meta.get('numel')} parameters, the model has {self.numel}")
-            c = meta["counters"]
-            counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
-                                Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
-                                Counter(c.get("refused", {})), c["bytes_up"], c["bytes_down"], c.get("tokens", 0))
+            counters = Counters.from_meta(meta["counters"])
             initial, last_val, target_s = meta["initial_val_loss"], meta["last_val"], meta["time_to_target_s"]
             target_bytes = meta.get("bytes_to_target")
             recent = list(meta["recent_train"])
@@ -323,17 +306,13 @@ class ParameterServer:
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is None:
             return
-        c = self.counters
         meta = {
             "config": self.config.model_dump(mode="json"), "model": self.ml.model.model_dump(mode="json"),
             "numel": self.numel, "initial_val_loss": self.initial_val_loss,
             "last_val": list(self.last_val) if self.last_val else None, "time_to_target_s": self.time_to_target_s,
             "bytes_to_target": self.bytes_to_target,
             "recent_train": list(self.recent_train),
-            "counters": {"accepted": c.accepted, "rejected": c.rejected, "staleness_sum": c.staleness_sum,
-                         "staleness": {str(k): v for k, v in c.staleness.items()}, "errors": dict(c.errors),
-                         "refused": dict(c.refused), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(),
-                         "tokens": c.tokens},
+            "counters": self.counters.to_meta(self.bytes_up(), self.bytes_down()),
         }
         tensors = {"params": self.params, "noise_rng": self.noise.get_state(),
                    **{f"optimizer.{k}": v for k, v in self.optimizer.state().items()}}
