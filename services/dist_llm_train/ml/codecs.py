@@ -3,8 +3,8 @@
 A codec is a small object (`Codec`) registered under its config name in `CODECS`: `encode` on the worker,
 `check` (what came off the network) then `decode` or `add_into` (added into a dense tensor, top-k only where it
 has values) on the receiver. `make(name, ratio=...)` builds one with the settings its class declares: the ratio
-reaches top-k only. The functions below (`encode`, `decode`, `check_encoded`, `add_into`) take an `Encoded`
-and ask its codec. `Encoded.arrays` holds 1-D contiguous tensors in the order of `LAYOUT[codec]`; the wire
+reaches top-k only. The functions below (`encode`, `decode`, `add_into`) take or give an `Encoded` and ask
+its codec. `Encoded.arrays` holds 1-D contiguous tensors in the order of `LAYOUT[codec]`; the wire
 sends each as raw little-endian bytes and rebuilds it with the dtype named there (the length follows from the
 byte count).
 
@@ -290,7 +290,7 @@ def encode(x: Tensor, codec: CodecName, ratio: float) -> Encoded:
 
 
 def decode(enc: Encoded) -> Tensor:
-    """x_hat as float32 [numel]; `enc` must come from `encode` or have passed `check_encoded`."""
+    """x_hat as float32 [numel]; `enc` must come from `encode` or have passed its codec's `check`."""
     return make(enc.codec).decode(enc.arrays, enc.numel)
 
 
@@ -302,16 +302,6 @@ def add_into(dense: Tensor, enc: Encoded) -> Tensor:
 def nbytes(enc: Encoded) -> int:
     """Payload bytes: the sum of the arrays' sizes (the wire's headers come on top)."""
     return sum(a.numel() * a.element_size() for a in enc.arrays.values())
-
-
-def check_encoded(enc: Encoded, numel: int) -> None:
-    """What the PS runs on every received update before `decode`: `Codec.check` of its codec, after the codec
-    is known and the update's length is the model's (`numel`)."""
-    if enc.codec not in CODECS:
-        raise ValueError(f"unknown codec {enc.codec!r}")
-    if enc.numel != numel:
-        raise ValueError(f"codec {enc.codec}: update has {enc.numel} values, the model has {numel}")
-    make(enc.codec).check(enc.arrays, numel)
 
 
 class ErrorFeedback:
