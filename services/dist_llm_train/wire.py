@@ -33,9 +33,10 @@ a sync round's wait), which the worker subtracts when it measures its link (ml/a
 `decode` trusts nothing: it checks the total size first (before any length inside the message is believed),
 then magic, wire version, type, that frame 0 is exactly header + descriptors + body, that the descriptors
 match the frames and the codec's LAYOUT (names, dtypes, byte counts), the text (UTF-8, lengths), the numbers
-(finite losses, flags the type may carry), and finally the arrays with `codecs.check_encoded` (lengths for the
-model's size, NaN / Inf, top-k indices). Any failure raises `WireError` with a code from ERROR_CODES, which the
-PS sends back in an ERROR and counts.
+(finite losses, flags the type may carry), and finally the arrays with their codec's `check` (ml/codecs.py:
+lengths for the model's size, NaN / Inf, value ranges such as top-k's indices). Any failure raises `WireError`
+with a code from ERROR_CODES, which the PS sends back in an ERROR and counts. The wire names no codec: it asks
+the codec object (`ml.codecs.make`) to check a payload and to add a delta into parameters (`apply_parameters`).
 
 Bytes per message for the default model (d = 938,240; framing = frame 0 + ZeroMQ's frame headers):
 
@@ -64,7 +65,7 @@ from torch import Tensor
 
 from .config import RunConfig
 from .wire_header import HEADER, MAGIC, WIRE_VERSION, MsgType
-from .ml.codecs import LAYOUT, Encoded, all_finite, check_encoded, decode as decode_update
+from .ml.codecs import DENSE, LAYOUT, Encoded, NonFinite, add_into, decode as decode_update, make
 
 DESCRIPTOR = struct.Struct("!BBQ")  # array name code, dtype code, length in elements
 MAX_ARRAYS = max(len(layout) for layout in LAYOUT.values())
@@ -158,7 +159,7 @@ class Push:
     train_loss: float  # mean training loss of the batches behind the update, nats/byte
     compute_s: float  # seconds the worker computed for it
     samples: int  # sequences it saw
-    down_codec: str = "none"  # the codec the worker asks for on its downlink (policy adaptive; fixed: ignored)
+    down_codec: str = DENSE  # the codec the worker asks for on its downlink (policy adaptive; fixed: ignored)
     down_ratio: float = 1.0  # ... and its ratio (topk), in (0, 1]
     link_mbit: float = 0.0  # the link rate the worker measured, 0 = not measured
     rtt_ms: float = 0.0  # the RTT it measured, 0 = not measured
@@ -362,13 +363,11 @@ def decode_arrays(frames: Sequence[Any], sizes: list[int], head: memoryview, cou
             raise WireError("bad_array", f"codec {name} {array_name}: {length} elements in a {sizes[i + 1]}-byte frame "
                                          f"(model size {numel})")
         arrays[array_name] = tensor_view(frames[i + 1], NUMPY_DTYPES[dtype])
-    enc = Encoded(name, numel, arrays)
     try:
-        check_encoded(enc, numel)
+        make(name).check(arrays, numel)
     except ValueError as exc:
-        code = "non_finite" if any(a.is_floating_point() and not all_finite(a) for a in arrays.values()) else "bad_array"
-        raise WireError(code, str(exc)) from None
-    return enc
+        raise WireError("non_finite" if isinstance(exc, NonFinite) else "bad_array", str(exc)) from None
+    return Encoded(name, numel, arrays)
 
 
 def tensor_view(frame: Any, dtype: type) -> Tensor:
@@ -423,10 +422,8 @@ def build(kind: MsgType, values: tuple, text: bytes, flags: int, session: int, v
 
 
 def parameters_payload(payload: Encoded, flags: int) -> Encoded:
-    if not flags & DELTA and payload.codec != "none":
-        raise WireError("bad_descriptor", f"dense parameters must be codec none, got {payload.codec}")
-    if payload.codec == "topk" and not flags & DELTA:
-        raise WireError("bad_descriptor", "top-k parameters must be a delta")
+    if not flags & DELTA and payload.codec != DENSE:
+        raise WireError("bad_descriptor", f"dense parameters must be codec {DENSE}, got {payload.codec}")
     return payload
 
 
@@ -442,12 +439,10 @@ def apply_parameters(current: Tensor | None, payload: Encoded, delta: bool) -> T
     the decoded delta, in place. The PS advances its replica of a worker with the very same call, so both
     hold the same bits. ValueError for a delta without parameters to apply it to."""
     if not delta:
-        return payload.arrays["values"].clone()
+        return decode_update(payload)
     if current is None:
         raise ValueError("a parameter delta arrived before any dense parameters")
-    if payload.codec == "topk":  # add where it has values: a dense add of a 99 %-zero vector is a wasted pass
-        return current.index_add_(0, payload.arrays["indices"].long(), payload.arrays["values"].float())
-    return current.add_(decode_update(payload))
+    return add_into(current, payload)
 
 
 class CountingSocket:

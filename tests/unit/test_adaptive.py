@@ -9,7 +9,7 @@ import torch
 
 from dist_llm_train.config import load_run_config
 from dist_llm_train.ml.adaptive import MIN_TRANSFER_S, LinkMeter, choose
-from dist_llm_train.ml.codecs import encode, nbytes, payload_bytes
+from dist_llm_train.ml.codecs import encode, make, nbytes
 from dist_llm_train.schema import ConfigError
 
 D = 1_000_000  # dense fp32: 4,000,000 bytes; fp16 2,000,000; int8 1,000,004; top-k 6 bytes per value kept
@@ -48,7 +48,7 @@ def test_choice_table(link_mbit, compute_s, codec, ratio):
     choice = choose(link_mbit, compute_s, D, comm_budget=0.5, min_ratio=0.001)
 
     assert (choice.codec, choice.ratio) == (codec, pytest.approx(ratio, rel=1e-9))
-    assert choice.nbytes == payload_bytes(codec, D, ratio)
+    assert choice.nbytes == make(codec, ratio=ratio).payload_bytes(D)
 
 
 @pytest.mark.parametrize("link_mbit, compute_s", [(3.0, 0.2), (8.0, 1.0), (40.0, 2.0), (1000.0, 0.05)])
@@ -64,7 +64,7 @@ def test_the_choice_fits_the_budget_unless_floored(link_mbit, compute_s):
                                           ("topk", 0.3), ("topk", 1e-6)])
 def test_payload_bytes_is_what_encode_sends(codec, ratio):
     x = torch.randn(5000, generator=torch.Generator().manual_seed(3))
-    assert payload_bytes(codec, x.numel(), ratio) == nbytes(encode(x, codec, ratio))
+    assert make(codec, ratio=ratio).payload_bytes(x.numel()) == nbytes(encode(x, codec, ratio))
 
 
 def test_link_meter_needs_an_rtt_then_subtracts_it_and_the_time_the_ps_held_the_request():

@@ -1,19 +1,28 @@
-"""Codecs: round trips within their stated bounds, payload sizes, the PS-side checks, error feedback."""
+"""Codecs: round trips within their stated bounds, payload sizes, the PS-side checks, error feedback, the registry
+and the codec objects' interface (make, check, add_into, sent_ratio, payload_bytes)."""
+
+from typing import get_args
 
 import pytest
 import torch
 
 from dist_llm_train.ml.codecs import (
+    CODECS,
     LAYOUT,
-    Encoded,
     ErrorFeedback,
-    check_encoded,
+    Int8,
+    NonFinite,
+    TopK,
+    add_into,
     decode,
     encode,
+    make,
     nbytes,
+    settings_of,
     topk_count,
     topk_indices,
 )
+from dist_llm_train.ml.config import CodecName
 
 SIZES = [1, 2, 7, 50, 1000, 20_011]  # 1, 7 and 50 are below 1 / ratio for top-k 1 %
 
@@ -123,7 +132,7 @@ def test_encoded_arrays_follow_the_layout(codec):
     enc = encode(sample(100), codec, 0.1)
     assert [(name, a.dtype) for name, a in enc.arrays.items()] == list(LAYOUT[codec])
     assert all(a.dim() == 1 and a.is_contiguous() for a in enc.arrays.values())
-    check_encoded(enc, 100)
+    make(codec).check(enc.arrays, 100)
 
 
 def test_encode_does_not_alias_its_input():
@@ -151,15 +160,14 @@ def test_encode_refuses_what_it_cannot_send(x, codec, message):
         encode(x, codec, 0.5)
 
 
-def forged(codec: str, numel: int = 4, **arrays: torch.Tensor) -> Encoded:
-    return Encoded(codec, numel, arrays)
+def forged(codec: str, **arrays: torch.Tensor) -> tuple[str, dict[str, torch.Tensor]]:
+    return codec, arrays
 
 
 @pytest.mark.parametrize(
-    ("enc", "message"),
+    ("forgery", "message"),
     [
         (forged("gzip", values=torch.zeros(4)), "unknown codec"),
-        (forged("none", 5, values=torch.zeros(5)), "update has 5 values, the model has 4"),
         (forged("none", values=torch.zeros(4, dtype=torch.float64)), "values is torch.float64"),
         (forged("none", values=torch.zeros(3)), "array lengths"),
         (forged("none", values=torch.tensor([0.0, 1.0, float("nan"), 0.0])), "values has NaN or Inf"),
@@ -177,9 +185,10 @@ def forged(codec: str, numel: int = 4, **arrays: torch.Tensor) -> Encoded:
         (forged("topk", indices=torch.tensor([[1]], dtype=torch.int32), values=torch.zeros(1).half()), "expected 1-D"),
     ],
 )
-def test_check_encoded_refuses_malformed_updates(enc, message):
+def test_check_refuses_malformed_updates(forgery, message):
+    codec, arrays = forgery
     with pytest.raises(ValueError, match=message):
-        check_encoded(enc, 4)
+        make(codec).check(arrays, 4)
 
 
 def test_error_feedback_sends_everything_eventually():
@@ -247,3 +256,47 @@ def test_without_error_feedback_heterogeneous_workers_stall():
     assert descend(targets, lr=0.03, steps=200, error_feedback=True) < 0.02 * START
     for lr in (0.1, 0.03):
         assert descend(targets, lr=lr, steps=200, error_feedback=False) > 0.3 * START
+
+
+def test_the_registry_is_keyed_by_the_config_names_and_builds_codecs_with_their_own_settings():
+    assert list(CODECS) == list(get_args(CodecName)) and list(LAYOUT) == list(CODECS)
+    assert all(CODECS[name].name == name and LAYOUT[name] == CODECS[name].layout for name in CODECS)
+    assert {name: settings_of(name) for name in CODECS} == {"none": (), "fp16": (), "int8": (), "topk": ("ratio",)}
+    assert make("topk", ratio=0.25) == TopK(0.25) and make("int8", ratio=0.25) == Int8()
+    with pytest.raises(ValueError, match="unknown codec 'zstd'; known: none, fp16, int8, topk"):
+        make("zstd")
+
+
+def test_a_receivers_topk_has_no_ratio_and_refuses_to_encode_or_size():
+    x = sample(50)
+    assert torch.equal(make("topk").decode(encode(x, "topk", 0.2).arrays, 50), decode(encode(x, "topk", 0.2)))
+    with pytest.raises(ValueError, match="top-k needs its ratio"):
+        make("topk").encode(x)
+    with pytest.raises(ValueError, match="top-k needs its ratio"):
+        make("topk").payload_bytes(50)
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_add_into_is_an_in_place_add_of_the_decoded_payload(codec):
+    enc = encode(sample(1000, seed=3), codec, 0.05)
+    dense = sample(1000, seed=4)
+    expected = dense + decode(enc)
+    got = add_into(dense, enc)
+    assert got is dense and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("codec", "ratio", "sent"), [("none", 0.1, 1.0), ("fp16", 0.1, 1.0), ("int8", 0.1, 1.0),
+                                                       ("topk", 0.1, 0.1), ("topk", 0.003, 0.003)])
+def test_sent_ratio_and_payload_bytes_are_read_off_an_encoding(codec, ratio, sent):
+    enc = encode(sample(1000), codec, ratio)
+    assert make(codec).sent_ratio(enc.arrays, 1000) == sent
+    assert make(codec, ratio=ratio).payload_bytes(1000) == nbytes(enc)
+
+
+def test_check_tells_non_finite_values_apart_from_other_faults():
+    values = torch.tensor([0.0, float("nan"), 0.0, 0.0])
+    with pytest.raises(NonFinite, match="codec none: values has NaN or Inf values"):
+        make("none").check({"values": values}, 4)
+    with pytest.raises(ValueError, match="array lengths") as refused:
+        make("none").check({"values": torch.zeros(3)}, 4)
+    assert not isinstance(refused.value, NonFinite)

@@ -6,7 +6,7 @@ round's compute time, so its byte budget is
 
     B = comm_budget * compute_s * R / 8
 
-and the choice is the most faithful codec whose payload (codecs.payload_bytes, for d parameters) fits B:
+and the choice is the most faithful codec whose payload (`Codec.payload_bytes`, for d parameters) fits B:
 
     none (4 d)  ->  fp16 (2 d)  ->  int8 (d + 4)  ->  topk with ratio = max(min_ratio, floor(B / 6) / d)
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .codecs import payload_bytes
+from .codecs import make
 from .config import CodecName
 
 FAITHFUL: tuple[CodecName, ...] = ("none", "fp16", "int8")  # most faithful first; top-k comes after all of them
@@ -48,7 +48,7 @@ SMOOTHING = 0.3  # weight of a new sample in the moving averages
 class Choice:
     codec: CodecName
     ratio: float  # topk: fraction of coordinates sent; 1.0 for the dense codecs
-    nbytes: int  # payload bytes it sends (codecs.payload_bytes)
+    nbytes: int  # payload bytes it sends (Codec.payload_bytes)
 
 
 def choose(link_mbit: float | None, compute_s: float, numel: int, comm_budget: float, min_ratio: float) -> Choice:
@@ -57,14 +57,14 @@ def choose(link_mbit: float | None, compute_s: float, numel: int, comm_budget: f
         return topk(numel, min_ratio)
     budget = comm_budget * compute_s * link_mbit * 1e6 / 8 if compute_s > 0 else 0.0  # inf * 0 is no budget
     for codec in FAITHFUL:
-        size = payload_bytes(codec, numel, 1.0)
+        size = make(codec).payload_bytes(numel)
         if size <= budget:
             return Choice(codec, 1.0, size)
     return topk(numel, max(min_ratio, math.floor(budget / TOPK_BYTES_PER_VALUE) / numel))
 
 
 def topk(numel: int, ratio: float) -> Choice:
-    return Choice("topk", ratio, payload_bytes("topk", numel, ratio))
+    return Choice("topk", ratio, make("topk", ratio=ratio).payload_bytes(numel))
 
 
 class LinkMeter:

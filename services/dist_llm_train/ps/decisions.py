@@ -25,7 +25,7 @@ import csv
 from pathlib import Path
 
 from .. import wire
-from ..ml.codecs import nbytes
+from ..ml.codecs import make, nbytes
 from .report import fmt
 
 COLUMNS = ("t_s", "worker", "link_mbit", "rtt_ms", "compute_s", "codec", "ratio", "bytes", "down_codec", "down_ratio")
@@ -44,7 +44,7 @@ class DecisionLog:
 
     def record(self, t_s: float, worker: str, push: wire.Push) -> None:
         update = push.update
-        ratio = update.arrays["indices"].numel() / update.numel if update.codec == "topk" else 1.0
+        ratio = make(update.codec).sent_ratio(update.arrays, update.numel)
         measured = (push.link_mbit or None, push.rtt_ms or None)  # 0: not measured yet
         self.writer.writerow([fmt(v) for v in (round(t_s, 3), worker, *measured, push.compute_s, update.codec, ratio,
                                                nbytes(update), push.down_codec, push.down_ratio)])

@@ -1,7 +1,8 @@
 """When the PS steps and which updates it takes: the sync barrier, the async window, the adaptive bounds.
 
 Pure state machines: the server passes the time in (`now`, seconds on any monotonic clock) and gets decisions
-back, so a test can play a round by hand without sockets or sleeps.
+back, so a test can play a round by hand without sockets or sleeps. The protocol classes (ps/protocols.py) are
+built on them.
 
 Sync (`SyncBarrier`): round v aggregates the updates computed from version v. The workers expected in it
 are those the PS sent version v to (`expect`), plus any that arrive. The round closes when every expected

@@ -21,7 +21,7 @@ the sender cut off (`cut_off`: its key banned, its connection closed, no answer)
     ERROR  `training_failed` from a worker whose own training diverged: the run ends `failed` with its text;
            PARAMS with STOP in answer
 
-Protocols (`ml.staleness.protocol`, pure logic in ps/rounds.py):
+Protocols (`ml.staleness.protocol`: classes in ps/protocols.py, on the pure state of ps/rounds.py):
     sync      a barrier per version over the workers sent that version; `sync_timeout_s` after a round's first
               update the stragglers are dropped for the round; their late update (s >= 1) is refused with
               fresh parameters. The window is the round.
@@ -76,8 +76,8 @@ import math
 import secrets
 import socket
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -88,7 +88,7 @@ from torch import Tensor
 from .. import wire
 from ..config import RunConfig
 from ..dataplane import HEALTH_NAME, Credential, KeyRegistry, setup_server
-from ..ml.codecs import Encoded, all_finite, decode, encode, payload_bytes
+from ..ml.codecs import DENSE, Encoded, all_finite, decode, encode, make, settings_of
 from ..ml.data import load_corpus, split, validation_batches
 from ..ml.divergence import max_update_norm, update_norm
 from ..ml.model import build_model, count_parameters
@@ -97,12 +97,13 @@ from ..schema import ConfigError
 from . import checkpoint
 from .aggregation import check_rule
 from .combine import combine
+from .counters import Counters
 from .decisions import DecisionLog
 from .evaluation import Evaluator
 from .optimizer import build_optimizer
 from .report import END_STATES, Curve, LogThrottle, Reporter
-from .rounds import AdaptiveBounds, SyncBarrier, VersionRate, Window
-from .staleness import accept, staleness
+from .protocols import PROTOCOLS, Admission, StalenessProtocol
+from .staleness import staleness
 from .zap import ZapHandler
 
 LINGER_S = 10.0  # after the end, how long the PS keeps answering STOP to workers it has not told yet
@@ -124,8 +125,8 @@ def rule_window(config: RunConfig) -> tuple[int, int, str]:
     when the rule cannot hold: the PS refuses to start rather than fall back to the mean."""
     ml = config.ml
     agg = ml.aggregation
-    n = config.workers.count if ml.staleness.protocol == "sync" else agg.window
-    where = "workers.count" if ml.staleness.protocol == "sync" else "ml.aggregation.window"
+    protocol = PROTOCOLS[ml.staleness.protocol]
+    n, where = protocol.window_size(config), protocol.window_field
     try:
         line = check_rule(agg.rule, n, agg.f, agg.multi_krum_m)
     except ValueError as exc:
@@ -156,7 +157,7 @@ class Session:
     index: int
     peer: bytes  # ZeroMQ routing id of the connection that said HELLO
     replica: Tensor | None = None  # compressing codecs: the parameters this worker holds
-    down_codec: str = "none"  # what its parameters travel in: the run's downlink, or (adaptive) what it asked for
+    down_codec: str = DENSE  # what its parameters travel in: the run's downlink, or (adaptive) what it asked for
     down_ratio: float = 1.0
     sent_version: int = -1  # the version the PS last sent it
     sent_at: float = 0.0
@@ -171,21 +172,6 @@ class Row:
     update: Tensor  # [d] float32; codec none: a view of the received frame
     train_loss: float
     received: float  # monotonic time the PUSH arrived (the ACK says how long the PS held it)
-
-
-@dataclass
-class Counters:
-    accepted: int = 0
-    rejected: int = 0  # valid pushes refused, for any reason in `refused`
-    staleness_sum: int = 0  # over accepted updates
-    staleness: Counter = field(default_factory=Counter)  # every valid push
-    errors: Counter = field(default_factory=Counter)  # by wire error code
-    # by reason: stale (above the bound; sync: for an earlier round), second_in_round (sync), norm (above
-    # ml.max_update_norm); each answered by an ACK, not accepted, with fresh parameters
-    refused: Counter = field(default_factory=Counter)
-    bytes_up: int = 0  # received before this process (a resumed run)
-    bytes_down: int = 0
-    tokens: int = 0  # training tokens behind the updates applied: the work budget's unit
 
 
 class ParameterServer:
@@ -211,10 +197,10 @@ class ParameterServer:
         self.optimizer = build_optimizer(ml, self.numel)
         self.noise = torch.Generator().manual_seed(config.seed)
         self.codec, self.ratio = ml.compression.codec, ml.compression.ratio
-        self.down_codec = self.codec if ml.compression.downlink == "same" else "none"
+        self.down_codec = self.codec if ml.compression.downlink == "same" else DENSE
         self.adaptive = ml.compression.policy == "adaptive"
         # the PS keeps a worker's replica when its downlink may be a delta (adaptive: whenever it asks for one)
-        self.keeps_replicas = self.adaptive or self.down_codec != "none"
+        self.keeps_replicas = self.adaptive or self.down_codec != DENSE
         self.max_bytes = ml.max_message_mb << 20
         self.max_norm = max_update_norm(ml, self.numel)
         self.model_digest, self.config_digest = wire.model_digest(config, self.numel), wire.config_digest(config)
@@ -234,11 +220,7 @@ class ParameterServer:
 
         self.sessions: dict[int, Session] = {}
         self.by_name: dict[str, int] = {}
-        self.barrier: SyncBarrier[Row] = SyncBarrier(ml.staleness.sync_timeout_s, min_window)
-        self.barrier.open(self.version)
-        self.window: Window[Row] = Window(ml.aggregation.window)
-        self.rate = VersionRate()
-        self.bounds = AdaptiveBounds(ml.staleness.min_bound, ml.staleness.max_bound)
+        self.protocol: StalenessProtocol[Row] = PROTOCOLS[ml.staleness.protocol](ml, min_window, self.version)
         self.eval_times: dict[tuple[int, str], tuple[float, int]] = {}  # (version, set) -> (run time, bytes)
         self.last_eval_t = 0.0  # run time of the last slice evaluation submitted
         self.t0: float | None = None  # monotonic time of the run's start
@@ -283,7 +265,7 @@ class ParameterServer:
             compression = (f"compression adaptive per worker (comm_budget {ml.compression.comm_budget:g}, min_ratio "
                            f"{ml.compression.min_ratio:g})")
         else:
-            up = payload_bytes(self.codec, self.numel, self.ratio)
+            up = make(self.codec, ratio=self.ratio).payload_bytes(self.numel)
             compression = (f"codec {self.codec} ({up / 1e3:.1f} KB per update, {100 * up / dense:.2f} % of dense, up"
                            f"{' and down' if self.down_codec == self.codec else '; dense down'})")
         shape = "x".join(str(v) for v in (ml.model.embed_dim, ml.model.hidden_dim, ml.model.layers))
@@ -304,10 +286,7 @@ class ParameterServer:
         try:  # everything read before anything is set: a damaged checkpoint leaves a fresh PS
             if meta.get("numel") != self.numel or ckpt.tensors["params"].shape != (self.numel,):
                 raise ValueError(f"it holds {meta.get('numel')} parameters, the model has {self.numel}")
-            c = meta["counters"]
-            counters = Counters(c["accepted"], c["rejected"], c["staleness_sum"],
-                                Counter({int(k): v for k, v in c["staleness"].items()}), Counter(c["errors"]),
-                                Counter(c.get("refused", {})), c["bytes_up"], c["bytes_down"], c.get("tokens", 0))
+            counters = Counters.from_meta(meta["counters"])
             initial, last_val, target_s = meta["initial_val_loss"], meta["last_val"], meta["time_to_target_s"]
             target_bytes = meta.get("bytes_to_target")
             recent = list(meta["recent_train"])
@@ -327,17 +306,13 @@ class ParameterServer:
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is None:
             return
-        c = self.counters
         meta = {
             "config": self.config.model_dump(mode="json"), "model": self.ml.model.model_dump(mode="json"),
             "numel": self.numel, "initial_val_loss": self.initial_val_loss,
             "last_val": list(self.last_val) if self.last_val else None, "time_to_target_s": self.time_to_target_s,
             "bytes_to_target": self.bytes_to_target,
             "recent_train": list(self.recent_train),
-            "counters": {"accepted": c.accepted, "rejected": c.rejected, "staleness_sum": c.staleness_sum,
-                         "staleness": {str(k): v for k, v in c.staleness.items()}, "errors": dict(c.errors),
-                         "refused": dict(c.refused), "bytes_up": self.bytes_up(), "bytes_down": self.bytes_down(),
-                         "tokens": c.tokens},
+            "counters": self.counters.to_meta(self.bytes_up(), self.bytes_down()),
         }
         tensors = {"params": self.params, "noise_rng": self.noise.get_state(),
                    **{f"optimizer.{k}": v for k, v in self.optimizer.state().items()}}
@@ -376,7 +351,7 @@ class ParameterServer:
         self.stop_requested = True
 
     def poll_timeout_ms(self, now: float) -> int:
-        deadline = self.barrier.deadline() if self.ml.staleness.protocol == "sync" else None
+        deadline = self.protocol.deadline()
         wait = POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - now))
         return max(1, round(1000 * wait))
 
@@ -389,8 +364,8 @@ class ParameterServer:
             self.handle(frames, too_big, time.monotonic())
 
     def tick(self, now: float) -> None:
-        if self.ml.staleness.protocol == "sync" and self.ended is None and self.barrier.due(now):
-            self.close_round(now)
+        if self.ended is None and self.protocol.due(now):
+            self.close_window(now)
         for version, on, loss, error in self.evaluator.results():
             self.on_evaluation(version, on, loss, error, now)
         if self.ended is None and self.t0 is not None and now - self.t0 >= self.ml.budget.max_time_s:
@@ -477,7 +452,7 @@ class ParameterServer:
             self.retire(self.sessions[self.by_name[msg.name]], "said HELLO again")
         session = secrets.randbits(63) | 1
         # adaptive: dense parameters until the worker asks for something else in its first PUSH
-        down = ("none", 1.0) if self.adaptive else (self.down_codec, self.ratio)
+        down = (DENSE, 1.0) if self.adaptive else (self.down_codec, self.ratio)
         self.sessions[session] = Session(session, msg.name, msg.index, peer, down_codec=down[0], down_ratio=down[1])
         self.by_name[msg.name] = session
         if self.t0 is None:
@@ -528,8 +503,7 @@ class ParameterServer:
         self.sessions.pop(sess.id, None)
         if self.by_name.get(sess.name) == sess.id:
             del self.by_name[sess.name]
-        self.barrier.forget(sess.id)
-        self.bounds.forget(sess.id)
+        self.protocol.forget(sess.id)
         self.log.info("worker %r: session %016x closed (%s)", sess.name, sess.id, why)
 
     def training_failed(self, peer: bytes, msg: wire.Error, now: float) -> wire.Params:
@@ -554,7 +528,7 @@ class ParameterServer:
         """(payload, is a delta) that bring this worker to the current version; records what was sent."""
         payload, delta = None, False
         diverged = self.ended is not None and not all_finite(self.params)  # checked only once the run is over
-        if sess.down_codec != "none" and sess.replica is not None and not diverged:
+        if sess.down_codec != DENSE and sess.replica is not None and not diverged:
             try:
                 payload = encode(self.params - sess.replica, sess.down_codec, sess.down_ratio)
                 wire.apply_parameters(sess.replica, payload, delta=True)
@@ -566,12 +540,12 @@ class ParameterServer:
             # After a diverged end the wire cannot carry NaN / Inf: the parameters that go out with STOP are made
             # finite (NaN -> 0, Inf -> the float32 limit); a worker told STOP does not train on them.
             values = torch.nan_to_num(self.params) if diverged else self.params  # live: copied as sent (`send`)
-            payload = Encoded("none", self.numel, {"values": values})
+            payload = Encoded(DENSE, self.numel, {"values": values})
             if self.keeps_replicas:
                 sess.replica = values.clone()
         sess.sent_version, sess.sent_at = self.version, now
         if self.ended is None:
-            self.barrier.expect(sess.id)
+            self.protocol.expect(sess.id)
         else:
             sess.told_stop = True
         return payload, delta
@@ -592,8 +566,8 @@ class ParameterServer:
         if not self.adaptive and msg.update.codec != self.codec:
             raise wire.WireError("wrong_codec", f"update in codec {msg.update.codec}; this run uses {self.codec}")
         min_ratio = self.ml.compression.min_ratio
-        if self.adaptive and msg.down_codec == "topk" and msg.down_ratio < min_ratio:
-            raise wire.WireError("wrong_codec", f"downlink top-k ratio {msg.down_ratio:g} asked for, below "
+        if self.adaptive and "ratio" in settings_of(msg.down_codec) and msg.down_ratio < min_ratio:
+            raise wire.WireError("wrong_codec", f"downlink {msg.down_codec} ratio {msg.down_ratio:g} asked for, below "
                                                 f"compression.min_ratio {min_ratio:g}")
         try:
             s = staleness(self.version, msg.base_version)
@@ -607,43 +581,26 @@ class ParameterServer:
         if self.ended is not None:
             return self.ack(sess, False, s, now)
         round_s = now - sess.sent_at if msg.base_version == sess.sent_version else None
-        protocol = self.ml.staleness.protocol
-        if protocol == "sync":
-            if s != 0 or sess.id in self.barrier.arrived:  # late, or a second update for this round
-                reason = "stale" if s else "second_in_round"
-                return self.reject(sess, s, now, reason, f"staleness {s}, round of version {self.version}")
-            row = self.row(sess, s, msg, now)
-            if row is None:
-                return self.ack(sess, False, s, now)
-            self.barrier.arrive(sess.id, row, now)
-            self.count_accepted(sess, s, None)
-            if self.barrier.due(now):
-                self.close_round(now)
-            return None  # the ACK goes out when the round closes
-        if protocol == "async":
-            bound = self.ml.staleness.bound
-        else:
-            bound, changed = self.bounds.judge(sess.id, round_s, self.rate.rate())
-            if changed:
-                estimate = self.bounds.estimates.get(sess.id)
-                self.throttle.info(f"bound:{sess.id}", "worker %r: staleness bound now %d (round %.3f s, deviation "
-                                   "%.3f s, %.2f versions/s)", sess.name, bound, estimate.round_s if estimate else 0,
-                                   estimate.dev_s if estimate else 0, self.rate.rate())
-        if not accept(s, bound):
-            return self.reject(sess, s, now, "stale", f"staleness {s} > bound {bound}")
+        admission: Admission = self.protocol.admit(sess.id, s, round_s)
+        if admission.note is not None:
+            self.throttle.info(f"bound:{sess.id}", "worker %r: %s", sess.name, admission.note)
+        if admission.refused is not None:
+            return self.reject(sess, s, now, admission.refused, admission.detail)
         row = self.row(sess, s, msg, now)
         if row is None:
             return self.ack(sess, False, s, now)
-        self.count_accepted(sess, s, bound)
-        full = self.window.add(row)
-        if full is not None:
-            self.step(full, now)
+        self.count_accepted(sess, s, admission.bound)
+        self.protocol.add(sess.id, row, now)
+        if self.protocol.due(now):
+            self.close_window(now)
+        if self.protocol.holds_acks:
+            return None  # the ACK goes out when the round closes (close_window)
         return self.ack(sess, True, s, now)
 
     def row(self, sess: Session, s: int, msg: wire.Push, now: float) -> Row | None:
         """The update decoded (codec none: the received frame itself, no copy), or None when its norm is above
         the bound (refused and counted)."""
-        update = msg.update.arrays["values"] if msg.update.codec == "none" else decode(msg.update)
+        update = msg.update.arrays["values"] if msg.update.codec == DENSE else decode(msg.update)
         norm = update_norm(update)
         if norm > self.max_norm:
             self.count_refused(sess, "norm", f"L2 norm {norm:.4g} > ml.max_update_norm {self.max_norm:.4g}")
@@ -668,15 +625,17 @@ class ParameterServer:
         log(f"refuse:{reason}:{sess.id}", "update from %r refused (%s): %s; fresh parameters (version %d) sent; "
             "%d refused for %s so far", sess.name, reason, detail, self.version, c.refused[reason], reason)
 
-    def close_round(self, now: float) -> None:
-        took = now - self.barrier.first_arrival
-        pairs, stragglers = self.barrier.close()
-        self.barrier.open(self.version + 1)
-        self.step([row for _, row in pairs], now)
-        names = sorted(self.sessions[s].name for s in stragglers if s in self.sessions)
+    def close_window(self, now: float) -> None:
+        """Step over the protocol's window; sync: log the round and send the ACKs it held."""
+        closed = self.protocol.close(now, self.version + 1)
+        self.step([row for _, row in closed.pairs], now)
+        if not self.protocol.holds_acks:
+            return
+        names = sorted(self.sessions[s].name for s in closed.stragglers if s in self.sessions)
         self.throttle.info("round", "round of version %d closed %.2f s after its first update: %d updates%s",
-                           self.version - 1, took, len(pairs), f"; stragglers dropped: {', '.join(names)}" if names else "")
-        for session, row in pairs:
+                           self.version - 1, closed.took_s, len(closed.pairs),
+                           f"; stragglers dropped: {', '.join(names)}" if names else "")
+        for session, row in closed.pairs:
             sess = self.sessions.get(session)
             if sess is not None:
                 self.send(sess.peer, self.ack(sess, True, 0, now, row.received))
@@ -693,7 +652,7 @@ class ParameterServer:
         budget = self.ml.budget
         evaluated = (self.version % budget.eval_every == 0
                      or self.run_time(now) - self.last_eval_t >= budget.eval_every_s)
-        self.rate.record(now, self.version)
+        self.protocol.stepped(now, self.version)
         self.recent_train.append(sum(r.train_loss for r in rows) / len(rows))
         if self.curve is not None:
             self.curve.version(self.curve_row(now), "slice" if evaluated else None)
@@ -776,11 +735,10 @@ class ParameterServer:
             return
         self.ended = reason
         self.log.info("run over: %s", reason)
-        for session, row in self.barrier.arrived.items():  # sync: workers waiting on an open round
+        for session, row in self.protocol.drop(self.version):  # sync: workers waiting on an open round
             sess = self.sessions.get(session)
             if sess is not None:
                 self.send(sess.peer, self.ack(sess, False, 0, now, row.received))
-        self.barrier.open(self.version)
         if self.curve is not None:
             self.curve.version(self.curve_row(now), "final")
         self.submit_evaluation(now, "final")
