@@ -197,3 +197,20 @@ def test_adaptive_refuses_a_downlink_ratio_below_min_ratio_and_fixed_refuses_ano
     other = connect_fixed("b")
     refused = other.ask(adaptive_push(other, torch.zeros(fixed.numel), "topk", "int8", 1.0))
     assert isinstance(refused, wire.Error) and refused.code == "wrong_codec"
+
+
+def test_a_slice_evaluation_pending_at_the_budgets_end_that_reaches_the_target_says_so_in_the_reason(serve):
+    # The budget ended the run at version 10 while the slice evaluation of version 10 was still running;
+    # finish() waits for it and it reaches the target: the row then has a time to target, and its reason
+    # must not still say "before target" alone.
+    server, _ = serve({"ml.budget.target_val_loss": 2.3})
+    budget_end = ("budget: max_tokens 2000000 (2048000 tokens trained) reached at version 10, before target_val_loss "
+                  "2.3 (last validation slice loss 2.3222 at version 9)")
+    server.ended = budget_end
+    server.on_evaluation(10, "slice", 2.2017, None, 0.0)
+
+    assert server.time_to_target_s is not None
+    assert server.ended == (f"{budget_end}; then the pending evaluation of the slice: target_val_loss 2.3 reached at "
+                            "version 10 (2.2017)")
+    server.on_evaluation(10, "final", 2.2388, None, 0.0)  # the final set's loss changes nothing of that
+    assert server.ended.endswith("(2.2017)")

@@ -727,7 +727,13 @@ class ParameterServer:
         target = self.ml.budget.target_val_loss
         if target is not None and loss <= target and self.time_to_target_s is None:
             self.time_to_target_s, self.bytes_to_target = t, sent
-            self.finish(f"target_val_loss {target:g} reached at version {version} ({loss:.4f})", now)
+            reached = f"target_val_loss {target:g} reached at version {version} ({loss:.4f})"
+            if self.ended is not None and not self.ended.startswith("failed"):
+                # A slice evaluation still pending when the budget or the cap ended the run (finish waits
+                # for it): the run's model did reach the target, and the row's reason says so with its figures.
+                self.ended = f"{self.ended}; then the pending evaluation of the slice: {reached}"
+                self.log.info("run over: %s", self.ended)
+            self.finish(reached, now)
 
     def finish(self, reason: str, now: float) -> None:
         """End the run: STOP to everyone from now on, a last evaluation, checkpoint, the `done` report."""
