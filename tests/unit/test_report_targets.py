@@ -8,13 +8,21 @@ import pytest
 from dist_llm_train.cli import main as cli_main
 from dist_llm_train.experiments.groups import group_rows, late_only, read_mode_rows
 from dist_llm_train.experiments.report import build_report
-from dist_llm_train.experiments.targets import adaptive_targets, anchors
+from dist_llm_train.experiments.groups import Group
+from dist_llm_train.experiments.targets import AdaptiveTarget, adaptive_targets, anchors
 from dist_llm_train.results import write_run
 from test_report import ml_row
 
 
 def config(steps: int) -> dict:
     return {"config": {"ml": {"local": {"steps": steps}}}}
+
+
+def group_of(runs, profile, times, loss=2.42):
+    """A group of adaptive rows held in memory (not written), its times to target as given."""
+    return Group("ml", profile, "adaptive", [{k: "" if v is None else str(v) for k, v in
+                                              ml_row(f"g{i}", profile, "async", "adaptive", ttt=t, final_val_loss=loss).items()}
+                                             for i, t in enumerate(times)])
 
 
 def add(runs, profile, codec, times, loss, protocol="async", steps=1, **extra):
@@ -54,6 +62,9 @@ def test_adaptive_is_measured_against_the_better_fixed_setting_and_dense_loss(ru
     assert found["straggler"].better.setting("codec") == "none"
     assert found["straggler"].verdict() == "misses: time 0.88x > 0.8x"
     assert found["varying"].verdict() == "misses: adaptive reached the target in 0 of 3 runs; final loss +10.0% > +5%"
+    partial = AdaptiveTarget("varying", group_of(runs, "varying", [40.0, None, 41.0]), found["varying"].dense,
+                             found["varying"].dense)
+    assert partial.verdict() == "misses: adaptive reached the target in 2 of 3 runs; final loss +10.0% > +5%"
     row = found["federation"].row()
     assert row[2:5] == ["topk", "41.0 ± 2.5 (3/3)", "0.73"] and row[6:8] == ["2.250 / 2.200", "+2.3%"]
     assert row[5].startswith("clear difference (Welch's t")
