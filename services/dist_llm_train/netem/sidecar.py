@@ -2,10 +2,10 @@
 
 It finds the project's containers through the Docker API (labels com.docker.compose.project =
 COMPOSE_PROJECT and dist-llm-train.role = controller | ps | worker; a worker's index is its
-com.docker.compose.container-number - 1), enters each one's network namespace (with `nsenter`,
-through a descriptor taken when the container was matched, never through a PID that could be reused:
-nshandle.py; the service runs with pid: host, NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_PTRACE) and applies the link netem/<NETEM_PROFILE>.yaml gives it, through the
-backend `NETEM_BACKEND` chooses. It then
+com.docker.compose.container-number - 1), starts for each one a helper container joined to its network
+namespace (helpers.py: NET_ADMIN and NET_RAW only; the sidecar itself needs no capability and not the host
+PID namespace, only the Docker socket), and applies through it (agent.py) the link
+netem/<NETEM_PROFILE>.yaml gives the container, with the backend `NETEM_BACKEND` chooses. It then
   - re-applies a container's link when it (re)starts (Docker events, and a rescan every 5 s),
   - runs the preset's phases (t = 0 when it first reports ready),
   - watches every delayer process: a dead one is logged as an ERROR, makes `healthy` false for
@@ -51,16 +51,18 @@ from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
 from . import counters, lateness, tcp
 from .backends import CHOICES, choose
-from .backends.base import Backend, LinkError, in_namespace, queue_packets_in_force, run_commands
+from .agent import AgentError
+from .backends.base import Backend, LinkError, ns_popen, queue_packets_in_force, reachable, run_commands
 from .backends.userspace import delayer_argv
 from .delayer import SPEC_NOW
-from .nshandle import NamespaceGone, NamespaceHandle
+from .helpers import LINKS_DIR, Helper, HelperError, Template, own_template, remove_all
+from .helpers import start as start_helper
 from .preset import LinkSpec, Preset, Role, load_preset
 from .probe import SERVICES, Endpoint, ProbeError, expected, judge, measure_pair
 
 log = logging.getLogger("netem")
 
-WORK_DIR = Path("/run/dlt-netem")  # tmpfs of the sidecar: delayer spec/stats files, state.json
+WORK_DIR = Path("/run/dlt-netem")  # tmpfs of the sidecar: state.json
 STATE_FILE = WORK_DIR / "state.json"
 REPORT_EVERY_S = 2.0
 RESCAN_EVERY_S = 5.0
@@ -84,7 +86,7 @@ class NamespaceLink:
     backend, the delayer process running there. Failure: `apply` raises LinkError after undoing
     what it did; `delayer_problem` says whether the delayer died; `remove` returns what failed."""
 
-    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = WORK_DIR,
+    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = LINKS_DIR,
                  nice: int = 0):
         self.backend = backend
         self.netns = netns
@@ -95,7 +97,7 @@ class NamespaceLink:
         self.stats_file = workdir / f"{label}.stats.json"
         workdir.mkdir(parents=True, exist_ok=True)
         self.link: LinkSpec | None = None
-        self.delayer: subprocess.Popen | None = None
+        self.delayer = None  # subprocess.Popen, or agent.AgentProcess in a helper
         self.delayer_output: collections.deque[str] = collections.deque(maxlen=5)
 
     def apply(self, link: LinkSpec) -> None:
@@ -123,7 +125,7 @@ class NamespaceLink:
         """Delete the rules (the NFQUEUE rule first), then stop the delayer, which releases what it
         holds. Every step is attempted; the failures are returned."""
         failures = []
-        if Path(self.netns).exists():  # else the handle was closed: nothing of ours is reachable
+        if reachable(self.netns):  # else the handle was closed: nothing of ours is reachable
             failures = run_commands(self.netns, self.backend.remove(), timeout_s=max(1.0, timeout_s / 4),
                                     keep_going=True)
         if self.delayer is not None:
@@ -141,12 +143,14 @@ class NamespaceLink:
     def _start_delayer(self, spec: dict) -> None:
         atomic_write(self.spec_file, json.dumps(spec).encode())
         self.stats_file.unlink(missing_ok=True)
-        argv = in_namespace(self.netns, delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file),
-                                                     self.seed))
+        argv = delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file), self.seed)
         if self.nice:
             argv = ["nice", "-n", str(self.nice), *argv]
-        self.delayer = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=SERVICES),
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            self.delayer = ns_popen(self.netns, argv, env=dict(os.environ, PYTHONPATH=SERVICES),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        except AgentError as exc:
+            raise LinkError(f"{self.label}: cannot start the delayer: {exc}") from None
         self.delayer_output.clear()
         threading.Thread(target=self._forward, args=(self.delayer,), daemon=True).start()
         deadline = time.monotonic() + DELAYER_START_S
@@ -159,7 +163,7 @@ class NamespaceLink:
                 raise LinkError(f"{self.label}: {problem}")
             time.sleep(0.02)
 
-    def _forward(self, proc: subprocess.Popen) -> None:
+    def _forward(self, proc) -> None:
         for line in proc.stdout:
             line = line.rstrip()
             self.delayer_output.append(line)
@@ -221,21 +225,6 @@ def target_of(container) -> Target | None:
     return Target(container.id, container.name, role, index, pid, address)
 
 
-def pid_now(client, container_id: str) -> int:
-    """The PID of the container's process now (0: not running, or gone)."""
-    try:
-        state = client.containers.get(container_id).attrs.get("State", {})
-    except Exception:  # noqa: BLE001 - removed meanwhile, or the daemon is restarting: not ours now
-        return 0
-    return int(state.get("Pid") or 0) if state.get("Running") else 0
-
-
-def hold(client, target: Target) -> NamespaceHandle:
-    """A handle on the target's namespace, taken while Docker still says its PID is the container's
-    (NamespaceGone otherwise)."""
-    return NamespaceHandle.open(target.pid, lambda: pid_now(client, target.id) == target.pid)
-
-
 def find_targets(client, project: str) -> dict[str, Target]:
     found = {}
     for container in client.containers.list(filters={"label": f"com.docker.compose.project={project}"}):
@@ -251,7 +240,7 @@ class Applied:
     link: LinkSpec
     ns: NamespaceLink | None  # None: the preset never impairs this container, nothing installed
     tcp: dict[str, str]  # the namespace's TCP settings in force once the preset's were set (tcp.SETTINGS)
-    handle: NamespaceHandle  # the only way in to the container's namespace
+    handle: Helper  # the only way in to the container's namespace
     since: float = field(default_factory=time.time)
 
 
@@ -285,6 +274,8 @@ class Sidecar:
         self.missing_at_start: list[str] = []  # declared workers the run started without
         self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
         self.interfaces = counters.InterfaceTally()  # every container's eth0 bytes from the run's start (counters.py)
+        self.template: Template | None = None  # what helpers copy from this container (helpers.py)
+        self.helpers: dict[str, Helper] = {}  # target container id -> its helper
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -353,14 +344,14 @@ class Sidecar:
         if old is not None:
             self.forget(target.id, "restarted")
         try:
-            handle = hold(self.client, target)
-        except NamespaceGone as exc:
+            handle = self.enter(target)
+        except HelperError as exc:
             log.info("%s: %s; its link waits for the next scan", target.name, exc)
             return
         link = self.preset.link_at(target.role, target.index, self.now_t())
         tcp_now = self.apply_tcp(target, handle.path, link)
         if tcp_now is None:
-            handle.close()
+            self.drop_helper(target.id)
             return
         if all(l.is_identity for l in self.preset.links_over_time(target.role, target.index)):
             self.applied[target.id] = Applied(target, link, None, tcp_now, handle)
@@ -372,12 +363,28 @@ class Sidecar:
         try:
             ns.apply(link)
         except LinkError as exc:
-            handle.close()
+            self.drop_helper(target.id)
             self.problem(f"apply:{target.label}", f"cannot apply the link of {target.name}: {exc}")
             return
         self.applied[target.id] = Applied(target, link, ns, tcp_now, handle)
         log.info("%s (%s, %s, pid %d): applied %s, TCP %s [%s]", target.name, target.label, target.address,
                  target.pid, link_text(link), tcp_now["congestion_control"], self.backend.name)
+
+    def enter(self, target: Target) -> Helper:
+        """The helper in the target's namespace: the one it has if that joined the same process, else a new one."""
+        helper = self.helpers.get(target.id)
+        if helper is not None and helper.pid == target.pid and not helper.closed:
+            return helper
+        self.drop_helper(target.id)
+        if self.template is None:
+            self.template = own_template(self.client, self.settings.delayer_nice)
+        helper = self.helpers[target.id] = start_helper(self.client, self.template, self.project, target)
+        return helper
+
+    def drop_helper(self, container_id: str) -> None:
+        helper = self.helpers.pop(container_id, None)
+        if helper is not None:
+            helper.close()
 
     def apply_tcp(self, target: Target, netns: str, link: LinkSpec) -> dict[str, str] | None:
         """Set the link's TCP settings in the container's namespace and read back what is in force; None
@@ -406,29 +413,32 @@ class Sidecar:
         if gone.ns is not None and gone.ns.delayer is not None:
             gone.ns.delayer.kill()
             gone.ns.delayer.wait()
-        gone.handle.close()
+        self.drop_helper(container_id)
         log.info("%s %s: its rules went with its namespace", gone.target.name, why)
 
     def clear_leftovers(self) -> None:
-        """A sidecar killed outright leaves its rules behind, and with the userspace backend they
-        black-hole the links (the controller's too, so this runs before anything else)."""
+        """A sidecar killed outright leaves its helpers and its rules behind (its delayers died with its
+        connections to the agents), and with the userspace backend the rules black-hole the links (the
+        controller's too, so this runs before anything else). The helpers started here are kept for `apply`."""
+        if count := remove_all(self.client, self.project):
+            log.warning("removed %d helper container(s) a previous sidecar left behind", count)
         removal = self.backend.remove()
         for target in find_targets(self.client, self.project).values():
             try:
-                handle = hold(self.client, target)
-            except NamespaceGone:
-                continue  # its namespace, and whatever was left in it, is gone
-            try:
-                if len(run_commands(handle.path, removal, keep_going=True)) < len(removal):
-                    log.warning("%s: removed the rules a previous sidecar left behind", target.name)
-            finally:
-                handle.close()
+                handle = self.enter(target)
+            except HelperError as exc:
+                log.info("%s: %s", target.name, exc)
+                continue  # gone meanwhile: its namespace, and whatever was left in it, went with it
+            if len(run_commands(handle.path, removal, keep_going=True)) < len(removal):
+                log.warning("%s: removed the rules a previous sidecar left behind", target.name)
 
     def rescan(self) -> None:
         targets = find_targets(self.client, self.project)
         for cid in list(self.applied):
             if cid not in targets:
                 self.forget(cid, "is gone")
+        for cid in [cid for cid in self.helpers if cid not in targets]:
+            self.drop_helper(cid)  # a helper started for a container that went before its link was applied
         for target in targets.values():
             self.apply(target)
 
@@ -552,7 +562,8 @@ class Sidecar:
                 "preset": self.preset.as_dict()}
 
     def interface_counts(self) -> dict | None:
-        present = [(a.target.id, a.target.pid, a.target.label, a.target.role) for a in list(self.applied.values())]
+        present = [(a.target.id, a.target.pid, a.target.label, a.target.role, a.handle.path)
+                   for a in list(self.applied.values())]
         if self.t0 is not None and not self.interfaces.started:
             self.interfaces.start(present)
         self.interfaces.update(present)
@@ -685,10 +696,15 @@ class Sidecar:
                 log.info("cleanup: %s is gone; its rules went with its namespace", item.target.name)
             else:
                 log.info("cleanup: removed every rule from %s", item.target.name)
-        for item in self.applied.values():
-            item.handle.close()
+        helpers = list(self.helpers.values())
+        closers = [threading.Thread(target=h.close, daemon=True) for h in helpers]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(max(1.0, deadline - time.monotonic()))
+        self.helpers.clear()
         self.applied.clear()
-        log.info("cleanup done")
+        log.info("cleanup done (%d helper container(s) removed)", len(helpers))
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -734,7 +750,7 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
         if all(l.is_identity for l in preset.links_over_time(role, index)):
             print("# nothing to install")
             continue
-        print(f"# apply, in {label}'s network namespace (nsenter --net=<a descriptor held on it> --):")
+        print(f"# apply, in {label}'s network namespace (by its helper container's agent):")
         spec = backend.delayer_spec(link)
         if spec is not None:
             print(f"# first, the delayer, with spec file {json.dumps(spec)}:")
