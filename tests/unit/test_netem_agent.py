@@ -141,3 +141,27 @@ def test_a_missing_program_and_a_missing_agent_say_so(served, tmp_path):
 def test_the_socket_is_the_owners_alone(served):
     netns, _ = served
     assert os.stat(agent.socket_of(netns)).st_mode & 0o077 == 0  # nobody but its owner (root) may connect
+
+
+def test_only_the_extra_environment_is_sent_never_the_sidecars_own(served, tmp_path, monkeypatch):
+    netns, _ = served
+    proc = ns_popen(netns, ["sh", "-c", "echo $EXTRA"], env_extra={"EXTRA": "yes"}, stdout=subprocess.PIPE, text=True)
+    assert proc.communicate(timeout=10)[0] == "yes\n"
+    # What goes over the socket: a listener that keeps the request line.
+    monkeypatch.setenv("SIDECAR_TOKEN", "s3cret-never-sent")
+    path = tmp_path / "listen.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    got = []
+
+    def keep():
+        conn, _ = listener.accept()
+        got.append(conn.makefile("rb").readline())
+        conn.sendall(b'{"error": "kept"}\n')
+        conn.close()
+    threading.Thread(target=keep, daemon=True).start()
+    with pytest.raises(agent.AgentError, match="kept"):
+        ns_popen(agent.PREFIX + str(path), ["true"], env_extra={"PYTHONPATH": "/x"})
+    listener.close()
+    assert json.loads(got[0])["env"] == {"PYTHONPATH": "/x"} and b"s3cret" not in got[0]

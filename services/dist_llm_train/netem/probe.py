@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -99,10 +98,9 @@ def schedule(a: LinkSpec, b: LinkSpec) -> dict:
 
 
 def _python(netns: str, *args: str, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=SERVICES)
     try:
-        return ns_popen(netns, [sys.executable, "-m", "dist_llm_train.netem.probe", *args], env=env, text=True,
-                        **kwargs)
+        return ns_popen(netns, [sys.executable, "-m", "dist_llm_train.netem.probe", *args],
+                        env_extra={"PYTHONPATH": SERVICES}, text=True, **kwargs)
     except AgentError as exc:
         raise ProbeError(str(exc)) from None
 

@@ -147,7 +147,7 @@ class NamespaceLink:
         if self.nice:
             argv = ["nice", "-n", str(self.nice), *argv]
         try:
-            self.delayer = ns_popen(self.netns, argv, env=dict(os.environ, PYTHONPATH=SERVICES),
+            self.delayer = ns_popen(self.netns, argv, env_extra={"PYTHONPATH": SERVICES},
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         except AgentError as exc:
             raise LinkError(f"{self.label}: cannot start the delayer: {exc}") from None

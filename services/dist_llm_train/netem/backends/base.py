@@ -23,6 +23,7 @@ commands are all attempted even when some fail (an earlier crash may have left h
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -186,13 +187,16 @@ def in_namespace(netns: str, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net={netns}", "--", *argv]
 
 
-def ns_popen(netns: str, argv: Sequence[str], **kwargs):
+def ns_popen(netns: str, argv: Sequence[str], env_extra: dict[str, str] | None = None, **kwargs):
     """argv started inside the namespace `netns` names: through its helper's agent ("agent:<socket>",
-    agent.py) or with nsenter (a path). The agent's AgentProcess has the subprocess.Popen parts used here."""
+    agent.py) or with nsenter (a path). The agent's AgentProcess has the subprocess.Popen parts used here.
+    The process gets its own side's environment plus `env_extra`: the sidecar's own (its credential
+    among it) never reaches a helper."""
     path = agent.socket_of(netns)
     if path is not None:
-        return agent.AgentProcess(path, argv, **kwargs)
-    return subprocess.Popen(in_namespace(netns, argv), **kwargs)
+        return agent.AgentProcess(path, argv, env=env_extra, **kwargs)
+    env = None if env_extra is None else dict(os.environ, **env_extra)
+    return subprocess.Popen(in_namespace(netns, argv), env=env, **kwargs)
 
 
 def ns_run(netns: str, argv: Sequence[str], timeout_s: float = 10.0) -> subprocess.CompletedProcess:
