@@ -754,7 +754,7 @@ def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: b
         spec = backend.delayer_spec(link)
         if spec is not None:
             print(f"# first, the delayer, with spec file {json.dumps(spec)}:")
-            print(" ".join(delayer_argv("python3", f"{WORK_DIR}/{label}.spec.json", f"{WORK_DIR}/{label}.stats.json", 0)))
+            print(" ".join(delayer_argv("python3", f"{LINKS_DIR}/{label}.spec.json", f"{LINKS_DIR}/{label}.stats.json", 0)))
         for argv in backend.apply(link):
             print(" ".join(argv))
         print("# remove:")
