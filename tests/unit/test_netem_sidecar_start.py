@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dist_llm_train.netem.backends.userspace import UserspaceBackend
 from dist_llm_train.netem.preset import LinkSpec, load_preset
-from dist_llm_train.netem.sidecar import Applied, Sidecar, Target
+from dist_llm_train.netem.sidecar import Applied, Sidecar
+from dist_llm_train.netem.targets import Target
 
 NETEM_DIR = Path(__file__).resolve().parents[2] / "netem"
 
@@ -87,7 +88,7 @@ def test_a_sidecar_started_into_a_running_run_resumes_its_clock_and_says_so(monk
 
 
 def test_the_report_and_verify_say_which_queue_is_in_force(tmp_path):
-    from dist_llm_train.netem.sidecar import NamespaceLink
+    from dist_llm_train.netem.nslink import NamespaceLink
     from dist_llm_train.netem.verify import queue_lines
 
     car = sidecar(2, 60)

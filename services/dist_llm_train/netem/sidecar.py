@@ -33,13 +33,11 @@ the probe runs and the run starts with the workers present; the report's `missin
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -51,14 +49,14 @@ from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
 from . import counters, lateness, tcp
 from .backends import CHOICES, choose
-from .agent import AgentError
-from .backends.base import Backend, LinkError, ns_popen, queue_packets_in_force, reachable, run_commands
-from .backends.userspace import delayer_argv
-from .delayer import SPEC_NOW
-from .helpers import LINKS_DIR, Helper, HelperError, Template, own_template, remove_all
+from .backends.base import Backend, LinkError, queue_packets_in_force, run_commands
+from .dryrun import dry_run
+from .helpers import Helper, HelperError, Template, own_template, remove_all
 from .helpers import start as start_helper
-from .preset import LinkSpec, Preset, Role, load_preset
-from .probe import SERVICES, Endpoint, ProbeError, expected, judge, measure_pair
+from .nslink import NamespaceLink, link_text
+from .preset import LinkSpec, Preset, load_preset
+from .probe import Endpoint, ProbeError, expected, judge, measure_pair
+from .targets import Target, find_targets, target_of
 
 log = logging.getLogger("netem")
 
@@ -68,170 +66,7 @@ REPORT_EVERY_S = 2.0
 RESCAN_EVERY_S = 5.0
 HEALTH_STALE_S = 15.0
 CLEANUP_S = 20.0  # compose gives the service 30 s (stop_grace_period) before SIGKILL
-DELAYER_START_S = 10.0
 PROBE_ATTEMPTS = 3
-ROLES = ("controller", "ps", "worker")
-
-
-def link_text(link: LinkSpec) -> str:
-    if link.down:
-        return "DOWN (nothing passes either way)"
-    rate = "unlimited" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s"
-    trace = "" if link.trace is None else f" (now; following {link.trace}, {link.trace_end} at its end)"
-    return f"delay {link.delay_ms:g} ms, jitter {link.jitter_ms:g} ms, loss {link.loss_pct:g} %, rate {rate}{trace}"
-
-
-class NamespaceLink:
-    """One container's link: the backend's rules in its namespace and, for the userspace
-    backend, the delayer process running there. Failure: `apply` raises LinkError after undoing
-    what it did; `delayer_problem` says whether the delayer died; `remove` returns what failed."""
-
-    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = LINKS_DIR,
-                 nice: int = 0):
-        self.backend = backend
-        self.netns = netns
-        self.label = label
-        self.seed = seed
-        self.nice = nice  # the delayer's niceness (below 0 needs CAP_SYS_NICE; see DELAYER_NICE)
-        self.spec_file = workdir / f"{label}.spec.json"
-        self.stats_file = workdir / f"{label}.stats.json"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.link: LinkSpec | None = None
-        self.delayer = None  # subprocess.Popen, or agent.AgentProcess in a helper
-        self.delayer_output: collections.deque[str] = collections.deque(maxlen=5)
-
-    def apply(self, link: LinkSpec) -> None:
-        spec = self.backend.delayer_spec(link)
-        if spec is not None:
-            self._start_delayer(spec)  # before the rule, so no packet meets an empty queue
-        try:
-            run_commands(self.netns, self.backend.apply(link))
-        except LinkError:
-            self.remove()
-            raise
-        self.link = link
-
-    def change(self, link: LinkSpec) -> None:
-        """Move the link to `link` in place: qdiscs of the same kind are changed, not replaced (flows and
-        queues stay), and the delayer re-reads its spec on SIGHUP."""
-        run_commands(self.netns, self.backend.change(link, self.link))
-        spec = self.backend.delayer_spec(link)
-        if spec is not None and self.delayer is not None and spec != self.backend.delayer_spec(self.link):
-            atomic_write(self.spec_file, json.dumps(spec).encode())
-            self.delayer.send_signal(signal.SIGHUP)
-        self.link = link
-
-    def remove(self, timeout_s: float = 10.0) -> list[str]:
-        """Delete the rules (the NFQUEUE rule first), then stop the delayer, which releases what it
-        holds. Every step is attempted; the failures are returned."""
-        failures = []
-        if reachable(self.netns):  # else the handle was closed: nothing of ours is reachable
-            failures = run_commands(self.netns, self.backend.remove(), timeout_s=max(1.0, timeout_s / 4),
-                                    keep_going=True)
-        if self.delayer is not None:
-            self.delayer.terminate()
-            try:
-                self.delayer.wait(timeout=max(1.0, timeout_s / 2))
-            except subprocess.TimeoutExpired:
-                self.delayer.kill()
-                self.delayer.wait()
-                failures.append(f"{self.label}: delayer did not stop on SIGTERM; killed")
-            self.delayer = None
-        self.link = None
-        return failures
-
-    def _start_delayer(self, spec: dict) -> None:
-        atomic_write(self.spec_file, json.dumps(spec).encode())
-        self.stats_file.unlink(missing_ok=True)
-        argv = delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file), self.seed)
-        if self.nice:
-            argv = ["nice", "-n", str(self.nice), *argv]
-        try:
-            self.delayer = ns_popen(self.netns, argv, env_extra={"PYTHONPATH": SERVICES},
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        except AgentError as exc:
-            raise LinkError(f"{self.label}: cannot start the delayer: {exc}") from None
-        self.delayer_output.clear()
-        threading.Thread(target=self._forward, args=(self.delayer,), daemon=True).start()
-        deadline = time.monotonic() + DELAYER_START_S
-        while not self.stats_file.exists():  # written once the queue is bound
-            if self.delayer.poll() is not None or time.monotonic() > deadline:
-                problem = self.delayer_problem() or "delayer did not bind its queue in time"
-                self.delayer.kill()
-                self.delayer.wait()
-                self.delayer = None
-                raise LinkError(f"{self.label}: {problem}")
-            time.sleep(0.02)
-
-    def _forward(self, proc) -> None:
-        for line in proc.stdout:
-            line = line.rstrip()
-            self.delayer_output.append(line)
-            # A trace re-specs the delayer every step: those confirmations go to the debug log.
-            step = self.link is not None and self.link.trace is not None and f"] {SPEC_NOW} " in line
-            log.log(logging.DEBUG if step else logging.INFO, "%s: %s", self.label, line)
-        proc.stdout.close()
-
-    def delayer_problem(self) -> str | None:
-        """Why the delayer is dead (exit code and its last lines), or None while it runs."""
-        if self.delayer is None or self.delayer.poll() is None:
-            return None
-        time.sleep(0.05)  # let the reader thread collect its last lines
-        last = " | ".join(self.delayer_output) or "no output"
-        return f"delayer exited with code {self.delayer.returncode} ({last})"
-
-    def restart_delayer(self) -> None:
-        self._start_delayer(self.backend.delayer_spec(self.link))
-
-    def delayer_stats(self) -> dict | None:
-        try:
-            return json.loads(self.stats_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-
-# ---- the stack's containers ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Target:
-    id: str
-    name: str
-    role: Role
-    index: int
-    pid: int
-    address: str
-
-    @property
-    def label(self) -> str:
-        return self.role if self.role != "worker" else f"worker-{self.index}"
-
-
-def target_of(container) -> Target | None:
-    """The Target a container is, or None if the sidecar must leave it alone (itself, one-off
-    containers, anything without a known role, anything not running)."""
-    labels = container.labels
-    role = labels.get("dist-llm-train.role")
-    state = container.attrs.get("State", {})
-    pid = state.get("Pid") or 0
-    if role not in ROLES or labels.get("com.docker.compose.oneoff") == "True" or not state.get("Running"):
-        return None
-    if pid in (0, os.getpid()):
-        return None
-    networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
-    address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
-    if address is None:
-        return None
-    index = int(labels.get("com.docker.compose.container-number", "1")) - 1 if role == "worker" else 0
-    return Target(container.id, container.name, role, index, pid, address)
-
-
-def find_targets(client, project: str) -> dict[str, Target]:
-    found = {}
-    for container in client.containers.list(filters={"label": f"com.docker.compose.project={project}"}):
-        target = target_of(container)
-        if target is not None:
-            found[target.id] = target
-    return found
 
 
 @dataclass
@@ -734,43 +569,6 @@ def health() -> int:
     print(f"watching: profile {state['profile']}, backend {state['backend']}, ready {state['ready']}, "
           f"healthy {state['healthy']}")
     return 0
-
-
-def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: bool) -> None:
-    print(f"# {why}")
-    print(f"# preset {preset.name} ({preset.source}): {preset.description}")
-    containers = [("controller", 0)] + ([("ps", 0)] if with_ps else []) + [("worker", i) for i in range(workers)]
-    for role, index in containers:
-        label = role if role != "worker" else f"worker-{index}"
-        link = preset.link_at(role, index, 0.0)
-        print(f"\n## {label}: {link_text(link)}")
-        print(f"# TCP congestion control {link.tcp.congestion_control}, in {label}'s network namespace:")
-        for argv in tcp.commands(link.tcp) or [("# (host: nothing set; the inherited default is recorded)",)]:
-            print(" ".join(argv))
-        if all(l.is_identity for l in preset.links_over_time(role, index)):
-            print("# nothing to install")
-            continue
-        print(f"# apply, in {label}'s network namespace (by its helper container's agent):")
-        spec = backend.delayer_spec(link)
-        if spec is not None:
-            print(f"# first, the delayer, with spec file {json.dumps(spec)}:")
-            print(" ".join(delayer_argv("python3", f"{LINKS_DIR}/{label}.spec.json", f"{LINKS_DIR}/{label}.stats.json", 0)))
-        for argv in backend.apply(link):
-            print(" ".join(argv))
-        print("# remove:")
-        for argv in backend.remove():
-            print(" ".join(argv))
-    t, shown = 0.0, 0
-    while shown < 4 and (t := preset.next_change(t)) is not None:
-        print(f"\n## t = {t:g} s (phases active: {', '.join(preset.phases_active(t)) or 'none'})")
-        for role, index in containers:
-            before, after = preset.link_at(role, index, t - 1e-6), preset.link_at(role, index, t)
-            if before != after:
-                label = role if role != "worker" else f"worker-{index}"
-                print(f"# {label}: {link_text(after)}")
-                for argv in backend.change(after, before):
-                    print(" ".join(argv))
-        shown += 1
 
 
 def main(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ from .probe import (LOSS_SAMPLES, LOSS_TOLERANCE_PP, RATE_JUDGED_UP_TO_MBIT, RAT
                     schedule)
 from .agent import PREFIX
 from .helpers import socket_path
-from .sidecar import STATE_FILE, Target, find_targets
+from .sidecar import STATE_FILE
+from .targets import Target, find_targets
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
