@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -247,7 +248,10 @@ class Sidecar:
             return
         if gone.ns is not None and gone.ns.delayer is not None:
             gone.ns.delayer.kill()
-            gone.ns.delayer.wait()
+            try:
+                gone.ns.delayer.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # its helper goes next, and the delayer with it
+                log.warning("%s: its delayer did not answer a kill within 5 s", gone.target.name)
         self.drop_helper(container_id)
         log.info("%s %s: its rules went with its namespace", gone.target.name, why)
 
@@ -481,6 +485,10 @@ class Sidecar:
         log.info("profile %s (%s): %s", self.preset.name, self.preset.source, self.preset.description)
         threading.Thread(target=self.watch_events, daemon=True).start()
         threading.Thread(target=self.reporter, daemon=True).start()
+        try:
+            self.template = own_template(self.client, self.settings.delayer_nice)
+        except HelperError as exc:  # no helper can start: say so, and a waiting run ends failed with it
+            self.fail("helpers", str(exc))
         self.clear_leftovers()
         self.load_run_config()
         next_scan = next_report = 0.0
