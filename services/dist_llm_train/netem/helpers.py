@@ -74,6 +74,24 @@ def own_template(client, delayer_nice: int = 0) -> Template:
     return template_of(me.attrs, delayer_nice)
 
 
+def kernel_has_netem(client, template: Template) -> bool:
+    """The backends' sch_netem probe (backends.PROBE) in a throwaway container with a network namespace of its
+    own and NET_ADMIN only; LinkError if it cannot run."""
+    from .backends import PROBE, probe_answer
+    from .backends.base import LinkError
+
+    try:
+        client.containers.run(template.image, list(PROBE), network_mode="none", user="0:0", cap_drop=["ALL"],
+                              cap_add=["NET_ADMIN"], security_opt=["no-new-privileges:true"], remove=True)
+        return True
+    except Exception as exc:  # noqa: BLE001 - docker's ContainerError carries the exit and stderr
+        status, stderr = getattr(exc, "exit_status", None), getattr(exc, "stderr", None)
+        if status is None:
+            raise LinkError(f"cannot probe the kernel for sch_netem (a throwaway container): {exc}") from None
+        text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr or exc)
+        return probe_answer(status, text, "a throwaway container with NET_ADMIN")
+
+
 def socket_path(target_id: str, links_dir: Path = LINKS_DIR) -> Path:
     return links_dir / "agents" / f"{target_id}.sock"
 

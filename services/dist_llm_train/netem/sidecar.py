@@ -52,7 +52,7 @@ from . import counters, lateness, tcp
 from .backends import CHOICES, choose
 from .backends.base import Backend, LinkError, queue_packets_in_force, run_commands
 from .dryrun import dry_run
-from .helpers import Helper, HelperError, Template, own_template, remove_all
+from .helpers import Helper, HelperError, Template, kernel_has_netem, own_template, remove_all
 from .helpers import start as start_helper
 from .nslink import NamespaceLink, link_text
 from .preset import LinkSpec, Preset, load_preset
@@ -485,10 +485,6 @@ class Sidecar:
         log.info("profile %s (%s): %s", self.preset.name, self.preset.source, self.preset.description)
         threading.Thread(target=self.watch_events, daemon=True).start()
         threading.Thread(target=self.reporter, daemon=True).start()
-        try:
-            self.template = own_template(self.client, self.settings.delayer_nice)
-        except HelperError as exc:  # no helper can start: say so, and a waiting run ends failed with it
-            self.fail("helpers", str(exc))
         self.clear_leftovers()
         self.load_run_config()
         next_scan = next_report = 0.0
@@ -601,19 +597,23 @@ def main(args: argparse.Namespace) -> int:
         settings_module.require_role_tokens(settings, "sidecar")  # /links opens only to the sidecar's credential
         preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir),
                              args.tcp_cc or settings.tcp_cc)
-        backend, why = choose(args.backend or settings.netem_backend)
+        import docker
+
+        client = docker.from_env()
+        template = own_template(client, settings.delayer_nice)  # helpers copy it; the kernel probe runs from it
+        backend, why = choose(args.backend or settings.netem_backend, lambda: kernel_has_netem(client, template))
         project = settings.compose_project
-    except (ConfigError, ValueError, LinkError) as exc:
+    except (ConfigError, ValueError, LinkError, HelperError) as exc:
         print(f"netem: refused: {exc}", file=sys.stderr)
         return 2
-    import docker
     import httpx
 
     log.info(why)
     http = httpx.Client(base_url=settings.controller_url, timeout=3.0,
                         headers={"Authorization": f"Bearer {settings.run_token}",
                                  "X-Role-Token": settings.sidecar_token})
-    sidecar = Sidecar(preset, backend, settings, project, docker.from_env(), http)
+    sidecar = Sidecar(preset, backend, settings, project, client, http)
+    sidecar.template = template
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("%s: stopping", signal.Signals(signum).name),
                                                    sidecar.stop.set()))
