@@ -34,7 +34,7 @@ HELPER_TARGET = "dist-llm-train.helper-target"
 ROLE = "netem-helper"  # its dist-llm-train.role: the sidecar's scans ignore it
 START_S = 20.0
 BASE_CAPS = ("NET_ADMIN", "NET_RAW")
-SECURITY_OPT = ["no-new-privileges:true", "systempaths=unconfined", "apparmor=unconfined"]
+SECURITY_OPT = ["no-new-privileges:true", "apparmor=unconfined"]  # Docker's AppArmor profile forbids /proc/sys/net writes
 
 
 class HelperError(Exception):
@@ -142,13 +142,21 @@ def start(client, template: Template, project: str, target, links_dir: Path = LI
     name = helper_name(project, target.label, target.id)
     leftover(client, name)
     try:
-        container = client.containers.run(
-            template.image, ["dist-llm-train", "netem-agent", "--socket", str(sock)], detach=True, name=name,
-            network_mode=f"container:{target.id}", user="0:0", cap_drop=["ALL"], cap_add=list(template.caps),
+        host_config = client.api.create_host_config(
+            network_mode=f"container:{target.id}", cap_drop=["ALL"], cap_add=list(template.caps),
             security_opt=SECURITY_OPT, cpu_shares=template.cpu_shares,
+            binds={template.volume: {"bind": str(links_dir), "mode": "rw"}})
+        # What `--security-opt systempaths=unconfined` means (the CLI and compose translate it; the API
+        # takes the lists): /proc/sys writable, so the agent can set the namespace's TCP sysctls.
+        host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+        created = client.api.create_container(
+            template.image, ["dist-llm-train", "netem-agent", "--socket", str(sock)], name=name, user="0:0",
             labels={HELPER_OF: project, HELPER_TARGET: target.id, "dist-llm-train.role": ROLE},
-            volumes={template.volume: {"bind": str(links_dir), "mode": "rw"}})
+            host_config=host_config)
+        client.api.start(created["Id"])
+        container = client.containers.get(created["Id"])
     except Exception as exc:  # noqa: BLE001 - the target went meanwhile, or the daemon refused: say which
+        leftover(client, name)
         raise HelperError(f"cannot start a helper in {target.name}'s namespace: {exc}") from None
     helper = Helper(client, container, target.id, target.pid, sock)
     deadline = time.monotonic() + START_S
