@@ -117,6 +117,8 @@ up: preflight check $(ENV_FILE) dirs ## start (or update) the stack: PROFILE, MO
 	@echo "  make down                              stop, remove the emulation rules, clear run state"
 
 down: preflight $(ENV_FILE) ## stop the stack, remove every emulation rule and the controller state (runs/ stays)
+	$(COMPOSE) --profile ml stop --timeout 30 netem   # first: it removes its rules and its helper containers
+	docker ps -aq --filter label=dist-llm-train.helper-of=$(COMPOSE_PROJECT_NAME) | xargs -r docker rm -f >/dev/null
 	$(COMPOSE) --profile ml down -v --remove-orphans --timeout 30
 
 logs: preflight $(ENV_FILE) ## follow every service's log

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("dist_llm_train.worker.main", "run one worker (basic or ML mode, from the config)"),
     "ps": ("dist_llm_train.ps.main", "run the parameter server (ZeroMQ data plane)"),
     "netem": ("dist_llm_train.netem.sidecar", "run the WAN emulation sidecar"),
+    "netem-agent": ("dist_llm_train.netem.agent", "run commands in one container's namespace for the sidecar"),
     "verify": ("dist_llm_train.netem.verify", "measure the emulated links and compare with the preset"),
     "check": ("dist_llm_train.check", "validate a run config and a WAN preset, then exit"),
     "demo-basic": ("dist_llm_train.demo", "basic-mode run as local processes on loopback"),

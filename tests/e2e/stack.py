@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dist_llm_train.netem import helpers
+
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = ("RUN_TOKEN", "SIDECAR_TOKEN", "PS_TOKEN", "OPERATOR_TOKEN")  # what `make up` writes to .env
 END_STATES = {"finished", "timeout", "stopped", "failed"}
@@ -84,6 +86,10 @@ class Stack:
         return result
 
     def down(self) -> None:
+        """As `make down` does it: the sidecar first (it removes its rules and its helpers), any helper a dead
+        sidecar left, then the rest."""
+        self.compose("stop", "--timeout", "30", "netem", check=False)
+        helpers.sweep(self.project)
         self.compose("--profile", "ml", "down", "-v", "--remove-orphans", "--timeout", "30", check=False)
 
     def logs(self, service: str = "") -> str:
@@ -117,3 +123,13 @@ class Stack:
 
     def containers(self, service: str) -> list[str]:
         return self.compose("ps", "-q", service).stdout.split()
+
+    def helpers(self, target: str | None = None) -> list[str]:
+        """The ids of the sidecar's helper containers in this project (of one target container, given its id)."""
+        label = f"{helpers.HELPER_OF}={self.project}"
+        if target is not None:
+            full = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", target], capture_output=True, text=True)
+            label = f"{helpers.HELPER_TARGET}={full.stdout.strip()}"
+        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True,
+                               timeout=60)
+        return found.stdout.split()

@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 from dist_llm_train.experiments.runner import OK_STATUS
+from dist_llm_train.netem import helpers
 from dist_llm_train.results import read_rows
 
 from .stack import CREDENTIALS, REPO
@@ -46,6 +46,7 @@ def workspace():
     runs.mkdir(parents=True)
     yield project, runs
     # The runner tears every stack down itself; this only cleans up after a runner that crashed.
+    helpers.sweep(project)
     subprocess.run(["docker", "compose", "-p", project, "--project-directory", str(REPO), "-f", str(REPO / "compose.yaml"),
                     "--profile", "ml", "down", "-v", "--remove-orphans", "--timeout", "10"],
                    env={**os.environ, **{name: "x" * 32 for name in CREDENTIALS}}, capture_output=True, timeout=180)

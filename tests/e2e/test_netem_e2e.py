@@ -118,9 +118,10 @@ def test_high_rtt_adds_its_delay_over_lan_and_stop_removes_every_rule(make_stack
             assert abs(result["measured"]["rtt_p50_ms"] - 100) <= 10 and result["verdict"]["loss_pct"], result
             # Stopping the sidecar removes every rule from the containers that are still running.
             assert rules_left(prober, controller) and rules_left(prober, worker)
+            assert len(stack.helpers()) == len(stack.containers("worker")) + 1  # one per container it shapes
             stack.compose("stop", "netem", timeout=60)
             assert rules_left(prober, controller) == [] and rules_left(prober, worker) == []
-            assert "cleanup done" in stack.logs("netem")
+            assert "cleanup done" in stack.logs("netem") and stack.helpers() == []
         stack.down()
     # Assert: RTT up by d_worker + d_controller = 100 ms, within max(10 %, 2 ms).
     added = medians["high_rtt"] - medians["lan"]
@@ -183,8 +184,9 @@ def test_a_crashed_sidecar_comes_back_reapplies_every_link_and_the_run_says_so(m
     stack, _ = up_and_ready(make_stack, "high_rtt")
     worker, controller, netem = (stack.containers(s)[0] for s in ("worker", "controller", "netem"))
     pid = docker("inspect", "-f", "{{.State.Pid}}", netem).strip()
-    # The exec dies with the container it runs in: its exit status says nothing.
-    subprocess.run(["docker", "exec", netem, "sh", "-c", f"kill -9 {pid}"], capture_output=True, timeout=60)
+    # Its PID as the host sees it, killed from the host's PID namespace (the sidecar has a PID namespace of
+    # its own, where its process is init and cannot be killed from inside): a crash, as an OOM kill would be.
+    docker("run", "--rm", "--pid", "host", IMAGE, "sh", "-c", f"kill -9 {pid}")
     killed = time.monotonic()
     prober.echo(controller)
     back_after = None
@@ -206,12 +208,24 @@ def test_a_restarted_container_gets_its_link_back(make_stack, prober):
     # the Docker events and applies the link again.
     stack, _ = up_and_ready(make_stack, "high_rtt")
     worker, controller = stack.containers("worker")[0], stack.containers("controller")[0]
+    # The sidecar shapes it through a helper in the worker's namespace, with NET_ADMIN and NET_RAW only;
+    # the sidecar itself has neither the host PID namespace nor an added capability.
+    (helper,) = stack.helpers(worker)
+    worker_id = docker("inspect", "-f", "{{.Id}}", worker).strip()
+    shape = json.loads(docker("inspect", "-f", "{{json .HostConfig}}", helper))
+    assert shape["NetworkMode"] == f"container:{worker_id}", shape["NetworkMode"]
+    assert sorted(c.removeprefix("CAP_") for c in shape["CapAdd"]) == ["NET_ADMIN", "NET_RAW"], shape["CapAdd"]
+    assert [c.removeprefix("CAP_") for c in shape["CapDrop"]] == ["ALL"] and not shape["Privileged"]
+    sidecar = json.loads(docker("inspect", "-f", "{{json .HostConfig}}", stack.containers("netem")[0]))
+    assert sidecar["PidMode"] != "host" and not sidecar["CapAdd"] and not sidecar["Privileged"], sidecar
     docker("restart", "-t", "2", worker)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and stack.logs("netem").count("(worker-0,") < 2:
         time.sleep(1)
     assert stack.logs("netem").count("(worker-0,") == 2, stack.logs("netem")
     assert rules_left(prober, worker), "no rule in the restarted worker's namespace"
+    (new_helper,) = stack.helpers(worker)  # a new one for the new namespace; the old one removed
+    assert new_helper != helper
     prober.echo(controller)
     rtts = [r for r in prober.rtts(worker, address(controller), 200, 0.005) if r is not None]
     assert len(rtts) >= 195 and abs(median(rtts) - 100) <= 10, median(rtts)
@@ -251,7 +265,7 @@ def test_make_up_with_a_new_profile_reapplies_links_and_keeps_every_training_con
     assert all(len(ids) == 1 for ids in training.values()), training
     assert before < 5 and abs(after - 100) <= 10, (before, after)
     stack.make("down")
-    assert stack.compose("ps", "-a", "-q").stdout.split() == []
+    assert stack.compose("ps", "-a", "-q").stdout.split() == [] and stack.helpers() == []
 
 
 def test_a_dead_delayer_marks_the_run_and_is_restarted(make_stack, prober):
@@ -265,7 +279,8 @@ def test_a_dead_delayer_marks_the_run_and_is_restarted(make_stack, prober):
         time.sleep(0.5)
     (entry,) = [link for link in json.loads(link_json.read_text())["links"].values() if link["role"] == "worker"]
 
-    stack.compose("exec", "-T", "netem", "kill", "-9", str(entry["delayer"]["pid"]))  # its pid: the host's (pid: host)
+    (helper,) = stack.helpers(worker)  # the delayer runs in the worker's helper; its pid is the helper's
+    docker("exec", helper, "sh", "-c", f"kill -9 {entry['delayer']['pid']}")
 
     status = stack.wait_for(lambda s: s["run"]["degraded"], 60, "the run to be marked degraded")
     assert "delayer" in status["run"]["degraded"] and "died" in status["run"]["degraded"], status["run"]

@@ -18,7 +18,7 @@ import pytest
 from dist_llm_train.bench.trace import follow
 from dist_llm_train.netem.backends import choose
 from dist_llm_train.netem.preset import load_preset
-from dist_llm_train.netem.sidecar import NamespaceLink
+from dist_llm_train.netem.nslink import NamespaceLink
 from dist_llm_train.netem.testbed import VethPair
 
 NETEM_DIR = Path(__file__).resolve().parents[2] / "netem"

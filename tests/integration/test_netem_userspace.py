@@ -16,7 +16,7 @@ from dist_llm_train.netem.backends import choose
 from dist_llm_train.netem.backends.base import IFB
 from dist_llm_train.netem.preset import LinkSpec
 from dist_llm_train.netem.probe import Endpoint, Server, run_client, expected, judge, measure_pair
-from dist_llm_train.netem.sidecar import NamespaceLink
+from dist_llm_train.netem.nslink import NamespaceLink
 from dist_llm_train.netem.testbed import ADDRESSES, DEVICES, VethPair
 
 

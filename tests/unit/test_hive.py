@@ -110,17 +110,17 @@ def test_net_dev_is_read_by_column():
 
 
 def test_the_tally_counts_from_the_start_and_a_late_namespace_from_zero(monkeypatch):
-    readings = {1: {"rx_bytes": 100, "rx_packets": 1, "tx_bytes": 50, "tx_packets": 1}}
-    monkeypatch.setattr("dist_llm_train.netem.counters.read_counters", lambda pid: readings.get(pid))
+    readings = {"agent:a": {"rx_bytes": 100, "rx_packets": 1, "tx_bytes": 50, "tx_packets": 1}}
+    monkeypatch.setattr("dist_llm_train.netem.counters.read_counters", lambda netns: readings.get(netns))
     tally = InterfaceTally()
-    tally.update([("a", 1, "worker-0", "worker")])
+    tally.update([("a", 1, "worker-0", "worker", "agent:a")])
     assert tally.summary() is None  # nothing before the run starts
-    tally.start([("a", 1, "worker-0", "worker")])
-    readings[1] = {"rx_bytes": 1100, "rx_packets": 3, "tx_bytes": 550, "tx_packets": 4}
-    readings[2] = {"rx_bytes": 70, "rx_packets": 1, "tx_bytes": 30, "tx_packets": 1}
-    tally.update([("a", 1, "worker-0", "worker"), ("b", 2, "worker-1", "worker")])
-    readings.pop(1)  # worker-0 gone: it keeps what it counted
-    tally.update([("b", 2, "worker-1", "worker")])
+    tally.start([("a", 1, "worker-0", "worker", "agent:a")])
+    readings["agent:a"] = {"rx_bytes": 1100, "rx_packets": 3, "tx_bytes": 550, "tx_packets": 4}
+    readings["agent:b"] = {"rx_bytes": 70, "rx_packets": 1, "tx_bytes": 30, "tx_packets": 1}
+    tally.update([("a", 1, "worker-0", "worker", "agent:a"), ("b", 2, "worker-1", "worker", "agent:b")])
+    readings.pop("agent:a")  # worker-0 gone: it keeps what it counted
+    tally.update([("b", 2, "worker-1", "worker", "agent:b")])
     summary = tally.summary()
     assert summary["roles"]["worker"] == {"rx_bytes": 1070, "rx_packets": 3, "tx_bytes": 530, "tx_packets": 4}
     assert summary["containers"]["worker-0"]["tx_bytes"] == 500

@@ -139,3 +139,15 @@ def test_forced_choice_and_unknown_name():
     assert choose("netem")[0].name == "netem"
     with pytest.raises(ValueError, match="NETEM_BACKEND: unknown backend 'tc'"):
         choose("tc")
+
+
+def test_auto_asks_the_probe_it_is_given_and_reads_its_answer():
+    from dist_llm_train.netem.backends import probe_answer
+    from dist_llm_train.netem.backends.base import LinkError
+
+    assert choose("auto", lambda: True)[0].name == "netem"
+    assert choose("auto", lambda: False)[0].name == "userspace"
+    assert probe_answer(0, "", "here") is True
+    assert probe_answer(2, "Error: Specified qdisc kind is unknown.", "here") is False
+    with pytest.raises(LinkError, match="Operation not permitted"):
+        probe_answer(1, "RTNETLINK answers: Operation not permitted", "a throwaway container")

@@ -3,14 +3,13 @@ workers.start_wait_s, the servers and the workers that are there; and the probe'
 
 from __future__ import annotations
 
-import os
-import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from dist_llm_train.netem.backends.userspace import UserspaceBackend
-from dist_llm_train.netem.nshandle import NamespaceHandle
 from dist_llm_train.netem.preset import LinkSpec, load_preset
-from dist_llm_train.netem.sidecar import Applied, Sidecar, Target
+from dist_llm_train.netem.sidecar import Applied, Sidecar
+from dist_llm_train.netem.targets import Target
 
 NETEM_DIR = Path(__file__).resolve().parents[2] / "netem"
 
@@ -21,16 +20,19 @@ def sidecar(workers: int, wait_s: float) -> Sidecar:
     return car
 
 
-def exited_handle() -> NamespaceHandle:
-    """A handle whose process has exited (taken while it ran, as the sidecar does)."""
-    proc = subprocess.Popen(["true"])
-    pidfd = os.pidfd_open(proc.pid)
-    proc.wait()
-    return NamespaceHandle(proc.pid, pidfd, os.open("/proc/self/ns/net", os.O_RDONLY))
+@dataclass
+class Handle:
+    """What the start logic asks of a helper (helpers.Helper, which needs Docker): whether its target runs."""
+    pid: int
+    live: bool = True
+    path: str = "agent:/nonexistent.sock"
+
+    def alive(self) -> bool:
+        return self.live
 
 
 def add(car: Sidecar, role: str, index: int = 0, exited: bool = False) -> None:
-    handle = exited_handle() if exited else NamespaceHandle.open(os.getpid(), lambda: True)
+    handle = Handle(1000 + index, live=not exited)
     target = Target(f"id-{role}-{index}", f"p-{role}-{index}", role, index, handle.pid, "10.0.0.1")
     car.applied[target.id] = Applied(target, LinkSpec(), None, {"congestion_control": "cubic"}, handle)
 
@@ -86,14 +88,14 @@ def test_a_sidecar_started_into_a_running_run_resumes_its_clock_and_says_so(monk
 
 
 def test_the_report_and_verify_say_which_queue_is_in_force(tmp_path):
-    from dist_llm_train.netem.sidecar import NamespaceLink
+    from dist_llm_train.netem.nslink import NamespaceLink
     from dist_llm_train.netem.verify import queue_lines
 
     car = sidecar(2, 60)
     links = {0: LinkSpec(delay_ms=304, rate_mbit=6.25, queue_packets=362), 1: LinkSpec(delay_ms=40, jitter_ms=8, rate_mbit=10)}
     targets = []
     for index, link in links.items():
-        handle = NamespaceHandle.open(os.getpid(), lambda: True)
+        handle = Handle(2000 + index)
         target = Target(f"id-{index}", f"p-worker-{index}", "worker", index, handle.pid, "10.0.0.1")
         ns = NamespaceLink(UserspaceBackend(), handle.path, target.label, 0, workdir=tmp_path)
         car.applied[target.id] = Applied(target, link, ns, {"congestion_control": "cubic"}, handle)

@@ -25,6 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..netem import helpers
 from ..netem.preset import available, load_preset
 from ..netem.verify import print_table, table_rows
 from ..settings import ROLE_TOKENS
@@ -88,6 +89,8 @@ class BenchStack:
 
     def __exit__(self, *exc) -> None:
         self.compose("unpause", "worker")
+        self.compose("stop", "--timeout", "30", "netem")  # first: it removes its rules and helpers
+        helpers.sweep(self.project)
         self.compose("--profile", "ml", "down", "-v", "--remove-orphans", "--timeout", "30")
         shutil.rmtree(self.home, ignore_errors=True)
 

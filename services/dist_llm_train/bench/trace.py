@@ -34,7 +34,7 @@ from ..netem.backends import choose
 from ..netem.backends.base import IFB
 from ..netem.preset import LinkSpec, load_preset
 from ..netem.probe import Endpoint, Server, run_client
-from ..netem.sidecar import NamespaceLink
+from ..netem.nslink import NamespaceLink
 from ..netem.testbed import ADDRESSES, VethPair
 
 WARMUP_S = 3.0

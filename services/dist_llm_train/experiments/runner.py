@@ -41,7 +41,7 @@ from ..results import atomic_write, is_folder_name, read_rows, safe_run_id, writ
 from ..schema import ConfigError
 from ..controller.health import GATE_TIMEOUT_S
 from ..controller.runstate import END_STATES, VERSIONED, package_versions
-from ..netem import tcp
+from ..netem import helpers, tcp
 from ..netem.preset import load_preset
 from ..settings import ROLE_TOKENS, TCP_CC_CHOICES
 from .matrix import Cell, expand, load_matrix, with_overrides
@@ -370,6 +370,9 @@ class Runner:
         """`down -v`, not interruptible: a second Ctrl-C must not leave rules or containers behind."""
         with signals_ignored():
             try:
+                self.compose(cell, env, "stop", "--timeout", "30", "netem", timeout=DOWN_TIMEOUT_S)
+                if helpers.sweep(self.project):  # the sidecar removes its helpers as it stops, unless it died
+                    print("  removed helper containers a dead sidecar left", flush=True)
                 down = self.compose(cell, env, "down", "-v", "--remove-orphans", "--timeout", "30",
                                     timeout=DOWN_TIMEOUT_S)
                 if down.returncode != 0:

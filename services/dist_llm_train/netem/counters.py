@@ -1,8 +1,8 @@
 """Bytes each container's interface carried during the run, read by the sidecar outside every trainer.
 
-Where: `/proc/<pid>/net/dev` of a process in the container shows the counters of that process's network
-namespace (the sidecar shares the host's PID namespace), so no trainer's own report enters the figure, and
-builtin and hivemind runs are counted the same way.
+Where: `/proc/net/dev` read inside the container's network namespace (by its helper's agent, helpers.py) shows
+that namespace's counters, so no trainer's own report enters the figure, and builtin and hivemind runs are
+counted the same way.
 
 What a byte is: the kernel's rx_bytes / tx_bytes of the container's `eth0` (its veth end): every Ethernet frame
 with its 14-byte header and everything inside (IP, TCP, TLS / ZMTP / libp2p framing, retransmissions, ACKs, DNS,
@@ -28,6 +28,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends.base import ns_read
+
 INTERFACE = "eth0"
 FIELDS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
 SERIES_COLUMNS = ("t_s", "worker_tx_bytes", "worker_rx_bytes", "ps_tx_bytes", "ps_rx_bytes")
@@ -47,12 +49,10 @@ def parse_net_dev(text: str, interface: str = INTERFACE) -> dict[str, int] | Non
     return None
 
 
-def read_counters(pid: int, interface: str = INTERFACE) -> dict[str, int] | None:
-    """The counters of `interface` in the network namespace of process `pid`; None if the process is gone."""
-    try:
-        return parse_net_dev(Path(f"/proc/{pid}/net/dev").read_text(), interface)
-    except OSError:
-        return None
+def read_counters(netns: str, interface: str = INTERFACE) -> dict[str, int] | None:
+    """The counters of `interface` in the namespace `netns` names (backends.base.ns_read); None if it is gone."""
+    text = ns_read(netns, "/proc/net/dev")
+    return None if text is None else parse_net_dev(text, interface)
 
 
 @dataclass
@@ -70,20 +70,20 @@ class InterfaceTally:
     started: bool = False
     seen: dict[tuple[str, int], Counted] = field(default_factory=dict)
 
-    def start(self, containers: list[tuple[str, int, str, str]]) -> None:
-        """Begin counting now, from the current counters of the (id, pid, label, role) containers present."""
+    def start(self, containers: list[tuple[str, int, str, str, str]]) -> None:
+        """Begin counting now, from the current counters of the (id, pid, label, role, netns) containers present."""
         self.started = True
-        for cid, pid, label, role in containers:
-            now = read_counters(pid)
+        for cid, pid, label, role, netns in containers:
+            now = read_counters(netns)
             if now is not None:
                 self.seen[(cid, pid)] = Counted(label, role, now, now)
 
-    def update(self, containers: list[tuple[str, int, str, str]]) -> None:
+    def update(self, containers: list[tuple[str, int, str, str, str]]) -> None:
         """Read the containers present now; a namespace first seen after the start counts from zero."""
         if not self.started:
             return
-        for cid, pid, label, role in containers:
-            now = read_counters(pid)
+        for cid, pid, label, role, netns in containers:
+            now = read_counters(netns)
             if now is None:
                 continue
             counted = self.seen.get((cid, pid))

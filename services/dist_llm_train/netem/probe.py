@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -37,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import traffic
-from .backends.base import in_namespace
+from .agent import AgentError
+from .backends.base import ns_popen
 from .lateness import TOLERANCE_FLOOR_MS, TOLERANCE_FRACTION
 from .preset import LinkSpec
 from .tcp import mathis_mbit
@@ -64,7 +64,7 @@ class ProbeError(RuntimeError):
 @dataclass(frozen=True)
 class Endpoint:
     name: str  # container name, for messages
-    netns: str  # a path nsenter can enter: the sidecar's held descriptor (nshandle), or a test's namespace
+    netns: str  # "agent:<socket>" (the sidecar's helper in that container, agent.py), or a path nsenter enters (tests)
     address: str  # its address on the stack's network
     link: LinkSpec  # the link the preset gives it now
 
@@ -98,9 +98,11 @@ def schedule(a: LinkSpec, b: LinkSpec) -> dict:
 
 
 def _python(netns: str, *args: str, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=SERVICES)
-    return subprocess.Popen(in_namespace(netns, [sys.executable, "-m", "dist_llm_train.netem.probe", *args]),
-                            env=env, text=True, **kwargs)
+    try:
+        return ns_popen(netns, [sys.executable, "-m", "dist_llm_train.netem.probe", *args],
+                        env_extra={"PYTHONPATH": SERVICES}, text=True, **kwargs)
+    except AgentError as exc:
+        raise ProbeError(str(exc)) from None
 
 
 class Server:

@@ -2,10 +2,10 @@
 
 It finds the project's containers through the Docker API (labels com.docker.compose.project =
 COMPOSE_PROJECT and dist-llm-train.role = controller | ps | worker; a worker's index is its
-com.docker.compose.container-number - 1), enters each one's network namespace (with `nsenter`,
-through a descriptor taken when the container was matched, never through a PID that could be reused:
-nshandle.py; the service runs with pid: host, NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_PTRACE) and applies the link netem/<NETEM_PROFILE>.yaml gives it, through the
-backend `NETEM_BACKEND` chooses. It then
+com.docker.compose.container-number - 1), starts for each one a helper container joined to its network
+namespace (helpers.py: NET_ADMIN and NET_RAW only; the sidecar itself needs no capability and not the host
+PID namespace, only the Docker socket), and applies through it (agent.py) the link
+netem/<NETEM_PROFILE>.yaml gives the container, with the backend `NETEM_BACKEND` chooses. It then
   - re-applies a container's link when it (re)starts (Docker events, and a rescan every 5 s),
   - runs the preset's phases (t = 0 when it first reports ready),
   - watches every delayer process: a dead one is logged as an ERROR, makes `healthy` false for
@@ -33,7 +33,6 @@ the probe runs and the run starts with the workers present; the report's `missin
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
@@ -51,198 +50,24 @@ from ..results import atomic_write, safe_run_id
 from ..schema import ConfigError
 from . import counters, lateness, tcp
 from .backends import CHOICES, choose
-from .backends.base import Backend, LinkError, in_namespace, queue_packets_in_force, run_commands
-from .backends.userspace import delayer_argv
-from .delayer import SPEC_NOW
-from .nshandle import NamespaceGone, NamespaceHandle
-from .preset import LinkSpec, Preset, Role, load_preset
-from .probe import SERVICES, Endpoint, ProbeError, expected, judge, measure_pair
+from .backends.base import Backend, LinkError, queue_packets_in_force, run_commands
+from .dryrun import dry_run
+from .helpers import Helper, HelperError, Template, kernel_has_netem, own_template, remove_all
+from .helpers import start as start_helper
+from .nslink import NamespaceLink, link_text
+from .preset import LinkSpec, Preset, load_preset
+from .probe import Endpoint, ProbeError, expected, judge, measure_pair
+from .targets import Target, find_targets, target_of
 
 log = logging.getLogger("netem")
 
-WORK_DIR = Path("/run/dlt-netem")  # tmpfs of the sidecar: delayer spec/stats files, state.json
+WORK_DIR = Path("/run/dlt-netem")  # tmpfs of the sidecar: state.json
 STATE_FILE = WORK_DIR / "state.json"
 REPORT_EVERY_S = 2.0
 RESCAN_EVERY_S = 5.0
 HEALTH_STALE_S = 15.0
 CLEANUP_S = 20.0  # compose gives the service 30 s (stop_grace_period) before SIGKILL
-DELAYER_START_S = 10.0
 PROBE_ATTEMPTS = 3
-ROLES = ("controller", "ps", "worker")
-
-
-def link_text(link: LinkSpec) -> str:
-    if link.down:
-        return "DOWN (nothing passes either way)"
-    rate = "unlimited" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s"
-    trace = "" if link.trace is None else f" (now; following {link.trace}, {link.trace_end} at its end)"
-    return f"delay {link.delay_ms:g} ms, jitter {link.jitter_ms:g} ms, loss {link.loss_pct:g} %, rate {rate}{trace}"
-
-
-class NamespaceLink:
-    """One container's link: the backend's rules in its namespace and, for the userspace
-    backend, the delayer process running there. Failure: `apply` raises LinkError after undoing
-    what it did; `delayer_problem` says whether the delayer died; `remove` returns what failed."""
-
-    def __init__(self, backend: Backend, netns: str, label: str, seed: int, workdir: Path = WORK_DIR,
-                 nice: int = 0):
-        self.backend = backend
-        self.netns = netns
-        self.label = label
-        self.seed = seed
-        self.nice = nice  # the delayer's niceness (below 0 needs CAP_SYS_NICE; see DELAYER_NICE)
-        self.spec_file = workdir / f"{label}.spec.json"
-        self.stats_file = workdir / f"{label}.stats.json"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.link: LinkSpec | None = None
-        self.delayer: subprocess.Popen | None = None
-        self.delayer_output: collections.deque[str] = collections.deque(maxlen=5)
-
-    def apply(self, link: LinkSpec) -> None:
-        spec = self.backend.delayer_spec(link)
-        if spec is not None:
-            self._start_delayer(spec)  # before the rule, so no packet meets an empty queue
-        try:
-            run_commands(self.netns, self.backend.apply(link))
-        except LinkError:
-            self.remove()
-            raise
-        self.link = link
-
-    def change(self, link: LinkSpec) -> None:
-        """Move the link to `link` in place: qdiscs of the same kind are changed, not replaced (flows and
-        queues stay), and the delayer re-reads its spec on SIGHUP."""
-        run_commands(self.netns, self.backend.change(link, self.link))
-        spec = self.backend.delayer_spec(link)
-        if spec is not None and self.delayer is not None and spec != self.backend.delayer_spec(self.link):
-            atomic_write(self.spec_file, json.dumps(spec).encode())
-            self.delayer.send_signal(signal.SIGHUP)
-        self.link = link
-
-    def remove(self, timeout_s: float = 10.0) -> list[str]:
-        """Delete the rules (the NFQUEUE rule first), then stop the delayer, which releases what it
-        holds. Every step is attempted; the failures are returned."""
-        failures = []
-        if Path(self.netns).exists():  # else the handle was closed: nothing of ours is reachable
-            failures = run_commands(self.netns, self.backend.remove(), timeout_s=max(1.0, timeout_s / 4),
-                                    keep_going=True)
-        if self.delayer is not None:
-            self.delayer.terminate()
-            try:
-                self.delayer.wait(timeout=max(1.0, timeout_s / 2))
-            except subprocess.TimeoutExpired:
-                self.delayer.kill()
-                self.delayer.wait()
-                failures.append(f"{self.label}: delayer did not stop on SIGTERM; killed")
-            self.delayer = None
-        self.link = None
-        return failures
-
-    def _start_delayer(self, spec: dict) -> None:
-        atomic_write(self.spec_file, json.dumps(spec).encode())
-        self.stats_file.unlink(missing_ok=True)
-        argv = in_namespace(self.netns, delayer_argv(sys.executable, str(self.spec_file), str(self.stats_file),
-                                                     self.seed))
-        if self.nice:
-            argv = ["nice", "-n", str(self.nice), *argv]
-        self.delayer = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=SERVICES),
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.delayer_output.clear()
-        threading.Thread(target=self._forward, args=(self.delayer,), daemon=True).start()
-        deadline = time.monotonic() + DELAYER_START_S
-        while not self.stats_file.exists():  # written once the queue is bound
-            if self.delayer.poll() is not None or time.monotonic() > deadline:
-                problem = self.delayer_problem() or "delayer did not bind its queue in time"
-                self.delayer.kill()
-                self.delayer.wait()
-                self.delayer = None
-                raise LinkError(f"{self.label}: {problem}")
-            time.sleep(0.02)
-
-    def _forward(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            line = line.rstrip()
-            self.delayer_output.append(line)
-            # A trace re-specs the delayer every step: those confirmations go to the debug log.
-            step = self.link is not None and self.link.trace is not None and f"] {SPEC_NOW} " in line
-            log.log(logging.DEBUG if step else logging.INFO, "%s: %s", self.label, line)
-        proc.stdout.close()
-
-    def delayer_problem(self) -> str | None:
-        """Why the delayer is dead (exit code and its last lines), or None while it runs."""
-        if self.delayer is None or self.delayer.poll() is None:
-            return None
-        time.sleep(0.05)  # let the reader thread collect its last lines
-        last = " | ".join(self.delayer_output) or "no output"
-        return f"delayer exited with code {self.delayer.returncode} ({last})"
-
-    def restart_delayer(self) -> None:
-        self._start_delayer(self.backend.delayer_spec(self.link))
-
-    def delayer_stats(self) -> dict | None:
-        try:
-            return json.loads(self.stats_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-
-# ---- the stack's containers ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Target:
-    id: str
-    name: str
-    role: Role
-    index: int
-    pid: int
-    address: str
-
-    @property
-    def label(self) -> str:
-        return self.role if self.role != "worker" else f"worker-{self.index}"
-
-
-def target_of(container) -> Target | None:
-    """The Target a container is, or None if the sidecar must leave it alone (itself, one-off
-    containers, anything without a known role, anything not running)."""
-    labels = container.labels
-    role = labels.get("dist-llm-train.role")
-    state = container.attrs.get("State", {})
-    pid = state.get("Pid") or 0
-    if role not in ROLES or labels.get("com.docker.compose.oneoff") == "True" or not state.get("Running"):
-        return None
-    if pid in (0, os.getpid()):
-        return None
-    networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
-    address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
-    if address is None:
-        return None
-    index = int(labels.get("com.docker.compose.container-number", "1")) - 1 if role == "worker" else 0
-    return Target(container.id, container.name, role, index, pid, address)
-
-
-def pid_now(client, container_id: str) -> int:
-    """The PID of the container's process now (0: not running, or gone)."""
-    try:
-        state = client.containers.get(container_id).attrs.get("State", {})
-    except Exception:  # noqa: BLE001 - removed meanwhile, or the daemon is restarting: not ours now
-        return 0
-    return int(state.get("Pid") or 0) if state.get("Running") else 0
-
-
-def hold(client, target: Target) -> NamespaceHandle:
-    """A handle on the target's namespace, taken while Docker still says its PID is the container's
-    (NamespaceGone otherwise)."""
-    return NamespaceHandle.open(target.pid, lambda: pid_now(client, target.id) == target.pid)
-
-
-def find_targets(client, project: str) -> dict[str, Target]:
-    found = {}
-    for container in client.containers.list(filters={"label": f"com.docker.compose.project={project}"}):
-        target = target_of(container)
-        if target is not None:
-            found[target.id] = target
-    return found
 
 
 @dataclass
@@ -251,7 +76,7 @@ class Applied:
     link: LinkSpec
     ns: NamespaceLink | None  # None: the preset never impairs this container, nothing installed
     tcp: dict[str, str]  # the namespace's TCP settings in force once the preset's were set (tcp.SETTINGS)
-    handle: NamespaceHandle  # the only way in to the container's namespace
+    handle: Helper  # the only way in to the container's namespace
     since: float = field(default_factory=time.time)
 
 
@@ -285,6 +110,8 @@ class Sidecar:
         self.missing_at_start: list[str] = []  # declared workers the run started without
         self.lateness = lateness.Tally()  # every delayer's release lateness and unasked-for drops, this sidecar's life
         self.interfaces = counters.InterfaceTally()  # every container's eth0 bytes from the run's start (counters.py)
+        self.template: Template | None = None  # what helpers copy from this container (helpers.py)
+        self.helpers: dict[str, Helper] = {}  # target container id -> its helper
 
     # -- time and expectations ------------------------------------------------------------
     def now_t(self) -> float:
@@ -353,14 +180,14 @@ class Sidecar:
         if old is not None:
             self.forget(target.id, "restarted")
         try:
-            handle = hold(self.client, target)
-        except NamespaceGone as exc:
+            handle = self.enter(target)
+        except HelperError as exc:
             log.info("%s: %s; its link waits for the next scan", target.name, exc)
             return
         link = self.preset.link_at(target.role, target.index, self.now_t())
         tcp_now = self.apply_tcp(target, handle.path, link)
         if tcp_now is None:
-            handle.close()
+            self.drop_helper(target.id)
             return
         if all(l.is_identity for l in self.preset.links_over_time(target.role, target.index)):
             self.applied[target.id] = Applied(target, link, None, tcp_now, handle)
@@ -372,12 +199,28 @@ class Sidecar:
         try:
             ns.apply(link)
         except LinkError as exc:
-            handle.close()
+            self.drop_helper(target.id)
             self.problem(f"apply:{target.label}", f"cannot apply the link of {target.name}: {exc}")
             return
         self.applied[target.id] = Applied(target, link, ns, tcp_now, handle)
         log.info("%s (%s, %s, pid %d): applied %s, TCP %s [%s]", target.name, target.label, target.address,
                  target.pid, link_text(link), tcp_now["congestion_control"], self.backend.name)
+
+    def enter(self, target: Target) -> Helper:
+        """The helper in the target's namespace: the one it has if that joined the same process, else a new one."""
+        helper = self.helpers.get(target.id)
+        if helper is not None and helper.pid == target.pid and not helper.closed:
+            return helper
+        self.drop_helper(target.id)
+        if self.template is None:
+            self.template = own_template(self.client, self.settings.delayer_nice)
+        helper = self.helpers[target.id] = start_helper(self.client, self.template, self.project, target)
+        return helper
+
+    def drop_helper(self, container_id: str) -> None:
+        helper = self.helpers.pop(container_id, None)
+        if helper is not None:
+            helper.close()
 
     def apply_tcp(self, target: Target, netns: str, link: LinkSpec) -> dict[str, str] | None:
         """Set the link's TCP settings in the container's namespace and read back what is in force; None
@@ -405,30 +248,36 @@ class Sidecar:
             return
         if gone.ns is not None and gone.ns.delayer is not None:
             gone.ns.delayer.kill()
-            gone.ns.delayer.wait()
-        gone.handle.close()
+            try:
+                gone.ns.delayer.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # its helper goes next, and the delayer with it
+                log.warning("%s: its delayer did not answer a kill within 5 s", gone.target.name)
+        self.drop_helper(container_id)
         log.info("%s %s: its rules went with its namespace", gone.target.name, why)
 
     def clear_leftovers(self) -> None:
-        """A sidecar killed outright leaves its rules behind, and with the userspace backend they
-        black-hole the links (the controller's too, so this runs before anything else)."""
+        """A sidecar killed outright leaves its helpers and its rules behind (its delayers died with its
+        connections to the agents), and with the userspace backend the rules black-hole the links (the
+        controller's too, so this runs before anything else). The helpers started here are kept for `apply`."""
+        if count := remove_all(self.client, self.project):
+            log.warning("removed %d helper container(s) a previous sidecar left behind", count)
         removal = self.backend.remove()
         for target in find_targets(self.client, self.project).values():
             try:
-                handle = hold(self.client, target)
-            except NamespaceGone:
-                continue  # its namespace, and whatever was left in it, is gone
-            try:
-                if len(run_commands(handle.path, removal, keep_going=True)) < len(removal):
-                    log.warning("%s: removed the rules a previous sidecar left behind", target.name)
-            finally:
-                handle.close()
+                handle = self.enter(target)
+            except HelperError as exc:
+                log.info("%s: %s", target.name, exc)
+                continue  # gone meanwhile: its namespace, and whatever was left in it, went with it
+            if len(run_commands(handle.path, removal, keep_going=True)) < len(removal):
+                log.warning("%s: removed the rules a previous sidecar left behind", target.name)
 
     def rescan(self) -> None:
         targets = find_targets(self.client, self.project)
         for cid in list(self.applied):
             if cid not in targets:
                 self.forget(cid, "is gone")
+        for cid in [cid for cid in self.helpers if cid not in targets]:
+            self.drop_helper(cid)  # a helper started for a container that went before its link was applied
         for target in targets.values():
             self.apply(target)
 
@@ -552,7 +401,8 @@ class Sidecar:
                 "preset": self.preset.as_dict()}
 
     def interface_counts(self) -> dict | None:
-        present = [(a.target.id, a.target.pid, a.target.label, a.target.role) for a in list(self.applied.values())]
+        present = [(a.target.id, a.target.pid, a.target.label, a.target.role, a.handle.path)
+                   for a in list(self.applied.values())]
         if self.t0 is not None and not self.interfaces.started:
             self.interfaces.start(present)
         self.interfaces.update(present)
@@ -685,10 +535,15 @@ class Sidecar:
                 log.info("cleanup: %s is gone; its rules went with its namespace", item.target.name)
             else:
                 log.info("cleanup: removed every rule from %s", item.target.name)
-        for item in self.applied.values():
-            item.handle.close()
+        helpers = list(self.helpers.values())
+        closers = [threading.Thread(target=h.close, daemon=True) for h in helpers]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(max(1.0, deadline - time.monotonic()))
+        self.helpers.clear()
         self.applied.clear()
-        log.info("cleanup done")
+        log.info("cleanup done (%d helper container(s) removed)", len(helpers))
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -720,43 +575,6 @@ def health() -> int:
     return 0
 
 
-def dry_run(preset: Preset, backend: Backend, why: str, workers: int, with_ps: bool) -> None:
-    print(f"# {why}")
-    print(f"# preset {preset.name} ({preset.source}): {preset.description}")
-    containers = [("controller", 0)] + ([("ps", 0)] if with_ps else []) + [("worker", i) for i in range(workers)]
-    for role, index in containers:
-        label = role if role != "worker" else f"worker-{index}"
-        link = preset.link_at(role, index, 0.0)
-        print(f"\n## {label}: {link_text(link)}")
-        print(f"# TCP congestion control {link.tcp.congestion_control}, in {label}'s network namespace:")
-        for argv in tcp.commands(link.tcp) or [("# (host: nothing set; the inherited default is recorded)",)]:
-            print(" ".join(argv))
-        if all(l.is_identity for l in preset.links_over_time(role, index)):
-            print("# nothing to install")
-            continue
-        print(f"# apply, in {label}'s network namespace (nsenter --net=<a descriptor held on it> --):")
-        spec = backend.delayer_spec(link)
-        if spec is not None:
-            print(f"# first, the delayer, with spec file {json.dumps(spec)}:")
-            print(" ".join(delayer_argv("python3", f"{WORK_DIR}/{label}.spec.json", f"{WORK_DIR}/{label}.stats.json", 0)))
-        for argv in backend.apply(link):
-            print(" ".join(argv))
-        print("# remove:")
-        for argv in backend.remove():
-            print(" ".join(argv))
-    t, shown = 0.0, 0
-    while shown < 4 and (t := preset.next_change(t)) is not None:
-        print(f"\n## t = {t:g} s (phases active: {', '.join(preset.phases_active(t)) or 'none'})")
-        for role, index in containers:
-            before, after = preset.link_at(role, index, t - 1e-6), preset.link_at(role, index, t)
-            if before != after:
-                label = role if role != "worker" else f"worker-{index}"
-                print(f"# {label}: {link_text(after)}")
-                for argv in backend.change(after, before):
-                    print(" ".join(argv))
-        shown += 1
-
-
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), stream=sys.stdout,
                         format="%(asctime)s netem %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -779,19 +597,23 @@ def main(args: argparse.Namespace) -> int:
         settings_module.require_role_tokens(settings, "sidecar")  # /links opens only to the sidecar's credential
         preset = load_preset(args.profile or settings.profile, Path(args.netem_dir or settings.netem_dir),
                              args.tcp_cc or settings.tcp_cc)
-        backend, why = choose(args.backend or settings.netem_backend)
+        import docker
+
+        client = docker.from_env()
+        template = own_template(client, settings.delayer_nice)  # helpers copy it; the kernel probe runs from it
+        backend, why = choose(args.backend or settings.netem_backend, lambda: kernel_has_netem(client, template))
         project = settings.compose_project
-    except (ConfigError, ValueError, LinkError) as exc:
+    except (ConfigError, ValueError, LinkError, HelperError) as exc:
         print(f"netem: refused: {exc}", file=sys.stderr)
         return 2
-    import docker
     import httpx
 
     log.info(why)
     http = httpx.Client(base_url=settings.controller_url, timeout=3.0,
                         headers={"Authorization": f"Bearer {settings.run_token}",
                                  "X-Role-Token": settings.sidecar_token})
-    sidecar = Sidecar(preset, backend, settings, project, docker.from_env(), http)
+    sidecar = Sidecar(preset, backend, settings, project, client, http)
+    sidecar.template = template
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("%s: stopping", signal.Signals(signum).name),
                                                    sidecar.stop.set()))

@@ -20,7 +20,7 @@ import math
 import subprocess
 from pathlib import Path
 
-from .backends.base import Argv, LinkError, in_namespace
+from .backends.base import Argv, LinkError, ns_run
 from .preset import Preset, TcpSpec
 
 PROC = Path("/proc/sys/net/ipv4")
@@ -41,9 +41,8 @@ def commands(tcp: TcpSpec) -> list[Argv]:
 def read_settings(netns: str, timeout_s: float = 10.0) -> dict[str, str]:
     """The namespace's TCP settings in force (SETTINGS), as the kernel prints them; LinkError if unreadable."""
     files = [str(PROC / name) for name in SETTINGS.values()]
-    argv = in_namespace(netns, ["cat", *files])
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        done = ns_run(netns, ["cat", *files], timeout_s)
     except subprocess.TimeoutExpired:
         raise LinkError(f"{netns}: reading the TCP settings took over {timeout_s:g} s") from None
     lines = done.stdout.splitlines()

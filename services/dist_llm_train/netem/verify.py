@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..schema import ConfigError
-from .backends.base import in_namespace
+from .backends.base import ns_run
 from .preset import Preset, load_preset
 from .probe import (LOSS_SAMPLES, LOSS_TOLERANCE_PP, RATE_JUDGED_UP_TO_MBIT, RATE_RANGE, RTT_SAMPLES, RTT_TOLERANCE,
                     STDEV_TOLERANCE, TCP_SECONDS, Endpoint, ProbeError, expected, judge, measure_pair, measure_tcp,
                     schedule)
-from .nshandle import NamespaceGone
-from .sidecar import STATE_FILE, Target, find_targets, hold
+from .agent import PREFIX
+from .helpers import socket_path
+from .sidecar import STATE_FILE
+from .targets import Target, find_targets
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def wait_for_quiet_window(preset: Preset, t0_wall: float | None, seconds: float,
 def rule_problems(backend_name: str, target: Target, netns: str, delayer_pid: int | None) -> list[str]:
     """What is missing of the rules (and process) the backend installs in this container."""
     def show(*argv: str) -> str:
-        return subprocess.run(in_namespace(netns, argv), capture_output=True, text=True, timeout=10).stdout
+        return ns_run(netns, argv, 10).stdout
 
     problems = []
     qdiscs = show("tc", "qdisc", "show")
@@ -79,7 +80,7 @@ def rule_problems(backend_name: str, target: Target, netns: str, delayer_pid: in
     if backend_name == "userspace":
         if "NFQUEUE --queue-num" not in show("iptables-nft", "-t", "mangle", "-S", "PREROUTING"):
             problems.append(f"{target.name}: no NFQUEUE rule")
-        if not delayer_pid or not Path(f"/proc/{delayer_pid}").exists():
+        if not delayer_pid or ns_run(netns, ["test", "-d", f"/proc/{delayer_pid}"], 10).returncode:
             problems.append(f"{target.name}: its delayer is not running")
     return problems
 
@@ -173,11 +174,12 @@ def main(args: argparse.Namespace) -> int:
     client = docker.from_env()
     targets, netns, gone = [], {}, []
     for target in sorted(find_targets(client, state["project"]).values(), key=lambda t: (t.role, t.index)):
-        try:
-            netns[target.id] = hold(client, target).path  # held until verify exits
+        sock = socket_path(target.id)  # the sidecar's helper in that container's namespace
+        if sock.exists():
+            netns[target.id] = PREFIX + str(sock)
             targets.append(target)
-        except NamespaceGone as exc:
-            gone.append(f"{target.name}: {exc}")
+        else:
+            gone.append(f"{target.name}: the sidecar has no helper in its namespace")
     workers = [t for t in targets if t.role == "worker"]
     peers = [t for t in targets if t.role == "ps"] + [t for t in targets if t.role == "controller"]
     if not workers or not peers:

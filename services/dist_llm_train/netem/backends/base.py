@@ -1,7 +1,7 @@
 """The emulation backend interface: a LinkSpec in, the argv that imposes it on one namespace out.
 
 A backend only builds commands; the sidecar runs them inside the target's network namespace
-(`in_namespace`, `run_commands`). Both backends shape the same two points of the container's
+(`run_commands`: through the helper container's agent there, agent.py, or with nsenter into a path). Both backends shape the same two points of the container's
 interface, so a link is "the container's access link" either way:
 
     egress:  eth0 root htb 1: -- class 1:1 (default) -> leaf qdisc of the link: rate cap (tbf);
@@ -23,10 +23,13 @@ commands are all attempted even when some fail (an earlier crash may have left h
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar, Sequence
 
+from .. import agent
 from ..preset import LinkSpec
 from ..sizing import FRAME_BYTES
 
@@ -184,6 +187,56 @@ def in_namespace(netns: str, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net={netns}", "--", *argv]
 
 
+def ns_popen(netns: str, argv: Sequence[str], env_extra: dict[str, str] | None = None, **kwargs):
+    """argv started inside the namespace `netns` names: through its helper's agent ("agent:<socket>",
+    agent.py) or with nsenter (a path). The agent's AgentProcess has the subprocess.Popen parts used here.
+    The process gets its own side's environment plus `env_extra`: the sidecar's own (its credential
+    among it) never reaches a helper."""
+    path = agent.socket_of(netns)
+    if path is not None:
+        return agent.AgentProcess(path, argv, env=env_extra, **kwargs)
+    env = None if env_extra is None else dict(os.environ, **env_extra)
+    return subprocess.Popen(in_namespace(netns, argv), env=env, **kwargs)
+
+
+def ns_run(netns: str, argv: Sequence[str], timeout_s: float = 10.0) -> subprocess.CompletedProcess:
+    """argv run to its end inside the namespace, output captured as text; subprocess.TimeoutExpired
+    past timeout_s (the process is killed). An unreachable agent reads as exit 255 with its message."""
+    if agent.socket_of(netns) is None:
+        return subprocess.run(in_namespace(netns, argv), capture_output=True, text=True, timeout=timeout_s)
+    try:
+        proc = ns_popen(netns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except agent.AgentError as exc:
+        return subprocess.CompletedProcess(list(argv), 255, "", str(exc))
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def ns_read(netns: str, name: str, timeout_s: float = 10.0) -> str | None:
+    """The text of /proc file `name` as seen inside the namespace (/proc/net/*: that namespace's); None
+    if it cannot be read (the namespace or its agent is gone)."""
+    path = agent.socket_of(netns)
+    if path is None:
+        try:
+            done = ns_run(netns, ["cat", name], timeout_s)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+    try:
+        return agent.read_file(path, name, timeout_s)
+    except agent.AgentError:
+        return None
+
+
+def reachable(netns: str) -> bool:
+    """Whether anything of ours can still be reached there (the held descriptor or the agent's socket)."""
+    return Path(agent.socket_of(netns) or netns).exists()
+
+
 def run_commands(netns: str, commands: Sequence[Argv], timeout_s: float = 10.0,
                  keep_going: bool = False) -> list[str]:
     """Run each command in the namespace, in order. Raises LinkError at the first failure, or,
@@ -191,7 +244,7 @@ def run_commands(netns: str, commands: Sequence[Argv], timeout_s: float = 10.0,
     failures = []
     for argv in commands:
         try:
-            done = subprocess.run(in_namespace(netns, argv), capture_output=True, text=True, timeout=timeout_s)
+            done = ns_run(netns, argv, timeout_s)
             error = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}") if done.returncode else None
         except subprocess.TimeoutExpired:
             error = f"no answer within {timeout_s:g} s"
