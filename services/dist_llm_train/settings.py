@@ -102,6 +102,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         torch_threads=_int_or_none("TORCH_THREADS", env.get("TORCH_THREADS")),
         linger=env.get("WORKER_LINGER", "0") == "1",
         health_file=Path(env["WORKER_HEALTH_FILE"]) if env.get("WORKER_HEALTH_FILE") else None,
+        worker_index=_int_or_none("WORKER_INDEX", env.get("WORKER_INDEX"), minimum=0),
         netem_backend=env.get("NETEM_BACKEND") or "auto",
         compose_project=env.get("COMPOSE_PROJECT") or None,
         tcp_cc=_choice("TCP_CC", env.get("TCP_CC"), TCP_CC_CHOICES),

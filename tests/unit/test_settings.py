@@ -19,6 +19,8 @@ TOKEN = "a-long-enough-run-token-0123"
     ({"RUN_TOKEN": TOKEN, "LOG_LEVEL": "loud"}, "LOG_LEVEL"),
     ({"RUN_TOKEN": TOKEN, "PS_TOKEN": "changeme"}, "PS_TOKEN"),
     ({"RUN_TOKEN": TOKEN, "OPERATOR_TOKEN": "short"}, "OPERATOR_TOKEN"),
+    ({"RUN_TOKEN": TOKEN, "WORKER_INDEX": "-1"}, "WORKER_INDEX"),
+    ({"RUN_TOKEN": TOKEN, "WORKER_INDEX": "first"}, "WORKER_INDEX"),
 ])
 def test_unsafe_or_malformed_settings_are_refused_naming_the_variable(env, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
@@ -49,3 +51,9 @@ def test_the_health_file_is_off_unless_set_and_touch_renews_its_age(tmp_path):
     touch(settings.health_file)
 
     assert time.time() - path.stat().st_mtime < 5
+
+
+def test_worker_index_is_read_from_the_environment_as_documented():
+    assert from_env({"RUN_TOKEN": TOKEN, "WORKER_INDEX": "0"}).worker_index == 0
+    assert from_env({"RUN_TOKEN": TOKEN, "WORKER_INDEX": "7"}).worker_index == 7
+    assert from_env({"RUN_TOKEN": TOKEN}).worker_index is None  # compose: the worker asks Docker's DNS
