@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent
+from .backends import PROBE, probe_answer
+from .backends.base import LinkError
 
 log = logging.getLogger("netem.helpers")
 
@@ -77,9 +79,6 @@ def own_template(client, delayer_nice: int = 0) -> Template:
 def kernel_has_netem(client, template: Template) -> bool:
     """The backends' sch_netem probe (backends.PROBE) in a throwaway container with a network namespace of its
     own and NET_ADMIN only; LinkError if it cannot run."""
-    from .backends import PROBE, probe_answer
-    from .backends.base import LinkError
-
     try:
         client.containers.run(template.image, list(PROBE), network_mode="none", user="0:0", cap_drop=["ALL"],
                               cap_add=["NET_ADMIN"], security_opt=["no-new-privileges:true"], remove=True)
@@ -94,6 +93,11 @@ def kernel_has_netem(client, template: Template) -> bool:
 
 def socket_path(target_id: str, links_dir: Path = LINKS_DIR) -> Path:
     return links_dir / "agents" / f"{target_id}.sock"
+
+
+def address(sock: Path) -> str:
+    """The namespace address (backends.base.ns_run and friends) of the agent serving on `sock`."""
+    return agent.PREFIX + str(sock)
 
 
 def helper_name(project: str, label: str, target_id: str) -> str:
@@ -111,7 +115,7 @@ class Helper:
 
     @property
     def path(self) -> str:
-        return agent.PREFIX + str(self.sock)
+        return address(self.sock)
 
     def alive(self) -> bool:
         if self.closed:

@@ -30,8 +30,7 @@ from .preset import Preset, load_preset
 from .probe import (LOSS_SAMPLES, LOSS_TOLERANCE_PP, RATE_JUDGED_UP_TO_MBIT, RATE_RANGE, RTT_SAMPLES, RTT_TOLERANCE,
                     STDEV_TOLERANCE, TCP_SECONDS, Endpoint, ProbeError, expected, judge, measure_pair, measure_tcp,
                     schedule)
-from .agent import PREFIX
-from .helpers import socket_path
+from .helpers import address, socket_path
 from .sidecar import STATE_FILE
 from .targets import Target, find_targets
 
@@ -176,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     for target in sorted(find_targets(client, state["project"]).values(), key=lambda t: (t.role, t.index)):
         sock = socket_path(target.id)  # the sidecar's helper in that container's namespace
         if sock.exists():
-            netns[target.id] = PREFIX + str(sock)
+            netns[target.id] = address(sock)
             targets.append(target)
         else:
             gone.append(f"{target.name}: the sidecar has no helper in its namespace")
